@@ -1,0 +1,822 @@
+//! Configuration: the TOML file (or the embedded default), environment and
+//! flag overrides, and validation into a [`Config`] the rest of the crate trusts.
+//!
+//! Order of precedence: the embedded default *or* `--config FILE`, then
+//! environment variables, then flags (clap merges those two). Every validation
+//! error names the field and says what is wrong; all of them are reported at
+//! once. Secrets are never inline: API tokens are SHA-256 digests or file paths.
+//!
+//! Depends on `keys::material` (for key specs) and nothing that does I/O on keys.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::material::{KeySpec, RSA_BITS};
+
+/// The configuration used when no `--config` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+
+pub const DEFAULT_AUDIENCE: &str = "https://kubernetes.default.svc";
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: String,
+    public_url: String,
+    keys_dir: PathBuf,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    clusters: Vec<FileCluster>,
+    #[serde(default)]
+    api_clients: Vec<FileApiClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    id: String,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default = "default_algorithm")]
+    algorithm: String,
+    #[serde(default)]
+    rsa_bits: Option<u32>,
+    #[serde(default)]
+    audiences: Option<Vec<String>>,
+    #[serde(default)]
+    min_token_lifetime: Option<String>,
+    #[serde(default)]
+    max_token_lifetime: Option<String>,
+    #[serde(default)]
+    jwks_max_age: Option<String>,
+}
+
+fn default_algorithm() -> String {
+    "RS256".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApiClient {
+    name: String,
+    #[serde(default)]
+    token_sha256: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    generate: bool,
+    clusters: Vec<String>,
+    #[serde(default)]
+    namespaces: Option<Vec<String>>,
+}
+
+// ---- overrides from the environment and flags ----------------------------
+
+/// Values given on the command line or in the environment; each wins over the
+/// file when set.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub keys_dir: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+// ---- the validated configuration -----------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub keys_dir: PathBuf,
+    pub tls: Option<TlsFiles>,
+    pub clusters: Vec<ClusterConfig>,
+    pub api_clients: Vec<ApiClientConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub id: String,
+    /// The issuer URL exactly as it appears in `iss` and in discovery.
+    pub issuer: String,
+    /// The issuer URL's path without a trailing slash ("" at the root):
+    /// requests are routed by it.
+    pub issuer_path: String,
+    pub key_spec: KeySpec,
+    pub audiences: Vec<String>,
+    pub min_token_lifetime: Duration,
+    pub max_token_lifetime: Duration,
+    pub jwks_max_age: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiClientConfig {
+    pub name: String,
+    pub credential: Credential,
+    /// `None`: every cluster.
+    pub clusters: Option<Vec<String>>,
+    /// `None`: every namespace.
+    pub namespaces: Option<Vec<String>>,
+}
+
+#[derive(Clone)]
+pub enum Credential {
+    /// SHA-256 of the bearer token.
+    Sha256([u8; 32]),
+    /// A file holding the bearer token; created with a random token at start
+    /// when `generate` is set and the file does not exist.
+    File { path: PathBuf, generate: bool },
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Sha256(_) => f.write_str("Sha256(..)"),
+            Credential::File { path, generate } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("generate", generate)
+                .finish(),
+        }
+    }
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration in {}:", self.source)?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `None`, applies the
+    /// overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (source, text) = match path {
+            Some(p) => {
+                let source = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    source: source.clone(),
+                    problems: vec![format!("cannot read the file: {e}")],
+                })?;
+                (source, text)
+            }
+            None => (
+                "the embedded default".to_owned(),
+                EMBEDDED_DEFAULT.to_owned(),
+            ),
+        };
+        Config::parse(&source, &text, overrides)
+    }
+
+    pub fn parse(source: &str, text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut file: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
+            source: source.to_owned(),
+            problems: vec![e.to_string().trim_end().to_owned()],
+        })?;
+        if let Some(v) = &overrides.listen {
+            file.listen = v.clone();
+        }
+        if let Some(v) = &overrides.public_url {
+            file.public_url = v.clone();
+        }
+        if let Some(v) = &overrides.keys_dir {
+            file.keys_dir = v.clone();
+        }
+        if let Some(v) = &overrides.tls_cert {
+            file.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &overrides.tls_key {
+            file.tls_key = Some(v.clone());
+        }
+        let mut problems = Vec::new();
+        let config = validate(file, &mut problems);
+        if problems.is_empty() {
+            if let Some(config) = config {
+                return Ok(config);
+            }
+        }
+        Err(ConfigError {
+            source: source.to_owned(),
+            problems,
+        })
+    }
+
+    pub fn cluster(&self, id: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.id == id)
+    }
+}
+
+fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
+    let listen = match file.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "listen: \"{}\" is not an address and port such as 127.0.0.1:8080 or [::]:443",
+                file.listen
+            ));
+            None
+        }
+    };
+    let public_url = match check_url(&file.public_url) {
+        Ok(_) => Some(file.public_url.clone()),
+        Err(why) => {
+            problems.push(format!("public_url: \"{}\" {why}", file.public_url));
+            None
+        }
+    };
+    if file.keys_dir.as_os_str().is_empty() {
+        problems.push("keys_dir: must not be empty".into());
+    }
+    let tls = match (file.tls_cert, file.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push("tls_key: required when tls_cert is set".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("tls_cert: required when tls_key is set".into());
+            None
+        }
+    };
+
+    if file.clusters.is_empty() {
+        problems.push("clusters: at least one cluster is required".into());
+    }
+    let mut clusters = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut paths: HashMap<String, usize> = HashMap::new();
+    for (i, c) in file.clusters.into_iter().enumerate() {
+        let at = format!("clusters[{i}]");
+        if let Some(first) = ids.get(&c.id) {
+            problems.push(format!(
+                "{at}.id: duplicate cluster id \"{}\" (also clusters[{first}])",
+                c.id
+            ));
+        } else {
+            ids.insert(c.id.clone(), i);
+        }
+        if let Some(cluster) = validate_cluster(&at, c, public_url.as_deref(), problems) {
+            if let Some(first) = paths.get(&cluster.issuer_path) {
+                problems.push(format!(
+                    "{at}.issuer: \"{}\" has the same path as clusters[{first}]; \
+                     each issuer needs its own path, since requests are routed by it",
+                    cluster.issuer
+                ));
+            } else {
+                paths.insert(cluster.issuer_path.clone(), i);
+            }
+            clusters.push(cluster);
+        }
+    }
+
+    let mut api_clients = Vec::new();
+    let mut names = HashSet::new();
+    for (i, a) in file.api_clients.into_iter().enumerate() {
+        let at = format!("api_clients[{i}]");
+        if !names.insert(a.name.clone()) {
+            problems.push(format!(
+                "{at}.name: duplicate API client name \"{}\"",
+                a.name
+            ));
+        }
+        if let Some(client) = validate_client(&at, a, &ids, problems) {
+            api_clients.push(client);
+        }
+    }
+
+    Some(Config {
+        listen: listen?,
+        public_url: public_url?,
+        keys_dir: file.keys_dir,
+        tls,
+        clusters,
+        api_clients,
+    })
+}
+
+fn validate_cluster(
+    at: &str,
+    c: FileCluster,
+    public_url: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<ClusterConfig> {
+    let before = problems.len();
+    if !is_dns_label(&c.id) {
+        problems.push(format!(
+            "{at}.id: \"{}\" must be a DNS label: 1 to 63 lowercase letters, digits or '-', \
+             starting and ending with a letter or digit",
+            c.id
+        ));
+    }
+    let issuer = match (&c.issuer, public_url) {
+        (Some(explicit), _) => explicit.clone(),
+        (None, Some(base)) => format!("{base}/c/{}", c.id),
+        (None, None) => String::new(), // public_url already reported
+    };
+    let mut issuer_path = String::new();
+    if !issuer.is_empty() {
+        match check_url(&issuer) {
+            Ok(path) => issuer_path = path,
+            Err(why) => problems.push(format!("{at}.issuer: \"{issuer}\" {why}")),
+        }
+    }
+    let key_spec = match (c.algorithm.as_str(), c.rsa_bits) {
+        ("RS256", None) => Some(KeySpec::Rsa { bits: 2048 }),
+        ("RS256", Some(bits)) if RSA_BITS.contains(&bits) => Some(KeySpec::Rsa { bits }),
+        ("RS256", Some(bits)) => {
+            problems.push(format!(
+                "{at}.rsa_bits: {bits} is not allowed; use 2048, 3072 or 4096 \
+                 (RSA under 2048 bits is refused by cloud IAM providers)"
+            ));
+            None
+        }
+        ("ES256", None) => Some(KeySpec::P256),
+        ("ES256", Some(_)) => {
+            problems.push(format!(
+                "{at}.rsa_bits: only applies to algorithm \"RS256\""
+            ));
+            None
+        }
+        (other, _) => {
+            problems.push(format!(
+                "{at}.algorithm: \"{other}\" is not supported; use \"RS256\" or \"ES256\""
+            ));
+            None
+        }
+    };
+    let audiences = c
+        .audiences
+        .unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_owned()]);
+    if audiences.is_empty() {
+        problems.push(format!("{at}.audiences: must name at least one audience"));
+    }
+    for (j, aud) in audiences.iter().enumerate() {
+        if let Err(why) = check_audience(aud) {
+            problems.push(format!("{at}.audiences[{j}]: {why}"));
+        }
+    }
+    let min = duration(
+        at,
+        "min_token_lifetime",
+        c.min_token_lifetime.as_deref(),
+        "10m",
+        problems,
+    );
+    let max = duration(
+        at,
+        "max_token_lifetime",
+        c.max_token_lifetime.as_deref(),
+        "24h",
+        problems,
+    );
+    let max_age = duration(
+        at,
+        "jwks_max_age",
+        c.jwks_max_age.as_deref(),
+        "1h",
+        problems,
+    );
+    if let (Some(min), Some(max)) = (min, max) {
+        if min < Duration::from_secs(1) {
+            problems.push(format!("{at}.min_token_lifetime: must be at least 1s"));
+        }
+        if max < min {
+            problems.push(format!(
+                "{at}.max_token_lifetime: {} is shorter than min_token_lifetime {}",
+                humantime::format_duration(max),
+                humantime::format_duration(min)
+            ));
+        }
+        if max > MAX_LIFETIME_CAP {
+            problems.push(format!(
+                "{at}.max_token_lifetime: {} is longer than the 365-day cap",
+                humantime::format_duration(max)
+            ));
+        }
+    }
+    if let Some(age) = max_age {
+        if age < Duration::from_secs(1) || age > Duration::from_secs(7 * 86400) {
+            problems.push(format!(
+                "{at}.jwks_max_age: {} must be between 1s and 7d; relying parties that \
+                 cannot cache refetch the JWKS on every verification",
+                humantime::format_duration(age)
+            ));
+        }
+    }
+    if problems.len() != before {
+        return None;
+    }
+    Some(ClusterConfig {
+        id: c.id,
+        issuer,
+        issuer_path,
+        key_spec: key_spec?,
+        audiences,
+        min_token_lifetime: min?,
+        max_token_lifetime: max?,
+        jwks_max_age: max_age?,
+    })
+}
+
+const MAX_LIFETIME_CAP: Duration = Duration::from_secs(365 * 86400);
+
+fn duration(
+    at: &str,
+    field: &str,
+    value: Option<&str>,
+    default: &str,
+    problems: &mut Vec<String>,
+) -> Option<Duration> {
+    let text = value.unwrap_or(default);
+    match humantime::parse_duration(text) {
+        Ok(d) if d.subsec_nanos() == 0 => Some(d),
+        Ok(_) => {
+            problems.push(format!(
+                "{at}.{field}: \"{text}\" must be a whole number of seconds"
+            ));
+            None
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{at}.{field}: \"{text}\" is not a duration ({e}); write it like \"24h\", \"90m\" or \"3600s\""
+            ));
+            None
+        }
+    }
+}
+
+fn validate_client(
+    at: &str,
+    a: FileApiClient,
+    clusters: &HashMap<String, usize>,
+    problems: &mut Vec<String>,
+) -> Option<ApiClientConfig> {
+    let before = problems.len();
+    if a.name.is_empty() || a.name.len() > 128 || a.name.chars().any(|c| c.is_control()) {
+        problems.push(format!("{at}.name: must be 1 to 128 printable characters"));
+    }
+    let credential = match (a.token_sha256, a.token_file) {
+        (Some(hex), None) => {
+            if a.generate {
+                problems.push(format!("{at}.generate: only applies with token_file"));
+            }
+            match decode_sha256_hex(&hex) {
+                Some(d) => Some(Credential::Sha256(d)),
+                None => {
+                    problems.push(format!(
+                        "{at}.token_sha256: must be 64 hex digits, the SHA-256 of the token \
+                         (for example: printf %s \"$TOKEN\" | sha256sum)"
+                    ));
+                    None
+                }
+            }
+        }
+        (None, Some(path)) => Some(Credential::File {
+            path,
+            generate: a.generate,
+        }),
+        (Some(_), Some(_)) => {
+            problems.push(format!("{at}: set token_sha256 or token_file, not both"));
+            None
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{at}: set token_sha256 (a digest) or token_file; tokens are never written inline"
+            ));
+            None
+        }
+    };
+    if a.clusters.is_empty() {
+        problems.push(format!(
+            "{at}.clusters: must list the clusters this client may mint for, or [\"*\"]"
+        ));
+    }
+    let all_clusters = a.clusters.iter().any(|c| c == "*");
+    for (j, c) in a.clusters.iter().enumerate() {
+        if c != "*" && !clusters.contains_key(c) {
+            problems.push(format!("{at}.clusters[{j}]: no cluster has id \"{c}\""));
+        }
+    }
+    if let Some(ns) = &a.namespaces {
+        if ns.is_empty() {
+            problems.push(format!(
+                "{at}.namespaces: an empty list would allow nothing; leave it out to allow every namespace"
+            ));
+        }
+        for (j, n) in ns.iter().enumerate() {
+            if !is_dns_label(n) {
+                problems.push(format!(
+                    "{at}.namespaces[{j}]: \"{n}\" is not a namespace name (a DNS label)"
+                ));
+            }
+        }
+    }
+    if problems.len() != before {
+        return None;
+    }
+    Some(ApiClientConfig {
+        name: a.name,
+        credential: credential?,
+        clusters: (!all_clusters).then_some(a.clusters),
+        namespaces: a.namespaces,
+    })
+}
+
+fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Checks an issuer-style URL and returns its path without a trailing slash.
+/// OIDC Discovery §3 and §4.3: the issuer is https (http is accepted here for
+/// loopback development), has no query or fragment, and is compared byte for
+/// byte, so it must be written in normal form and without a trailing slash.
+fn check_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("is not a URL: {e}"))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err("must use https (or http for local development)".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain user information".into());
+    }
+    if text.contains('?') {
+        return Err("must not have a query".into());
+    }
+    if text.contains('#') {
+        return Err("must not have a fragment".into());
+    }
+    if text.ends_with('/') {
+        return Err(
+            "must not end with '/': relying parties compare the issuer byte for byte, and a \
+             trailing slash on one side breaks Azure (AADSTS70021) and go-oidc"
+                .into(),
+        );
+    }
+    let path = url.path().trim_end_matches('/').to_owned();
+    let normal = format!("{}{}", url.origin().ascii_serialization(), path);
+    if normal != text {
+        return Err(format!(
+            "is not in normal form; write it as \"{normal}\" so it matches the iss claim byte for byte"
+        ));
+    }
+    for segment in path.split('/').skip(1) {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err("has an empty, '.' or '..' path segment".into());
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return Err(format!(
+                "path segment \"{segment}\" may hold only letters, digits, '-', '.', '_' and '~'"
+            ));
+        }
+    }
+    Ok(path)
+}
+
+/// RFC 1123 label, as Kubernetes checks namespace names.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// RFC 1123 subdomain, as Kubernetes checks most object names.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Longest audience accepted, in bytes.
+pub const MAX_AUDIENCE_LEN: usize = 1024;
+
+/// Checks one audience value: non-empty, bounded, printable.
+pub fn check_audience(aud: &str) -> Result<(), String> {
+    if aud.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if aud.len() > MAX_AUDIENCE_LEN {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_AUDIENCE_LEN} are allowed",
+            aud.len()
+        ));
+    }
+    if aud.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("test.toml", text, &Overrides::default())
+    }
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:8080"
+public_url = "https://oidc.example.com"
+keys_dir = "keys"
+"#;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.clusters[0].issuer, "http://127.0.0.1:8080/c/demo");
+        assert_eq!(c.clusters[0].issuer_path, "/c/demo");
+        assert_eq!(c.clusters[0].key_spec, KeySpec::Rsa { bits: 2048 });
+        assert_eq!(c.clusters[0].audiences, vec![DEFAULT_AUDIENCE]);
+        assert_eq!(c.clusters[0].max_token_lifetime, Duration::from_secs(86400));
+        assert_eq!(c.api_clients.len(), 1);
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let c = Config::load(
+            Some(Path::new("config/example.toml")),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let ids: Vec<_> = c.clusters.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["demo", "edge"]);
+        assert_eq!(c.clusters[1].key_spec, KeySpec::P256);
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:9999".into()),
+            public_url: Some("https://id.example.org".into()),
+            ..Default::default()
+        };
+        let c = Config::load(None, &o).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.clusters[0].issuer, "https://id.example.org/c/demo");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = parse(&format!("{BASE}\nlisten_port = 3\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `listen_port`"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{BASE}\n[[clusters]]\nid = \"a\"\nalgo = \"RS256\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `algo`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let text = format!(
+            r#"{BASE}
+[[clusters]]
+id = "demo"
+rsa_bits = 1024
+
+[[clusters]]
+id = "demo"
+issuer = "https://oidc.example.com/x/"
+
+[[clusters]]
+id = "Bad_Id"
+issuer = "https://oidc.example.com/y?q=1"
+algorithm = "HS256"
+
+[[clusters]]
+id = "frag"
+issuer = "https://oidc.example.com/z#f"
+max_token_lifetime = "5m"
+jwks_max_age = "soon"
+
+[[api_clients]]
+name = "x"
+token_sha256 = "abc"
+clusters = ["nope"]
+"#
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        for needle in [
+            "clusters[0].rsa_bits: 1024",
+            "clusters[1].id: duplicate cluster id \"demo\"",
+            "clusters[1].issuer: \"https://oidc.example.com/x/\" must not end with '/'",
+            "clusters[2].id: \"Bad_Id\" must be a DNS label",
+            "clusters[2].issuer: \"https://oidc.example.com/y?q=1\" must not have a query",
+            "clusters[2].algorithm: \"HS256\" is not supported",
+            "clusters[3].issuer: \"https://oidc.example.com/z#f\" must not have a fragment",
+            "clusters[3].max_token_lifetime: 5m is shorter than min_token_lifetime 10m",
+            "clusters[3].jwks_max_age: \"soon\" is not a duration",
+            "api_clients[0].token_sha256: must be 64 hex digits",
+            "api_clients[0].clusters[0]: no cluster has id \"nope\"",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn issuers_may_live_at_another_path_or_at_the_root() {
+        let text = format!(
+            "{BASE}\n[[clusters]]\nid = \"a\"\nissuer = \"https://oidc.example.com/id/a\"\n\
+             [[clusters]]\nid = \"b\"\nissuer = \"https://b.example.com\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.clusters[0].issuer_path, "/id/a");
+        assert_eq!(c.clusters[1].issuer_path, "");
+    }
+
+    #[test]
+    fn two_issuers_on_one_path_are_refused() {
+        let text = format!(
+            "{BASE}\n[[clusters]]\nid = \"a\"\nissuer = \"https://one.example.com/x\"\n\
+             [[clusters]]\nid = \"b\"\nissuer = \"https://two.example.com/x\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("clusters[1].issuer") && err.contains("same path"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn issuer_urls_must_be_in_normal_form() {
+        let text = format!(
+            "{BASE}\n[[clusters]]\nid = \"a\"\nissuer = \"HTTPS://Oidc.Example.com:443/a\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("write it as \"https://oidc.example.com/a\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tokens_are_never_inline() {
+        let text = format!(
+            "{BASE}\n[[clusters]]\nid = \"a\"\n[[api_clients]]\nname = \"x\"\ntoken = \"secret\"\nclusters = [\"*\"]\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `token`"), "{err}");
+    }
+
+    #[test]
+    fn dns_names_are_checked_like_kubernetes() {
+        assert!(is_dns_label("ws-123"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("A"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_subdomain("my.sa-1"));
+        assert!(!is_dns_subdomain("a..b"));
+        assert!(!is_dns_subdomain("../etc"));
+    }
+}

@@ -1,0 +1,135 @@
+//! The one HTTP error type. On the Kubernetes API surface (TokenRequest) it is
+//! rendered as a `Status` object, which kubectl and client-go print; elsewhere
+//! as a small JSON body. A client error says what was wrong; an internal error
+//! says nothing internal.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `{"kind":"Status","apiVersion":"v1",...}`
+    Kubernetes,
+    /// `{"error":"...","message":"..."}`
+    Plain,
+}
+
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    shape: Shape,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl AppError {
+    /// An error on the Kubernetes API surface.
+    pub fn kube(status: StatusCode, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            shape: Shape::Kubernetes,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// An error anywhere else (discovery, JWKS, unknown paths).
+    pub fn plain(status: StatusCode, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            shape: Shape::Plain,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// 405, with the methods that are allowed (RFC 9110 §15.5.6).
+    pub fn with_allow(mut self, allow: &'static str) -> Self {
+        self.allow = Some(allow);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The `reason` Kubernetes puts in a `Status` for each code
+/// (k8s.io/apimachinery/pkg/apis/meta/v1 StatusReason).
+fn reason(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::NOT_ACCEPTABLE => "NotAcceptable",
+        StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        s if s.is_server_error() => "InternalError",
+        _ => "Unknown",
+    }
+}
+
+#[derive(Serialize)]
+struct KubeStatus<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Empty,
+    status: &'static str,
+    message: &'a str,
+    reason: &'static str,
+    code: u16,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct PlainError<'a> {
+    error: &'static str,
+    message: &'a str,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = match self.shape {
+            Shape::Kubernetes => serde_json::to_vec(&KubeStatus {
+                kind: "Status",
+                api_version: "v1",
+                metadata: Empty {},
+                status: "Failure",
+                message: &self.message,
+                reason: reason(self.status),
+                code: self.status.as_u16(),
+            }),
+            Shape::Plain => serde_json::to_vec(&PlainError {
+                error: self.status.canonical_reason().unwrap_or("Error"),
+                message: &self.message,
+            }),
+        }
+        .unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,136 @@
+//! Discovery and JWKS: anonymous, cacheable, prebuilt bytes.
+//!
+//! The bytes and the ETag come ready from the cluster's published set; a
+//! request only picks them and sets headers. REFERENCE §1: a real max-age,
+//! a strong ETag answered with 304, CORS `*` since browsers and relying parties
+//! fetch these anonymously.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::AppError;
+use crate::issuer::{Cluster, Document};
+
+const ALLOW: &str = "GET, HEAD, OPTIONS";
+
+pub fn discovery(cluster: &Cluster, request: &Request) -> Response {
+    let published = cluster.published();
+    serve(
+        cluster,
+        &published.discovery,
+        HeaderValue::from_static("application/json"),
+        request,
+    )
+}
+
+pub fn jwks(cluster: &Cluster, request: &Request) -> Response {
+    let published = cluster.published();
+    // The type Kubernetes serves the JWKS with (RFC 7517 §8.5.1).
+    serve(
+        cluster,
+        &published.jwks,
+        HeaderValue::from_static("application/jwk-set+json"),
+        request,
+    )
+}
+
+fn serve(
+    cluster: &Cluster,
+    doc: &Document,
+    content_type: HeaderValue,
+    request: &Request,
+) -> Response {
+    let method = request.method();
+    if method == Method::OPTIONS {
+        // CORS preflight: anyone may GET these documents.
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let h = response.headers_mut();
+        cors(h);
+        h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        return response;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return AppError::plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed here; this document is read with GET or HEAD"),
+        )
+        .with_allow(ALLOW)
+        .into_response();
+    }
+    let etag = match HeaderValue::from_str(&doc.etag) {
+        Ok(v) => v,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let cache_control = HeaderValue::from_str(&format!(
+        "public, max-age={}",
+        cluster.config.jwks_max_age.as_secs()
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=3600"));
+
+    let not_modified = if_none_match(request.headers(), &doc.etag);
+    let mut response = if not_modified {
+        // RFC 9110 §15.4.5: a 304 carries the validators and caching headers.
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = Response::new(Body::from(doc.body.clone()));
+        r.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, cache_control);
+    cors(h);
+    response
+}
+
+fn cors(h: &mut HeaderMap) {
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+}
+
+/// RFC 9110 §13.1.2: If-None-Match matches when it is `*` or lists the
+/// current entity tag. Weak comparison applies for GET/HEAD, so a `W/`
+/// prefix on the client's tag still matches.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_handles_lists_stars_and_weak_tags() {
+        let mut h = HeaderMap::new();
+        assert!(!if_none_match(&h, "\"a\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", \"a\""),
+        );
+        assert!(if_none_match(&h, "\"a\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"a\""));
+        assert!(if_none_match(&h, "\"a\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(if_none_match(&h, "\"a\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"b\""));
+        assert!(!if_none_match(&h, "\"a\""));
+    }
+}

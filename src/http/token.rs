@@ -1,0 +1,302 @@
+//! `POST <issuer path>/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token`:
+//! the Kubernetes TokenRequest subresource, so `kubectl create token` and
+//! client-go work against this server.
+//!
+//! Order of checks, as kube-apiserver does them: authentication (401), the
+//! names in the URL (400), authorization (403), then the body (415, 413, 400).
+
+use std::time::SystemTime;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::token_request::{decode_json, decode_protobuf, encode_response};
+use super::AppState;
+use crate::error::AppError;
+use crate::issuer::auth::ApiClient;
+use crate::issuer::mint::{mint, validate_names, MintError};
+use crate::issuer::Cluster;
+
+/// Largest TokenRequest body accepted. A real one is a few hundred bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The parts of a TokenRequest URL.
+pub struct TokenPath<'a> {
+    /// The issuer path before `/api/v1/...`.
+    pub prefix: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+pub struct OwnedTokenPath {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl<'a> TokenPath<'a> {
+    /// Matches `<prefix>/api/v1/namespaces/<ns>/serviceaccounts/<name>/token`
+    /// from the right, so any issuer path may come before it.
+    pub fn parse(path: &'a str) -> Option<Self> {
+        let rest = path.strip_suffix("/token")?;
+        let (rest, name) = rest.rsplit_once('/')?;
+        let rest = rest.strip_suffix("/serviceaccounts")?;
+        let (rest, namespace) = rest.rsplit_once('/')?;
+        let prefix = rest.strip_suffix("/api/v1/namespaces")?;
+        Some(TokenPath {
+            prefix,
+            namespace,
+            name,
+        })
+    }
+
+    pub fn owned(&self) -> OwnedTokenPath {
+        OwnedTokenPath {
+            namespace: self.namespace.to_owned(),
+            name: self.name.to_owned(),
+        }
+    }
+}
+
+fn bad_request(name: &str, detail: impl std::fmt::Display) -> AppError {
+    AppError::kube(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "TokenRequest.authentication.k8s.io {} is invalid: {detail}",
+            serde_json::to_string(name).unwrap_or_default()
+        ),
+    )
+}
+
+/// The bearer token of the request, or why there is none usable. The reason
+/// is logged, never sent: a 401 gives no hint which part was wrong.
+fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or("no Authorization header")?;
+    if values.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| "Authorization header is not ASCII")?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or("Authorization header has no scheme")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("Authorization scheme is not Bearer");
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err("empty bearer token");
+    }
+    Ok(token)
+}
+
+fn authenticate<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s ApiClient, AppError> {
+    let unauthorized = || AppError::kube(StatusCode::UNAUTHORIZED, "Unauthorized");
+    let token = bearer(headers).map_err(|why| {
+        tracing::info!(reason = why, "TokenRequest refused: unauthenticated");
+        unauthorized()
+    })?;
+    state.clients.authenticate(token).ok_or_else(|| {
+        tracing::info!("TokenRequest refused: unknown bearer token");
+        unauthorized()
+    })
+}
+
+enum Format {
+    Json,
+    Protobuf,
+}
+
+fn content_format(headers: &HeaderMap) -> Result<Format, AppError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/vnd.kubernetes.protobuf" => Ok(Format::Protobuf),
+        _ => Err(AppError::kube(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "the body's content type {} is not supported; send application/json or application/vnd.kubernetes.protobuf",
+                serde_json::to_string(value).unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+fn too_large() -> AppError {
+    AppError::kube(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {MAX_BODY} bytes"),
+    )
+}
+
+pub async fn create(
+    state: &AppState,
+    cluster: &Cluster,
+    target: OwnedTokenPath,
+    request: Request,
+) -> Result<Response, AppError> {
+    let (parts, body) = request.into_parts();
+    if parts.method != Method::POST {
+        return Err(AppError::kube(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} is not supported on the token subresource; create a token with POST",
+                parts.method
+            ),
+        )
+        .with_allow("POST"));
+    }
+    let client = authenticate(state, &parts.headers)?;
+    let (namespace, name) = (target.namespace.as_str(), target.name.as_str());
+    validate_names(namespace, name).map_err(|e| bad_request(name, e))?;
+    client.authorize(cluster.id(), namespace).map_err(|e| {
+        AppError::kube(
+            StatusCode::FORBIDDEN,
+            format!(
+                "serviceaccounts {} is forbidden: {e}",
+                serde_json::to_string(name).unwrap_or_default()
+            ),
+        )
+    })?;
+    let format = content_format(&parts.headers)?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let body = read_body(body).await?;
+    let decoded = match format {
+        Format::Json => decode_json(&body),
+        Format::Protobuf => decode_protobuf(&body),
+    }
+    .map_err(|e| bad_request(name, e))?;
+    if let Some(ns) = decoded
+        .metadata_namespace
+        .as_deref()
+        .filter(|ns| *ns != namespace)
+    {
+        return Err(bad_request(
+            name,
+            format!(
+                "metadata.namespace: Invalid value: {ns:?}: does not match the namespace in the URL ({namespace:?})"
+            ),
+        ));
+    }
+    if let Some(n) = decoded.metadata_name.as_deref().filter(|n| *n != name) {
+        return Err(bad_request(
+            name,
+            format!("metadata.name: Invalid value: {n:?}: does not match the name in the URL ({name:?})"),
+        ));
+    }
+    let mint_request = decoded.into_request(namespace, name);
+    let minted = match mint(cluster, &mint_request, SystemTime::now()) {
+        Ok(m) => m,
+        Err(e @ MintError::Invalid { .. }) => return Err(bad_request(name, e)),
+        Err(MintError::Signing) => {
+            tracing::error!(cluster = cluster.id(), "signing failed");
+            return Err(AppError::kube(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the token could not be signed",
+            ));
+        }
+    };
+    tracing::info!(
+        cluster = cluster.id(),
+        namespace,
+        service_account = name,
+        audiences = ?minted.claims.aud,
+        client = client.name,
+        kid = minted.kid,
+        jti = minted.claims.jti,
+        expiration_seconds = minted.expiration_seconds,
+        "token minted"
+    );
+    let body = encode_response(&mint_request, &minted).map_err(|e| {
+        tracing::error!(error = e, "encoding the TokenRequest answer failed");
+        AppError::kube(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer could not be encoded",
+        )
+    })?;
+    let mut response = (StatusCode::CREATED, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(warning) = &minted.warning {
+        // RFC 7234 §5.5 warn-code 299, as kube-apiserver sends warnings.
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{warning}\"")) {
+            h.insert(header::WARNING, v);
+        }
+    }
+    Ok(response)
+}
+
+async fn read_body(body: Body) -> Result<axum::body::Bytes, AppError> {
+    to_bytes(body, MAX_BODY).await.map_err(|e| {
+        let too_big = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_big {
+            too_large()
+        } else {
+            AppError::kube(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_paths_parse_from_the_right() {
+        let p = TokenPath::parse("/c/demo/api/v1/namespaces/ns/serviceaccounts/sa/token").unwrap();
+        assert_eq!((p.prefix, p.namespace, p.name), ("/c/demo", "ns", "sa"));
+        let p = TokenPath::parse("/api/v1/namespaces/ns/serviceaccounts/sa/token").unwrap();
+        assert_eq!(p.prefix, "");
+        assert!(TokenPath::parse("/c/demo/api/v1/namespaces/ns/pods/sa/token").is_none());
+        assert!(TokenPath::parse("/c/demo/api/v1/namespaces/ns/serviceaccounts/sa").is_none());
+    }
+
+    #[test]
+    fn bearer_is_parsed_strictly() {
+        let mut h = HeaderMap::new();
+        assert!(bearer(&h).is_err());
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Ok("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(bearer(&h).is_err());
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer def"),
+        );
+        assert!(bearer(&h).is_err());
+    }
+}

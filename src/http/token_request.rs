@@ -1,0 +1,259 @@
+//! TokenRequest on the wire: decoding JSON (`k8s-openapi` types) and Kubernetes
+//! protobuf (`k8s-pb` types inside the `k8s\0` + `runtime.Unknown` envelope,
+//! which kubectl 1.32 sends), and encoding the 201 answer as JSON.
+
+use k8s_openapi::api::authentication::v1 as authv1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use prost::Message as _;
+
+use crate::issuer::mint::{unix_seconds, BoundObjectRef, MintRequest, Minted};
+
+pub const API_VERSION: &str = "authentication.k8s.io/v1";
+pub const KIND: &str = "TokenRequest";
+/// The 4-byte prefix of every Kubernetes protobuf body
+/// (k8s.io/apimachinery/pkg/runtime/serializer/protobuf).
+const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
+
+/// What the body said, before the URL's namespace and name are added.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub metadata_name: Option<String>,
+    pub metadata_namespace: Option<String>,
+    pub audiences: Vec<String>,
+    pub expiration_seconds: Option<i64>,
+    pub bound: Option<BoundObjectRef>,
+}
+
+impl Decoded {
+    pub fn into_request(self, namespace: &str, name: &str) -> MintRequest {
+        MintRequest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            audiences: self.audiences,
+            expiration_seconds: self.expiration_seconds,
+            bound: self.bound,
+        }
+    }
+}
+
+/// Decodes a JSON TokenRequest. A wrong `kind` or `apiVersion` is refused by
+/// the `k8s-openapi` deserializer; the error names the path of the bad field.
+pub fn decode_json(body: &[u8]) -> Result<Decoded, String> {
+    // Check the type first, so the error names the field (k8s-openapi's own
+    // check reports it without a path). Absent type fields are allowed: the
+    // apiserver takes them from the URL.
+    #[derive(serde::Deserialize)]
+    struct TypeMeta {
+        #[serde(rename = "apiVersion")]
+        api_version: Option<String>,
+        kind: Option<String>,
+    }
+    if let Ok(TypeMeta { api_version, kind }) = serde_json::from_slice::<TypeMeta>(body) {
+        if let Some(v) = api_version.filter(|v| v != API_VERSION) {
+            return Err(format!(
+                "apiVersion: Invalid value: {v:?}: expected {API_VERSION:?}"
+            ));
+        }
+        if let Some(k) = kind.filter(|k| k != KIND) {
+            return Err(format!("kind: Invalid value: {k:?}: expected {KIND:?}"));
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let request: authv1::TokenRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            format!("the body is not a valid TokenRequest: {}", e.inner())
+        } else {
+            format!(
+                "the body is not a valid TokenRequest: {path}: {}",
+                e.inner()
+            )
+        }
+    })?;
+    de.end()
+        .map_err(|e| format!("the body is not a valid TokenRequest: {e}"))?;
+    let spec = request.spec.unwrap_or_default();
+    if spec.attestations.as_ref().is_some_and(|a| !a.is_empty()) {
+        return Err(
+            "spec.attestations: Forbidden: this issuer does not support attestations".into(),
+        );
+    }
+    Ok(Decoded {
+        metadata_name: request.metadata.name,
+        metadata_namespace: request.metadata.namespace,
+        audiences: spec.audiences.unwrap_or_default(),
+        expiration_seconds: spec.expiration_seconds,
+        bound: spec.bound_object_ref.map(|b| BoundObjectRef {
+            kind: b.kind.unwrap_or_default(),
+            api_version: b.api_version,
+            name: b.name.unwrap_or_default(),
+            uid: b.uid.unwrap_or_default(),
+        }),
+    })
+}
+
+/// Decodes a Kubernetes protobuf TokenRequest.
+pub fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
+    let rest = body.strip_prefix(PROTOBUF_MAGIC).ok_or_else(|| {
+        "the protobuf body does not start with the Kubernetes envelope prefix \"k8s\\x00\""
+            .to_owned()
+    })?;
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest)
+        .map_err(|e| format!("the protobuf envelope (runtime.Unknown) is malformed: {e}"))?;
+    let type_meta = unknown.type_meta.unwrap_or_default();
+    let api_version = type_meta.api_version.unwrap_or_default();
+    let kind = type_meta.kind.unwrap_or_default();
+    // The apiserver accepts an envelope without type information and takes it
+    // from the URL; a different type is refused.
+    if !api_version.is_empty() && api_version != API_VERSION {
+        return Err(format!(
+            "apiVersion: Invalid value: {api_version:?}: expected {API_VERSION:?}"
+        ));
+    }
+    if !kind.is_empty() && kind != KIND {
+        return Err(format!("kind: Invalid value: {kind:?}: expected {KIND:?}"));
+    }
+    if let Some(encoding) = unknown.content_encoding.filter(|e| !e.is_empty()) {
+        return Err(format!(
+            "contentEncoding: Unsupported value: {encoding:?}: the raw message must not be encoded"
+        ));
+    }
+    let raw = unknown.raw.unwrap_or_default();
+    let request = k8s_pb::api::authentication::v1::TokenRequest::decode(raw.as_slice())
+        .map_err(|e| format!("the protobuf TokenRequest is malformed: {e}"))?;
+    let metadata = request.metadata.unwrap_or_default();
+    let spec = request.spec.unwrap_or_default();
+    Ok(Decoded {
+        metadata_name: metadata.name.filter(|n| !n.is_empty()),
+        metadata_namespace: metadata.namespace.filter(|n| !n.is_empty()),
+        audiences: spec.audiences,
+        expiration_seconds: spec.expiration_seconds,
+        bound: spec.bound_object_ref.map(|b| BoundObjectRef {
+            kind: b.kind.unwrap_or_default(),
+            api_version: b.api_version.filter(|v| !v.is_empty()),
+            name: b.name.unwrap_or_default(),
+            uid: b.u_id.unwrap_or_default(),
+        }),
+    })
+}
+
+fn time(seconds: i64) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::from_second(seconds)
+        .ok()
+        .map(Time)
+}
+
+/// The 201 body: the request as the server understood it (defaults filled
+/// in, lifetime as shortened) with the token in `status`.
+pub fn encode_response(request: &MintRequest, minted: &Minted) -> Result<Vec<u8>, String> {
+    let expiration = time(unix_seconds(minted.expires_at)).ok_or("expiration out of range")?;
+    let response = authv1::TokenRequest {
+        metadata: ObjectMeta {
+            name: Some(request.name.clone()),
+            namespace: Some(request.namespace.clone()),
+            creation_timestamp: time(minted.claims.iat),
+            ..ObjectMeta::default()
+        },
+        spec: Some(authv1::TokenRequestSpec {
+            attestations: None,
+            audiences: Some(minted.claims.aud.clone()),
+            expiration_seconds: Some(minted.expiration_seconds),
+            bound_object_ref: request
+                .bound
+                .as_ref()
+                .map(|b| authv1::BoundObjectReference {
+                    api_version: Some(b.api_version.clone().unwrap_or_else(|| "v1".into())),
+                    kind: Some(b.kind.clone()),
+                    name: Some(b.name.clone()),
+                    uid: Some(b.uid.clone()),
+                }),
+        }),
+        status: Some(authv1::TokenRequestStatus {
+            token: Some(minted.token.clone()),
+            expiration_timestamp: Some(expiration),
+        }),
+    };
+    serde_json::to_vec(&response).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_pb::api::authentication::v1 as pb;
+
+    pub fn protobuf_body(api_version: &str, kind: &str, spec: pb::TokenRequestSpec) -> Vec<u8> {
+        let raw = pb::TokenRequest {
+            metadata: None,
+            spec: Some(spec),
+            status: None,
+        }
+        .encode_to_vec();
+        let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut body = PROTOBUF_MAGIC.to_vec();
+        body.extend(unknown.encode_to_vec());
+        body
+    }
+
+    #[test]
+    fn json_request_decodes_with_bound_object() {
+        let d = decode_json(
+            br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest",
+                "spec":{"audiences":["a","b"],"expirationSeconds":1200,
+                "boundObjectRef":{"kind":"Pod","apiVersion":"v1","name":"p","uid":"u"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.audiences, ["a", "b"]);
+        assert_eq!(d.expiration_seconds, Some(1200));
+        assert_eq!(d.bound.unwrap().kind, "Pod");
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = decode_json(br#"{"kind":"Pod","spec":{}}"#).unwrap_err();
+        assert!(e.starts_with("kind: Invalid value: \"Pod\""), "{e}");
+        let e = decode_json(br#"{"apiVersion":"v1","spec":{}}"#).unwrap_err();
+        assert!(e.starts_with("apiVersion: Invalid value: \"v1\""), "{e}");
+        let e = decode_json(br#"{"spec":{"expirationSeconds":"soon"}}"#).unwrap_err();
+        assert!(e.contains("spec.expirationSeconds"), "{e}");
+        let e = decode_json(br#"{"spec":{}} trailing"#).unwrap_err();
+        assert!(e.contains("trailing"), "{e}");
+        let e = decode_json(br#"{"spec":"#).unwrap_err();
+        assert!(e.contains("EOF"), "{e}");
+    }
+
+    #[test]
+    fn protobuf_request_decodes() {
+        let body = protobuf_body(
+            API_VERSION,
+            KIND,
+            pb::TokenRequestSpec {
+                audiences: vec!["x".into()],
+                expiration_seconds: Some(3600),
+                bound_object_ref: None,
+            },
+        );
+        let d = decode_protobuf(&body).unwrap();
+        assert_eq!(d.audiences, ["x"]);
+        assert_eq!(d.expiration_seconds, Some(3600));
+    }
+
+    #[test]
+    fn protobuf_of_another_kind_or_without_envelope_is_refused() {
+        let body = protobuf_body(API_VERSION, "TokenReview", pb::TokenRequestSpec::default());
+        assert!(decode_protobuf(&body).unwrap_err().starts_with("kind:"));
+        assert!(decode_protobuf(b"\x0a\x00")
+            .unwrap_err()
+            .contains("envelope prefix"));
+        assert!(decode_protobuf(b"k8s\0\xff\xff")
+            .unwrap_err()
+            .contains("malformed"));
+    }
+}

@@ -1,0 +1,135 @@
+//! A cluster at run time: its settings and the documents it publishes, swapped
+//! whole when its key set changes; and the registry that finds a cluster by
+//! the path of its issuer URL in O(1), however many clusters there are.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+
+use super::discovery;
+use crate::config::ClusterConfig;
+use crate::keys::store::KeySet;
+
+/// A published document with its strong entity tag (RFC 9110 §8.8.3).
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub body: Bytes,
+    /// Quoted, ready for the ETag header.
+    pub etag: String,
+}
+
+impl Document {
+    fn new(body: Vec<u8>) -> Self {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+        // 128 bits of the digest are plenty to tell versions apart.
+        let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
+        Document {
+            body: Bytes::from(body),
+            etag,
+        }
+    }
+}
+
+/// Everything derived from one key set: built once per change.
+#[derive(Debug)]
+pub struct Published {
+    pub keys: Arc<KeySet>,
+    pub discovery: Document,
+    pub jwks: Document,
+    /// base64url of the JOSE header of tokens signed by the current key.
+    pub header_b64: String,
+}
+
+impl Published {
+    pub fn new(issuer: &str, keys: Arc<KeySet>) -> Self {
+        let signer = keys.signer();
+        // RFC 7515 §4.1; members sorted as Kubernetes emits them.
+        let header = format!(
+            r#"{{"alg":"{}","kid":"{}","typ":"JWT"}}"#,
+            signer.algorithm(),
+            signer.kid()
+        );
+        Published {
+            discovery: Document::new(discovery::document(issuer, keys.algorithms())),
+            jwks: Document::new(keys.jwks_json().to_vec()),
+            header_b64: URL_SAFE_NO_PAD.encode(header),
+            keys,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    published: ArcSwap<Published>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, keys: Arc<KeySet>) -> Self {
+        let published = Published::new(&config.issuer, keys);
+        Cluster {
+            config,
+            published: ArcSwap::from_pointee(published),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The current documents and signer; cheap, lock-free.
+    pub fn published(&self) -> Arc<Published> {
+        self.published.load_full()
+    }
+
+    /// Replaces the key set; readers see the old or the new set, never a mix.
+    pub fn replace_keys(&self, keys: Arc<KeySet>) {
+        self.published
+            .store(Arc::new(Published::new(&self.config.issuer, keys)));
+    }
+}
+
+/// All clusters, found by id or by issuer path.
+#[derive(Debug, Default)]
+pub struct Issuers {
+    clusters: Vec<Arc<Cluster>>,
+    by_path: HashMap<String, usize>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Issuers {
+    pub fn new(clusters: Vec<Arc<Cluster>>) -> Self {
+        let by_path = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.config.issuer_path.clone(), i))
+            .collect();
+        let by_id = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.config.id.clone(), i))
+            .collect();
+        Issuers {
+            clusters,
+            by_path,
+            by_id,
+        }
+    }
+
+    /// The cluster whose issuer URL has this path ("" for the root).
+    pub fn by_path(&self, path: &str) -> Option<&Arc<Cluster>> {
+        self.by_path.get(path).map(|i| &self.clusters[*i])
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Cluster>> {
+        self.by_id.get(id).map(|i| &self.clusters[*i])
+    }
+
+    pub fn all(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+}

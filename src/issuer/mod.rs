@@ -1,0 +1,13 @@
+//! The issuer: clusters with their published documents, claims, minting and
+//! API-client authorization. Knows nothing of HTTP.
+//!
+//! Reads `keys::store::KeySet` (never `keys::rotation`); signs through the
+//! `SigningKey` a key set hands out, never touching private-key types itself.
+
+pub mod auth;
+pub mod claims;
+pub mod cluster;
+pub mod discovery;
+pub mod mint;
+
+pub use cluster::{Cluster, Document, Issuers, Published};

@@ -1,0 +1,339 @@
+//! Private key material: generating, loading and signing with one key.
+//!
+//! This is the only module that touches private-key types. Everything else sees
+//! a [`SigningKey`] through its public surface: the kid, the algorithm, the public
+//! JWK and `sign`. The key is parsed once, when it is loaded, and kept parsed in
+//! memory: signing never re-reads PEM or DER.
+//!
+//! Signing goes through aws-lc-rs, whose RSA and ECDSA are constant-time (the
+//! pure-Rust `rsa` crate carries RUSTSEC-2023-0071); the `rsa` and `p256` crates are
+//! used only for the public halves (PKIX encoding, JWK members).
+
+use std::fmt;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+};
+use p256::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
+use rsa::pkcs8::der::pem::LineEnding;
+use rsa::pkcs8::der::zeroize::Zeroizing;
+use rsa::traits::PublicKeyParts as _;
+
+use super::jwk::{kid_from_spki_der, PublicJwk};
+
+/// A JWS signing algorithm this issuer can sign with (RFC 7518 §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    // Declared in name order, so sorting algorithms sorts their names too.
+    Es256,
+    Rs256,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rs256 => "RS256",
+            Algorithm::Es256 => "ES256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "RS256" => Some(Algorithm::Rs256),
+            "ES256" => Some(Algorithm::Es256),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of key to generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    Rsa { bits: u32 },
+    P256,
+}
+
+impl KeySpec {
+    pub fn algorithm(self) -> Algorithm {
+        match self {
+            KeySpec::Rsa { .. } => Algorithm::Rs256,
+            KeySpec::P256 => Algorithm::Es256,
+        }
+    }
+}
+
+impl fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySpec::Rsa { bits } => write!(f, "RS256 (RSA {bits})"),
+            KeySpec::P256 => f.write_str("ES256 (P-256)"),
+        }
+    }
+}
+
+/// The RSA sizes accepted for signing keys.
+pub const RSA_BITS: [u32; 3] = [2048, 3072, 4096];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PEM \"PRIVATE KEY\" (PKCS#8) document: {0}")]
+    Pem(String),
+    #[error("not a PKCS#8 private key: {0}")]
+    Pkcs8(String),
+    #[error("unsupported key type: only RSA and EC P-256 keys can sign")]
+    UnsupportedType,
+    #[error("RSA key of {0} bits: only 2048, 3072 or 4096 bits are accepted")]
+    RsaSize(usize),
+    #[error("the key was rejected by the signer: {0}")]
+    Rejected(String),
+    #[error("key generation failed")]
+    Generate,
+    #[error("signing failed")]
+    Sign,
+}
+
+enum Private {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+/// A parsed private key, ready to sign, with its public JWK and kid.
+///
+/// Deliberately neither `Debug`-derived nor `Serialize`: the hand-written `Debug`
+/// prints the kid and algorithm only.
+pub struct SigningKey {
+    private: Private,
+    alg: Algorithm,
+    kid: String,
+    jwk: PublicJwk,
+    bits: u32,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("private", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A PKCS#8 PEM document holding a private key, wiped from memory on drop.
+pub struct Pkcs8Pem(Zeroizing<String>);
+
+impl Pkcs8Pem {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Pkcs8Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pkcs8Pem(<redacted>)")
+    }
+}
+
+const PEM_LABEL: &str = "PRIVATE KEY";
+
+impl SigningKey {
+    /// Generates a new key. RSA generation takes tens of milliseconds: call it
+    /// off the async threads.
+    pub fn generate(spec: KeySpec) -> Result<(SigningKey, Pkcs8Pem), KeyError> {
+        let der: Zeroizing<Vec<u8>> = match spec {
+            KeySpec::Rsa { bits } => {
+                let size = match bits {
+                    2048 => KeySize::Rsa2048,
+                    3072 => KeySize::Rsa3072,
+                    4096 => KeySize::Rsa4096,
+                    other => return Err(KeyError::RsaSize(other as usize)),
+                };
+                let pair =
+                    aws_lc_rs::rsa::KeyPair::generate(size).map_err(|_| KeyError::Generate)?;
+                let der = pair.as_der().map_err(|_| KeyError::Generate)?;
+                Zeroizing::new(der.as_ref().to_vec())
+            }
+            KeySpec::P256 => {
+                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                    .map_err(|_| KeyError::Generate)?;
+                let doc = pair.to_pkcs8v1().map_err(|_| KeyError::Generate)?;
+                Zeroizing::new(doc.as_ref().to_vec())
+            }
+        };
+        let pem = rsa::pkcs8::der::pem::encode_string(PEM_LABEL, LineEnding::LF, &der)
+            .map_err(|e| KeyError::Pem(e.to_string()))?;
+        let key = SigningKey::from_pkcs8_der(&der)?;
+        Ok((key, Pkcs8Pem(Zeroizing::new(pem))))
+    }
+
+    /// Parses a PKCS#8 PEM private key (RSA 2048/3072/4096 or EC P-256).
+    pub fn from_pkcs8_pem(pem: &[u8]) -> Result<SigningKey, KeyError> {
+        let (label, der) =
+            rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let der = Zeroizing::new(der);
+        if label != PEM_LABEL {
+            return Err(KeyError::Pem(format!(
+                "found label \"{label}\", expected \"{PEM_LABEL}\""
+            )));
+        }
+        SigningKey::from_pkcs8_der(&der)
+    }
+
+    fn from_pkcs8_der(der: &[u8]) -> Result<SigningKey, KeyError> {
+        let info = rsa::pkcs8::PrivateKeyInfo::try_from(der)
+            .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+        let oid = info.algorithm.oid;
+        if oid == rsa::pkcs1::ALGORITHM_OID {
+            let parsed = rsa::RsaPrivateKey::from_pkcs8_der(der)
+                .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+            let public = parsed.to_public_key();
+            let bits = public.n().bits();
+            if !RSA_BITS.contains(&(bits as u32)) {
+                return Err(KeyError::RsaSize(bits));
+            }
+            let spki = public
+                .to_public_key_der()
+                .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+            let kid = kid_from_spki_der(spki.as_bytes());
+            let jwk = PublicJwk::rsa(&kid, &public.n().to_bytes_be(), &public.e().to_bytes_be());
+            let pair =
+                RsaKeyPair::from_pkcs8(der).map_err(|e| KeyError::Rejected(e.to_string()))?;
+            Ok(SigningKey {
+                private: Private::Rsa(pair),
+                alg: Algorithm::Rs256,
+                kid,
+                jwk,
+                bits: bits as u32,
+            })
+        } else if oid == p256::elliptic_curve::ALGORITHM_OID {
+            let secret =
+                p256::SecretKey::from_pkcs8_der(der).map_err(|_| KeyError::UnsupportedType)?;
+            let public = secret.public_key();
+            let spki = public
+                .to_public_key_der()
+                .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+            let kid = kid_from_spki_der(spki.as_bytes());
+            let point =
+                p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&public, false);
+            let (Some(x), Some(y)) = (point.x(), point.y()) else {
+                return Err(KeyError::UnsupportedType);
+            };
+            let jwk = PublicJwk::ec_p256(&kid, x, y);
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                .map_err(|e| KeyError::Rejected(e.to_string()))?;
+            // Cross-check: both parsers must see the same public key.
+            if pair.public_key().as_ref() != point.as_bytes() {
+                return Err(KeyError::Rejected("public key mismatch".into()));
+            }
+            Ok(SigningKey {
+                private: Private::Ec(pair),
+                alg: Algorithm::Es256,
+                kid,
+                jwk,
+                bits: 256,
+            })
+        } else {
+            Err(KeyError::UnsupportedType)
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn public_jwk(&self) -> &PublicJwk {
+        &self.jwk
+    }
+
+    /// RSA modulus size, or 256 for P-256.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    pub fn spec(&self) -> KeySpec {
+        match self.alg {
+            Algorithm::Rs256 => KeySpec::Rsa { bits: self.bits },
+            Algorithm::Es256 => KeySpec::P256,
+        }
+    }
+
+    /// Signs `message` as JWS RS256 (RSASSA-PKCS1-v1_5 with SHA-256) or ES256
+    /// (ECDSA P-256 with SHA-256, the fixed 64-byte R||S form of RFC 7518 §3.4).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match &self.private {
+            Private::Rsa(pair) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut sig)
+                    .map_err(|_| KeyError::Sign)?;
+                Ok(sig)
+            }
+            Private::Ec(pair) => {
+                let sig = pair
+                    .sign(&SystemRandom::new(), message)
+                    .map_err(|_| KeyError::Sign)?;
+                Ok(sig.as_ref().to_vec())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_p256_key_round_trips_through_pem() {
+        let (key, pem) = SigningKey::generate(KeySpec::P256).unwrap();
+        let again = SigningKey::from_pkcs8_pem(pem.as_bytes()).unwrap();
+        assert_eq!(key.kid(), again.kid());
+        assert_eq!(again.algorithm(), Algorithm::Es256);
+        assert_eq!(key.sign(b"x").unwrap().len(), 64);
+    }
+
+    #[test]
+    fn generated_rsa_key_round_trips_through_pem() {
+        let (key, pem) = SigningKey::generate(KeySpec::Rsa { bits: 2048 }).unwrap();
+        let again = SigningKey::from_pkcs8_pem(pem.as_bytes()).unwrap();
+        assert_eq!(key.kid(), again.kid());
+        assert_eq!(again.bits(), 2048);
+        assert_eq!(key.sign(b"x").unwrap().len(), 256);
+    }
+
+    #[test]
+    fn debug_output_never_shows_key_material() {
+        let (key, pem) = SigningKey::generate(KeySpec::P256).unwrap();
+        let shown = format!("{key:?} {pem:?}");
+        assert!(shown.contains("<redacted>"));
+        assert!(!shown.contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_public_key_or_garbage_is_refused_with_a_reason() {
+        let public = include_bytes!("../../../shared/vectors/kubernetes-kid-rsa.pub.pem");
+        let err = SigningKey::from_pkcs8_pem(public).unwrap_err();
+        assert!(err.to_string().contains("PUBLIC KEY"), "{err}");
+        let err = SigningKey::from_pkcs8_pem(b"hello").unwrap_err();
+        assert!(matches!(err, KeyError::Pem(_)), "{err}");
+    }
+
+    #[test]
+    fn small_rsa_sizes_are_refused() {
+        assert!(matches!(
+            SigningKey::generate(KeySpec::Rsa { bits: 1024 }),
+            Err(KeyError::RsaSize(1024))
+        ));
+    }
+}

@@ -1,0 +1,19 @@
+//! workload-issuer: a standalone OIDC issuer and JWKS discovery server for
+//! workload identity.
+//!
+//! Layout: `config` (settings, validated), `keys` (material, JWKs, the
+//! on-disk store), `issuer` (clusters, claims, minting, API clients; no HTTP),
+//! `http` (routes), `server` (listeners, TLS), `serve` (startup glue).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod http;
+pub mod issuer;
+pub mod keys;
+pub mod serve;
+pub mod server;
+
+pub use http::{app, AppState};

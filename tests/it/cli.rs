@@ -1,0 +1,250 @@
+//! The binary itself: check-config, and serve on its defaults with overrides.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+
+#[test]
+fn check_config_accepts_the_example() {
+    let out = Command::new(BIN)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check-config", "config/example.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("http://127.0.0.1:8080/c/demo (RS256 (RSA 2048))"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("http://127.0.0.1:8080/c/edge (ES256 (P-256))"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_names_every_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.1:8080"
+public_url = "https://oidc.example.com/"
+keys_dir = "keys"
+[[clusters]]
+id = "a"
+rsa_bits = 1024
+[[clusters]]
+id = "a"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("public_url: \"https://oidc.example.com/\" must not end with '/'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("clusters[0].rsa_bits: 1024 is not allowed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("clusters[1].id: duplicate cluster id \"a\""),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "listen = \"x\"\nbogus = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `bogus`"));
+
+    let out = Command::new(BIN)
+        .args(["check-config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+/// Starts `serve` and returns the child and the address from its log.
+fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, String, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("WORKLOAD_ISSUER_CONFIG")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        lines.push(line.clone());
+        if let Some(pos) = line.find("listening on http://") {
+            let addr = line[pos + "listening on http://".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            return (child, addr, lines);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("server did not start: {lines:?}");
+}
+
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn serve_on_the_embedded_default_creates_keys_and_prints_the_token_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (child, addr, lines) = spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let token_path = keys.join("admin.token");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&token_path.display().to_string())),
+        "the token path is printed: {lines:?}"
+    );
+    assert!(token_path.exists());
+    assert!(keys.join("demo/manifest.json").exists());
+    // The embedded default's issuer is on port 8080 whatever port we got.
+    let body = http_get(&addr, "/c/demo/.well-known/openid-configuration");
+    assert!(
+        body.contains(r#""issuer":"http://127.0.0.1:8080/c/demo""#),
+        "{body}"
+    );
+    assert!(terminate(child).success(), "SIGTERM exits 0");
+}
+
+#[test]
+fn flags_win_over_environment_variables_which_win_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (child, addr, _) = spawn_serve(
+        &[
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("WORKLOAD_ISSUER_LISTEN", "127.0.0.1:1"),
+            ("WORKLOAD_ISSUER_PUBLIC_URL", "https://env.example.com"),
+            ("WORKLOAD_ISSUER_KEYS_DIR", keys.to_str().unwrap()),
+        ],
+    );
+    let body = http_get(&addr, "/c/edge/.well-known/openid-configuration");
+    assert!(
+        body.contains(r#""issuer":"https://env.example.com/c/edge""#),
+        "{body}"
+    );
+    assert!(keys.join("edge/manifest.json").exists());
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn a_broken_key_file_stops_the_start_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (child, _, _) = spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(terminate(child).success());
+    let pem = std::fs::read_dir(keys.join("demo"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pem"))
+        .unwrap();
+    std::fs::write(
+        &pem,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&pem.display().to_string()), "{stderr}");
+    assert!(stderr.contains("cluster \"demo\""), "{stderr}");
+    // The broken file is left for the operator, not replaced.
+    assert!(std::fs::read_to_string(&pem).unwrap().contains("AAAA"));
+}
+
+/// A minimal HTTP/1.1 GET, so this module needs no async runtime.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}

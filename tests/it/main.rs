@@ -1,0 +1,10 @@
+//! Integration tests: the real server on 127.0.0.1:0, real clients.
+
+mod cli;
+mod documents;
+mod errors;
+mod harness;
+mod interop;
+mod keys;
+mod kubectl;
+mod minting;

@@ -35,6 +35,45 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Inspect and rotate signing keys in the keys dir, with or without a server running.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List every cluster's keys: state, kid, algorithm, times, next transition.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promote the next key to signing now.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        cluster: String,
+        /// Rotate even if the next key was published for less than publish_ahead.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a key from the JWKS at once (a compromised key) and delete it.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        kid: String,
+    },
 }
 
 /// Where the configuration comes from, and the values that override it.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::keys::material::{KeySpec, RSA_BITS};
+use crate::keys::rotation::RotationPolicy;
 
 /// The configuration used when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -39,6 +40,8 @@ struct FileConfig {
     clusters: Vec<FileCluster>,
     #[serde(default)]
     api_clients: Vec<FileApiClient>,
+    #[serde(default)]
+    rotation: FileRotation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +62,25 @@ struct FileCluster {
     max_token_lifetime: Option<String>,
     #[serde(default)]
     jwks_max_age: Option<String>,
+    #[serde(default)]
+    rotate_every: Option<String>,
+    #[serde(default)]
+    publish_ahead: Option<String>,
+    #[serde(default)]
+    clock_skew: Option<String>,
+    #[serde(default)]
+    retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRotation {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    reload_interval: Option<String>,
 }
 
 fn default_algorithm() -> String {
@@ -103,6 +125,20 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub clusters: Vec<ClusterConfig>,
     pub api_clients: Vec<ApiClientConfig>,
+    pub rotation: RotationSettings,
+}
+
+/// What this replica does about rotation (the policies are per cluster).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationSettings {
+    /// Whether this replica applies the rotation policies. Replicas sharing a
+    /// keys dir may leave it to some of them; every replica follows changes.
+    pub enabled: bool,
+    /// How often the policies are applied.
+    pub interval: Duration,
+    /// How often the manifests are checked for changes made elsewhere (the
+    /// CLI, another replica).
+    pub reload_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +160,7 @@ pub struct ClusterConfig {
     pub min_token_lifetime: Duration,
     pub max_token_lifetime: Duration,
     pub jwks_max_age: Duration,
+    pub rotation: RotationPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -315,7 +352,10 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
         }
     }
 
+    let rotation = validate_rotation(file.rotation, problems);
+
     Some(Config {
+        rotation: rotation?,
         listen: listen?,
         public_url: public_url?,
         keys_dir: file.keys_dir,
@@ -377,6 +417,7 @@ fn validate_cluster(
     };
     let audiences = c
         .audiences
+        .clone()
         .unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_owned()]);
     if audiences.is_empty() {
         problems.push(format!("{at}.audiences: must name at least one audience"));
@@ -434,10 +475,15 @@ fn validate_cluster(
             ));
         }
     }
+    let rotation = match (max, max_age) {
+        (Some(max), Some(age)) => validate_policy(at, &c, max, age, problems),
+        _ => None,
+    };
     if problems.len() != before {
         return None;
     }
     Some(ClusterConfig {
+        rotation: rotation?,
         id: c.id,
         issuer,
         issuer_path,
@@ -446,6 +492,120 @@ fn validate_cluster(
         min_token_lifetime: min?,
         max_token_lifetime: max?,
         jwks_max_age: max_age?,
+    })
+}
+
+/// Rotation policy of one cluster (REFERENCE §5). Refuses a policy under
+/// which a relying party could miss a key: a next key published for less than
+/// the JWKS max-age before it signs, or a retired key dropped while tokens it
+/// signed may still be presented.
+fn validate_policy(
+    at: &str,
+    c: &FileCluster,
+    max_lifetime: Duration,
+    max_age: Duration,
+    problems: &mut Vec<String>,
+) -> Option<RotationPolicy> {
+    let rotate_every = duration(
+        at,
+        "rotate_every",
+        c.rotate_every.as_deref(),
+        "30d",
+        problems,
+    );
+    let publish_ahead = duration(
+        at,
+        "publish_ahead",
+        c.publish_ahead.as_deref(),
+        "24h",
+        problems,
+    );
+    let clock_skew = duration(at, "clock_skew", c.clock_skew.as_deref(), "5m", problems);
+    let (rotate_every, publish_ahead, clock_skew) = (rotate_every?, publish_ahead?, clock_skew?);
+    let floor = max_lifetime + max_age + clock_skew;
+    let retention = match c.retention.as_deref() {
+        Some(text) => duration(at, "retention", Some(text), "", problems)?,
+        None => floor,
+    };
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    let before = problems.len();
+    if publish_ahead < max_age {
+        problems.push(format!(
+            "{at}.publish_ahead: {} is shorter than jwks_max_age {}: a relying party that cached \
+             the JWKS just before the next key appeared would not know it when it starts signing",
+            show(publish_ahead),
+            show(max_age)
+        ));
+    }
+    if retention < floor {
+        problems.push(format!(
+            "{at}.retention: {} is shorter than max_token_lifetime {} + jwks_max_age {} + \
+             clock_skew {} = {}: tokens signed just before a rotation would stop verifying \
+             while still valid",
+            show(retention),
+            show(max_lifetime),
+            show(max_age),
+            show(clock_skew),
+            show(floor)
+        ));
+    }
+    if rotate_every < publish_ahead {
+        problems.push(format!(
+            "{at}.rotate_every: {} is shorter than publish_ahead {}: each next key must be \
+             published for publish_ahead before it signs",
+            show(rotate_every),
+            show(publish_ahead)
+        ));
+    }
+    if rotate_every < Duration::from_secs(1) {
+        problems.push(format!("{at}.rotate_every: must be at least 1s"));
+    }
+    // AWS accepts at most 100 keys of a type in one JWKS (spire#4699). At
+    // steady state the JWKS holds the current and next keys and the retired
+    // ones still within retention.
+    let published = 2 + retention.as_secs().div_ceil(rotate_every.as_secs().max(1));
+    if published > crate::keys::rotation::MAX_KEYS_PER_TYPE as u64 {
+        problems.push(format!(
+            "{at}.rotate_every: rotating every {} with retention {} publishes up to {published} \
+             keys; AWS accepts at most 100 of a type, so rotate less often",
+            show(rotate_every),
+            show(retention)
+        ));
+    }
+    if problems.len() != before {
+        return None;
+    }
+    Some(RotationPolicy {
+        rotate_every,
+        publish_ahead,
+        retention,
+    })
+}
+
+fn validate_rotation(r: FileRotation, problems: &mut Vec<String>) -> Option<RotationSettings> {
+    let interval = duration(
+        "rotation",
+        "interval",
+        r.interval.as_deref(),
+        "1m",
+        problems,
+    );
+    let reload = duration(
+        "rotation",
+        "reload_interval",
+        r.reload_interval.as_deref(),
+        "5s",
+        problems,
+    );
+    let (interval, reload) = (interval?, reload?);
+    if interval < Duration::from_secs(1) || reload < Duration::from_secs(1) {
+        problems.push("rotation.interval and rotation.reload_interval: must be at least 1s".into());
+        return None;
+    }
+    Some(RotationSettings {
+        enabled: r.enabled.unwrap_or(true),
+        interval,
+        reload_interval: reload,
     })
 }
 

@@ -1,11 +1,12 @@
 //! The `workload-issuer` binary: parse the command line, start logging, dispatch.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use workload_issuer::cli::{Cli, Command, LogFormat};
-use workload_issuer::config::{Config, Overrides};
+use workload_issuer::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -13,6 +14,10 @@ fn main() -> ExitCode {
         EnvFilter::try_from_env("WORKLOAD_ISSUER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (a log shipper restarting) must not take the
+        // server down: tracing's own report of a failed write would panic.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
@@ -38,29 +43,12 @@ fn main() -> ExitCode {
             match runtime.block_on(workload_issuer::serve::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    let _ = writeln!(std::io::stderr(), "error: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::CheckConfig { file } => match Config::load(Some(&file), &Overrides::default()) {
-            Ok(c) => {
-                println!(
-                    "{}: valid; {} cluster(s): {}",
-                    file.display(),
-                    c.clusters.len(),
-                    c.clusters
-                        .iter()
-                        .map(|c| format!("{} ({})", c.issuer, c.key_spec))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { file } => workload_issuer::commands::check_config(&file),
+        Command::Keys { command } => workload_issuer::commands::keys(command),
     }
 }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::http::{app, AppState};
 use crate::issuer::auth::ApiClients;
 use crate::issuer::{Cluster, Issuers};
+use crate::keys::rotation::{self, Background, BackgroundSettings, Managed, ReloadStatus};
 use crate::keys::store::KeyStore;
 use crate::server;
 
@@ -31,27 +32,53 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("a background task failed: {0}")]
     Join(String),
+    #[error("cluster \"{cluster}\": {source}")]
+    Rotation {
+        cluster: String,
+        source: crate::keys::rotation::RotationError,
+    },
 }
 
 /// Loads or creates every cluster's keys and the API clients.
 pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
     let store = KeyStore::new(&config.keys_dir);
     let settings = config.clusters.clone();
+    let rotate = config.rotation.enabled;
     // Key generation (RSA especially) and file reads block: keep them off the
     // async workers.
     let clusters = tokio::task::spawn_blocking(move || {
         let mut clusters = Vec::with_capacity(settings.len());
         for c in settings {
-            let (keys, created) = store
-                .load_or_create(&c.id, c.key_spec, SystemTime::now())
-                .map_err(|source| StartError::Keys {
-                    cluster: c.id.clone(),
-                    source,
+            let keys_err = |source| StartError::Keys {
+                cluster: c.id.clone(),
+                source,
+            };
+            let keys = if rotate {
+                // Catch up on whatever fell due while the server was down.
+                let transitions = rotation::apply_policy(&store, &c.id, c.key_spec, &c.rotation, SystemTime::now())
+                    .map_err(|source| StartError::Rotation {
+                        cluster: c.id.clone(),
+                        source,
+                    })?;
+                rotation::log_transitions(&c.id, &transitions);
+                let manifest = store.read_manifest(&c.id).map_err(keys_err)?.ok_or_else(|| {
+                    keys_err(crate::keys::store::StoreError::Manifest {
+                        path: store.manifest_path(&c.id),
+                        reason: "missing after the rotation step".into(),
+                    })
                 })?;
+                store.load_set(&manifest).map_err(keys_err)?
+            } else {
+                let (keys, created) = store
+                    .load_or_create(&c.id, c.key_spec, SystemTime::now())
+                    .map_err(keys_err)?;
+                if created {
+                    let signer = keys.signer();
+                    tracing::info!(cluster = c.id, kid = signer.kid(), alg = %signer.algorithm(), "generated the first signing key");
+                }
+                keys
+            };
             let signer = keys.signer();
-            if created {
-                tracing::info!(cluster = c.id, kid = signer.kid(), alg = %signer.algorithm(), "generated the first signing key");
-            }
             if signer.spec() != c.key_spec {
                 tracing::warn!(
                     cluster = c.id,
@@ -95,6 +122,18 @@ pub async fn run(
         Some(files) => Some(server::load_tls(&files.cert, &files.key)?),
         None => None,
     };
+    let background = Arc::new(start_background(config, &state)?);
+    let hup = background.clone();
+    let sighup = tokio::spawn(async move {
+        let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while signal.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading key sets");
+            hup.reload_now();
+        }
+    });
     let scheme = if tls.is_some() { "https" } else { "http" };
     let local = listener.local_addr()?;
     for c in state.issuers.all() {
@@ -105,7 +144,38 @@ pub async fn run(
         "listening on {scheme}://{local}"
     );
     server::serve(listener, tls, app(state), shutdown).await;
+    sighup.abort();
+    drop(background);
     Ok(())
+}
+
+/// Starts the thread that applies rotation policies (when this replica
+/// rotates) and follows key-set changes made by other replicas or the CLI.
+fn start_background(config: &Config, state: &AppState) -> Result<Background, StartError> {
+    let mut managed = Vec::new();
+    let mut loaded = Vec::new();
+    for cluster in state.issuers.all() {
+        let target = cluster.clone();
+        managed.push(Managed {
+            cluster: cluster.id().to_owned(),
+            spec: cluster.config.key_spec,
+            policy: cluster.config.rotation,
+            publish: Box::new(move |set| target.replace_keys(set)),
+        });
+        loaded.push(cluster.published().keys.clone());
+    }
+    let settings = BackgroundSettings {
+        rotate: config.rotation.enabled,
+        interval: config.rotation.interval,
+        reload_interval: config.rotation.reload_interval,
+    };
+    Ok(Background::start(
+        KeyStore::new(&config.keys_dir),
+        managed,
+        loaded,
+        settings,
+        Arc::new(ReloadStatus::default()),
+    )?)
 }
 
 /// `workload-issuer serve`: prepare, bind the configured address, serve until

@@ -5,4 +5,5 @@
 
 pub mod jwk;
 pub mod material;
+pub mod rotation;
 pub mod store;

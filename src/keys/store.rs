@@ -72,6 +72,37 @@ pub struct Manifest {
     pub keys: Vec<KeyRecord>,
 }
 
+impl Manifest {
+    pub fn empty(cluster: &str) -> Self {
+        Manifest {
+            version: MANIFEST_VERSION,
+            cluster: cluster.to_owned(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// Where the store is about to write or remove something; a [`WriteHook`]
+/// sees each point first (tests inject failures there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritePoint {
+    KeyFile,
+    Manifest,
+    RemoveFile,
+}
+
+/// Called before every write or removal; an error aborts it.
+pub type WriteHook = Arc<dyn Fn(WritePoint) -> io::Result<()> + Send + Sync>;
+
+/// Identifies one version of a manifest file: an atomic rename gives a new
+/// inode, so a change is seen without reading the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    ino: u64,
+    mtime_ns: i128,
+    len: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
@@ -182,9 +213,18 @@ impl KeySet {
 }
 
 /// The on-disk store of one keys dir.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KeyStore {
     root: PathBuf,
+    hook: Option<WriteHook>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("root", &self.root)
+            .finish()
+    }
 }
 
 /// Held while the store changes; released on drop.
@@ -194,7 +234,89 @@ pub struct StoreLock {
 
 impl KeyStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        KeyStore { root: root.into() }
+        KeyStore {
+            root: root.into(),
+            hook: None,
+        }
+    }
+
+    /// A store that calls `hook` before each write or removal.
+    pub fn with_hook(mut self, hook: WriteHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    fn before(&self, point: WritePoint, path: &Path) -> Result<(), StoreError> {
+        match &self.hook {
+            Some(hook) => hook(point).map_err(io_err(path)),
+            None => Ok(()),
+        }
+    }
+
+    /// The version of a cluster's manifest on disk; `None` if it has none.
+    pub fn stamp(&self, cluster: &str) -> Result<Option<Stamp>, StoreError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.manifest_path(cluster);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(Stamp {
+                ino: m.ino(),
+                mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+                len: m.len(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Removes a key file the manifest no longer lists. Call with the lock
+    /// held, after the manifest is written.
+    pub fn remove_key_file(
+        &self,
+        _lock: &StoreLock,
+        cluster: &str,
+        kid: &str,
+    ) -> Result<(), StoreError> {
+        let path = self.key_path(cluster, kid);
+        self.before(WritePoint::RemoveFile, &path)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Removes what a crash can leave behind: key files the manifest does not
+    /// list (generated but never published, or dropped but not yet removed)
+    /// and temp files. None of them ever signed a live token.
+    pub fn remove_orphans(
+        &self,
+        lock: &StoreLock,
+        cluster: &str,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let Some(manifest) = self.read_manifest(cluster)? else {
+            return Ok(Vec::new());
+        };
+        let listed: std::collections::HashSet<String> = manifest
+            .keys
+            .iter()
+            .map(|k| format!("{}.pem", k.kid))
+            .collect();
+        let dir = self.cluster_dir(cluster);
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let orphan_key = name.ends_with(".pem") && !listed.contains(&name);
+            let temp = name.starts_with('.') && name.contains(".tmp-");
+            if orphan_key || temp {
+                let path = entry.path();
+                self.before(WritePoint::RemoveFile, &path)?;
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                removed.push(path);
+            }
+        }
+        let _ = lock;
+        Ok(removed)
     }
 
     pub fn root(&self) -> &Path {
@@ -268,6 +390,7 @@ impl KeyStore {
         let dir = self.cluster_dir(&manifest.cluster);
         ensure_dir(&dir, DIR_MODE).map_err(io_err(&dir))?;
         let path = self.manifest_path(&manifest.cluster);
+        self.before(WritePoint::Manifest, &path)?;
         let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Manifest {
             path: path.clone(),
             reason: e.to_string(),
@@ -289,6 +412,7 @@ impl KeyStore {
         let dir = self.cluster_dir(cluster);
         ensure_dir(&dir, DIR_MODE).map_err(io_err(&dir))?;
         let path = self.key_path(cluster, key.kid());
+        self.before(WritePoint::KeyFile, &path)?;
         write_atomic(&path, pem.as_bytes(), KEY_MODE).map_err(io_err(&path))?;
         Ok(key)
     }
@@ -313,12 +437,25 @@ impl KeyStore {
 
     /// Loads every key a manifest lists into a [`KeySet`].
     pub fn load_set(&self, manifest: &Manifest) -> Result<KeySet, StoreError> {
+        self.load_set_reusing(manifest, None)
+    }
+
+    /// Like [`load_set`](Self::load_set), but takes keys already parsed in
+    /// `previous` by kid instead of reading and parsing their files again.
+    pub fn load_set_reusing(
+        &self,
+        manifest: &Manifest,
+        previous: Option<&KeySet>,
+    ) -> Result<KeySet, StoreError> {
         let mut keys = Vec::with_capacity(manifest.keys.len());
         for record in &manifest.keys {
-            let key = self.load_key(&manifest.cluster, record)?;
+            let key = match previous.and_then(|p| p.find(&record.kid)) {
+                Some(k) => k.clone(),
+                None => Arc::new(self.load_key(&manifest.cluster, record)?),
+            };
             keys.push(StoredKey {
                 record: record.clone(),
-                key: Arc::new(key),
+                key,
             });
         }
         KeySet::new(keys).map_err(|reason| StoreError::Manifest {

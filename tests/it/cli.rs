@@ -85,7 +85,10 @@ id = "a"
 }
 
 /// Starts `serve` and returns the child and the address from its log.
-fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, String, Vec<String>) {
+pub(crate) fn spawn_serve(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (std::process::Child, String, Vec<String>) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
@@ -99,10 +102,10 @@ fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, St
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Keep draining after the caller stops listening, so the server
+        // never writes into a closed pipe.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -126,7 +129,7 @@ fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, St
     panic!("server did not start: {lines:?}");
 }
 
-fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+pub(crate) fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -236,12 +239,64 @@ fn a_broken_key_file_stops_the_start_with_its_path() {
 }
 
 /// A minimal HTTP/1.1 GET, so this module needs no async runtime.
-fn http_get(addr: &str, path: &str) -> String {
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_closed_log_pipe_does_not_take_the_server_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ])
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server log ended").unwrap();
+        if let Some(pos) = line.find("listening on http://") {
+            break line[pos + "listening on http://".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    drop(lines); // the log reader goes away
+    for _ in 0..3 {
+        // A refused TokenRequest is logged; the write fails; serving goes on.
+        let r = http_post(&addr, "/c/demo/api/v1/namespaces/a/serviceaccounts/b/token");
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    }
+    let body = http_get(&addr, "/c/demo/openid/v1/jwks");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(terminate(child).success());
+}
+
+fn http_post(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();

@@ -8,3 +8,4 @@ mod interop;
 mod keys;
 mod kubectl;
 mod minting;
+mod rotation;

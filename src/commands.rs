@@ -1,0 +1,241 @@
+//! The one-shot commands: `check-config` and `keys list|rotate|revoke`.
+//! Each returns the process exit code: 0 done, 1 refused or failed, 2 bad input.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::cli::{ConfigArgs, KeysCommand};
+use crate::config::{ClusterConfig, Config, Overrides};
+use crate::keys::rotation::{self, next_transition, state_name, RotationError};
+use crate::keys::store::{KeyRecord, KeyState, KeyStore};
+
+pub fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(Some(file), &Overrides::default()) {
+        Ok(c) => {
+            println!(
+                "{}: valid; {} cluster(s): {}",
+                file.display(),
+                c.clusters.len(),
+                c.clusters
+                    .iter()
+                    .map(|c| format!("{} ({})", c.issuer, c.key_spec))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    Config::load(args.config.as_deref(), &args.overrides()).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn cluster<'c>(config: &'c Config, id: &str) -> Result<&'c ClusterConfig, ExitCode> {
+    config.cluster(id).ok_or_else(|| {
+        let ids: Vec<&str> = config.clusters.iter().map(|c| c.id.as_str()).collect();
+        eprintln!(
+            "--cluster: no cluster has id {id:?}; the configured clusters are: {}",
+            ids.join(", ")
+        );
+        ExitCode::from(2)
+    })
+}
+
+pub fn keys(command: KeysCommand) -> ExitCode {
+    match run_keys(command) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
+    match command {
+        KeysCommand::List {
+            config,
+            cluster: only,
+            json,
+        } => {
+            let config = load(&config)?;
+            let clusters: Vec<&ClusterConfig> = match &only {
+                Some(id) => vec![cluster(&config, id)?],
+                None => config.clusters.iter().collect(),
+            };
+            list(&KeyStore::new(&config.keys_dir), &clusters, json)
+        }
+        KeysCommand::Rotate {
+            config,
+            cluster: id,
+            force,
+        } => {
+            let config = load(&config)?;
+            let c = cluster(&config, &id)?;
+            let store = KeyStore::new(&config.keys_dir);
+            report(
+                &id,
+                rotation::rotate(
+                    &store,
+                    &id,
+                    c.key_spec,
+                    &c.rotation,
+                    SystemTime::now(),
+                    force,
+                ),
+            )
+        }
+        KeysCommand::Revoke {
+            config,
+            cluster: id,
+            kid,
+        } => {
+            let config = load(&config)?;
+            let c = cluster(&config, &id)?;
+            let store = KeyStore::new(&config.keys_dir);
+            report(
+                &id,
+                rotation::revoke(&store, &id, &kid, c.key_spec, SystemTime::now()),
+            )
+        }
+    }
+}
+
+fn report(
+    cluster: &str,
+    result: Result<Vec<rotation::Transition>, RotationError>,
+) -> Result<ExitCode, ExitCode> {
+    match result {
+        Ok(transitions) => {
+            for t in &transitions {
+                println!("{cluster}: {t}");
+            }
+            println!("{cluster}: running servers pick this up within their reload interval, or at once on SIGHUP");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ RotationError::UnknownKid { .. }) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("{cluster}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ListedCluster<'a> {
+    id: &'a str,
+    issuer: &'a str,
+    rotate_every_seconds: u64,
+    publish_ahead_seconds: u64,
+    retention_seconds: u64,
+    keys: Vec<ListedKey<'a>>,
+}
+
+#[derive(Serialize)]
+struct ListedKey<'a> {
+    #[serde(flatten)]
+    record: &'a KeyRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_transition: Option<NextTransition>,
+}
+
+#[derive(Serialize)]
+struct NextTransition {
+    what: String,
+    at: String,
+}
+
+fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<ExitCode, ExitCode> {
+    let mut manifests = Vec::new();
+    for c in clusters {
+        match store.read_manifest(&c.id) {
+            Ok(m) => manifests.push(m),
+            Err(e) => {
+                eprintln!("cluster {:?}: {e}", c.id);
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    let listed: Vec<ListedCluster> = clusters
+        .iter()
+        .zip(&manifests)
+        .map(|(c, m)| {
+            let records: &[KeyRecord] = m.as_ref().map(|m| m.keys.as_slice()).unwrap_or(&[]);
+            let current = records.iter().find(|k| k.state == KeyState::Current);
+            ListedCluster {
+                id: &c.id,
+                issuer: &c.issuer,
+                rotate_every_seconds: c.rotation.rotate_every.as_secs(),
+                publish_ahead_seconds: c.rotation.publish_ahead.as_secs(),
+                retention_seconds: c.rotation.retention.as_secs(),
+                keys: records
+                    .iter()
+                    .map(|r| ListedKey {
+                        record: r,
+                        next_transition: next_transition(r, current, &c.rotation).map(
+                            |(what, at)| NextTransition {
+                                what,
+                                at: crate::keys::store::rfc3339(at),
+                            },
+                        ),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    if json {
+        match serde_json::to_string_pretty(&serde_json::json!({ "clusters": listed })) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (c, l) in clusters.iter().zip(&listed) {
+        println!(
+            "cluster {} ({}), issuer {}; rotate every {}, publish ahead {}, retention {}",
+            c.id,
+            c.key_spec,
+            c.issuer,
+            humantime::format_duration(c.rotation.rotate_every),
+            humantime::format_duration(c.rotation.publish_ahead),
+            humantime::format_duration(c.rotation.retention),
+        );
+        if l.keys.is_empty() {
+            println!("  no keys yet: the server creates the first key at its first start");
+            continue;
+        }
+        println!(
+            "  {:<8} {:<43} {:<5} {:<20} {:<20} {:<20} NEXT",
+            "STATE", "KID", "ALG", "PUBLISHED", "ACTIVATED", "RETIRED"
+        );
+        for k in &l.keys {
+            let r = k.record;
+            println!(
+                "  {:<8} {:<43} {:<5} {:<20} {:<20} {:<20} {}",
+                state_name(r.state),
+                r.kid,
+                r.alg,
+                r.published,
+                r.activated.as_deref().unwrap_or("-"),
+                r.retired.as_deref().unwrap_or("-"),
+                k.next_transition
+                    .as_ref()
+                    .map(|n| format!("{} {}", n.what, n.at))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -40,6 +40,121 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Mint a token through the TokenRequest API and write it out (once, or kept fresh).
+    Token(TokenArgs),
+    /// Serve tokens to local workloads on a Unix socket (the metadata-server pattern).
+    Agent(AgentArgs),
+    /// Verify a token as a relying party does, and say what is wrong with it.
+    Verify(VerifyArgs),
+    /// Write a cluster's discovery document and JWKS as static files, for object storage or a CDN.
+    Export {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The cluster to export.
+        #[arg(long)]
+        cluster: String,
+        /// Directory to write <issuer path>/.well-known/openid-configuration and
+        /// <issuer path>/openid/v1/jwks under.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Who to mint for, and where to ask.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// The issuer URL (a kubeconfig's server), such as https://oidc.example.com/c/demo.
+    #[arg(long)]
+    pub server: String,
+    /// File holding the API client's bearer token.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// PEM CA bundle to trust for the server; without it, the system's roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Namespace of the service account.
+    #[arg(long, short = 'n')]
+    pub namespace: String,
+    /// Name of the service account.
+    #[arg(long)]
+    pub service_account: String,
+    /// Requested lifetime, such as 1h or 3600s; the server's default when absent.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Bind the token to a pod, given as NAME:UID.
+    #[arg(long, value_parser = parse_bound_pod)]
+    pub bound_pod: Option<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Audience of the token (repeatable); the cluster's default when absent.
+    #[arg(long = "audience")]
+    pub audiences: Vec<String>,
+    /// Write here (atomically) instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// File mode of --out, in octal.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub mode: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::client::Format::Raw)]
+    pub format: crate::client::Format,
+    /// Keep running and rewrite --out at 80 % of each token's lifetime.
+    #[arg(long, requires = "out")]
+    pub refresh: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Unix socket to listen on.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// File mode of the socket, in octal.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The issuer the token must come from, exactly as in its iss claim.
+    #[arg(long)]
+    pub issuer: String,
+    /// The audience the token must be for.
+    #[arg(long)]
+    pub audience: String,
+    /// PEM CA bundle to trust for the issuer; without it, the system's roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The token, a file holding it, or - for standard input.
+    pub token: String,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write it like 1h, 30m or 3600s"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 600 or 640"))
+}
+
+fn parse_bound_pod(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((name, uid)) if !name.is_empty() && !uid.is_empty() => {
+            Ok((name.to_owned(), uid.to_owned()))
+        }
+        _ => Err(format!("{s:?} is not NAME:UID")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -239,3 +239,64 @@ fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<Exi
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `export`: the discovery document and JWKS of one cluster as files,
+/// byte-identical to what the server serves, for static hosting.
+pub fn export(args: &ConfigArgs, id: &str, out: &std::path::Path) -> ExitCode {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let c = match cluster(&config, id) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = KeyStore::new(&config.keys_dir);
+    let manifest = match store.read_manifest(id) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            eprintln!(
+                "cluster {id:?} has no keys yet in {}: start the server once first",
+                config.keys_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("cluster {id:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let keys = match store.load_set(&manifest) {
+        Ok(k) => std::sync::Arc::new(k),
+        Err(e) => {
+            eprintln!("cluster {id:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let published = crate::issuer::Published::new(&c.issuer, keys);
+    let base = out.join(c.issuer_path.trim_start_matches('/'));
+    let files = [
+        (
+            base.join(".well-known/openid-configuration"),
+            &published.discovery.body,
+        ),
+        (base.join("openid/v1/jwks"), &published.jwks.body),
+    ];
+    for (path, body) in files {
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| crate::fsutil::write_atomic(&path, body, 0o644));
+        if let Err(e) = written {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "upload with Content-Type application/json (discovery), application/jwk-set+json (JWKS) and Cache-Control \"public, max-age={}\"; issuer {}",
+        c.jwks_max_age.as_secs(),
+        c.issuer
+    );
+    ExitCode::SUCCESS
+}

@@ -21,6 +21,7 @@ pub struct AppError {
     shape: Shape,
     message: String,
     allow: Option<&'static str>,
+    close: bool,
 }
 
 impl AppError {
@@ -31,6 +32,7 @@ impl AppError {
             shape: Shape::Kubernetes,
             message: message.into(),
             allow: None,
+            close: false,
         }
     }
 
@@ -41,12 +43,20 @@ impl AppError {
             shape: Shape::Plain,
             message: message.into(),
             allow: None,
+            close: false,
         }
     }
 
     /// 405, with the methods that are allowed (RFC 9110 §15.5.6).
     pub fn with_allow(mut self, allow: &'static str) -> Self {
         self.allow = Some(allow);
+        self
+    }
+
+    /// Asks the client to close the connection after this answer (a body
+    /// was left unread, so the connection cannot carry another request).
+    pub fn closing(mut self) -> Self {
+        self.close = true;
         self
     }
 
@@ -72,6 +82,7 @@ fn reason(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
         StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+        StatusCode::REQUEST_TIMEOUT => "Timeout",
         StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
         s if s.is_server_error() => "InternalError",
         _ => "Unknown",
@@ -126,6 +137,9 @@ impl IntoResponse for AppError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

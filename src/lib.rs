@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
+pub mod deliver;
 pub mod error;
 pub mod fsutil;
 pub mod http;
@@ -16,5 +18,6 @@ pub mod issuer;
 pub mod keys;
 pub mod serve;
 pub mod server;
+pub mod verify;
 
 pub use http::{app, AppState};

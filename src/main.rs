@@ -29,26 +29,39 @@ fn main() -> ExitCode {
             let config = match Config::load(args.config.as_deref(), &args.overrides()) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{e}");
+                    let _ = writeln!(std::io::stderr(), "{e}");
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+            block_on(async {
+                match workload_issuer::serve::serve(config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        let _ = writeln!(std::io::stderr(), "error: {e}");
+                        ExitCode::FAILURE
+                    }
                 }
-            };
-            match runtime.block_on(workload_issuer::serve::serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    let _ = writeln!(std::io::stderr(), "error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            })
         }
         Command::CheckConfig { file } => workload_issuer::commands::check_config(&file),
         Command::Keys { command } => workload_issuer::commands::keys(command),
+        Command::Export {
+            config,
+            cluster,
+            out,
+        } => workload_issuer::commands::export(&config, &cluster, &out),
+        Command::Token(args) => block_on(workload_issuer::deliver::token(args)),
+        Command::Agent(args) => block_on(workload_issuer::deliver::agent(args)),
+        Command::Verify(args) => block_on(workload_issuer::verify::run(args)),
+    }
+}
+
+fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

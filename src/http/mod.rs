@@ -5,6 +5,8 @@
 //! `keys::rotation` or a crypto crate.
 
 mod documents;
+mod kube;
+mod review;
 mod token;
 mod token_request;
 
@@ -48,6 +50,17 @@ async fn route(State(state): State<AppState>, request: Request) -> Response {
             None => not_found(path),
         };
     }
+    if let Some(prefix) = path.strip_suffix(review::PATH) {
+        return match state.issuers.by_path(prefix) {
+            Some(cluster) => {
+                let cluster = cluster.clone();
+                review::create(&state, &cluster, request)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            }
+            None => no_cluster(),
+        };
+    }
     if let Some(target) = token::TokenPath::parse(path) {
         return match state.issuers.by_path(target.prefix) {
             Some(cluster) => {
@@ -57,14 +70,18 @@ async fn route(State(state): State<AppState>, request: Request) -> Response {
                     .await
                     .unwrap_or_else(IntoResponse::into_response)
             }
-            None => AppError::kube(
-                StatusCode::NOT_FOUND,
-                "the server could not find the requested resource: no cluster has an issuer at this path",
-            )
-            .into_response(),
+            None => no_cluster(),
         };
     }
     not_found(path)
+}
+
+fn no_cluster() -> Response {
+    AppError::kube(
+        StatusCode::NOT_FOUND,
+        "the server could not find the requested resource: no cluster has an issuer at this path",
+    )
+    .into_response()
 }
 
 fn not_found(path: &str) -> Response {

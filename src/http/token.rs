@@ -7,10 +7,10 @@
 
 use std::time::SystemTime;
 
-use axum::body::{to_bytes, Body};
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::token_request::{decode_json, decode_protobuf, encode_response};
 use super::AppState;
@@ -93,7 +93,10 @@ fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
     Ok(token)
 }
 
-fn authenticate<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s ApiClient, AppError> {
+pub(super) fn authenticate<'s>(
+    state: &'s AppState,
+    headers: &HeaderMap,
+) -> Result<&'s ApiClient, AppError> {
     let unauthorized = || AppError::kube(StatusCode::UNAUTHORIZED, "Unauthorized");
     let token = bearer(headers).map_err(|why| {
         tracing::info!(reason = why, "TokenRequest refused: unauthenticated");
@@ -105,12 +108,12 @@ fn authenticate<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s ApiC
     })
 }
 
-enum Format {
+pub(super) enum Format {
     Json,
     Protobuf,
 }
 
-fn content_format(headers: &HeaderMap) -> Result<Format, AppError> {
+pub(super) fn content_format(headers: &HeaderMap) -> Result<Format, AppError> {
     let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -134,7 +137,7 @@ fn content_format(headers: &HeaderMap) -> Result<Format, AppError> {
     }
 }
 
-fn too_large() -> AppError {
+pub(super) fn too_large() -> AppError {
     AppError::kube(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is larger than {MAX_BODY} bytes"),
@@ -171,15 +174,7 @@ pub async fn create(
         )
     })?;
     let format = content_format(&parts.headers)?;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
-    }
-    let body = read_body(body).await?;
+    let body = read_body(&parts.headers, body).await?;
     let decoded = match format {
         Format::Json => decode_json(&body),
         Format::Protobuf => decode_protobuf(&body),
@@ -233,13 +228,8 @@ pub async fn create(
             "the answer could not be encoded",
         )
     })?;
-    let mut response = (StatusCode::CREATED, body).into_response();
+    let mut response = super::kube::created(body);
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(warning) = &minted.warning {
         // RFC 7234 §5.5 warn-code 299, as kube-apiserver sends warnings.
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{warning}\"")) {
@@ -249,19 +239,60 @@ pub async fn create(
     Ok(response)
 }
 
-async fn read_body(body: Body) -> Result<axum::body::Bytes, AppError> {
-    to_bytes(body, MAX_BODY).await.map_err(|e| {
-        let too_big = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_big {
-            too_large()
-        } else {
-            AppError::kube(
-                StatusCode::BAD_REQUEST,
-                format!("the request body could not be read: {e}"),
-            )
+/// Up to this much of an over-long body is read and dropped before the 413,
+/// so the client reads the answer instead of a reset connection; a body
+/// declared larger is refused at once and the connection closed.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// How long a client may take to send its body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a request body of at most [`MAX_BODY`] bytes; a larger one is a 413.
+pub(super) async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Bytes, AppError> {
+    use http_body_util::BodyExt as _;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return Err(too_large().closing());
+    }
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        let frame = match tokio::time::timeout(BODY_TIMEOUT, body.frame()).await {
+            Err(_) => {
+                return Err(AppError::kube(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body was not sent within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                )
+                .closing())
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(AppError::kube(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                )
+                .closing())
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                kept.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                return Err(too_large().closing());
+            }
         }
-    })
+    }
+    if seen > MAX_BODY {
+        return Err(too_large().closing());
+    }
+    Ok(Bytes::from(kept))
 }
 
 #[cfg(test)]

@@ -2,17 +2,14 @@
 //! protobuf (`k8s-pb` types inside the `k8s\0` + `runtime.Unknown` envelope,
 //! which kubectl 1.32 sends), and encoding the 201 answer as JSON.
 
+use super::kube;
 use k8s_openapi::api::authentication::v1 as authv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use prost::Message as _;
 
 use crate::issuer::mint::{unix_seconds, BoundObjectRef, MintRequest, Minted};
 
 pub const API_VERSION: &str = "authentication.k8s.io/v1";
 pub const KIND: &str = "TokenRequest";
-/// The 4-byte prefix of every Kubernetes protobuf body
-/// (k8s.io/apimachinery/pkg/runtime/serializer/protobuf).
-const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
 
 /// What the body said, before the URL's namespace and name are added.
 #[derive(Debug, Default)]
@@ -36,42 +33,10 @@ impl Decoded {
     }
 }
 
-/// Decodes a JSON TokenRequest. A wrong `kind` or `apiVersion` is refused by
-/// the `k8s-openapi` deserializer; the error names the path of the bad field.
+/// Decodes a JSON TokenRequest. A wrong `kind` or `apiVersion` is refused,
+/// and so are attestations, which this issuer cannot honour.
 pub fn decode_json(body: &[u8]) -> Result<Decoded, String> {
-    // Check the type first, so the error names the field (k8s-openapi's own
-    // check reports it without a path). Absent type fields are allowed: the
-    // apiserver takes them from the URL.
-    #[derive(serde::Deserialize)]
-    struct TypeMeta {
-        #[serde(rename = "apiVersion")]
-        api_version: Option<String>,
-        kind: Option<String>,
-    }
-    if let Ok(TypeMeta { api_version, kind }) = serde_json::from_slice::<TypeMeta>(body) {
-        if let Some(v) = api_version.filter(|v| v != API_VERSION) {
-            return Err(format!(
-                "apiVersion: Invalid value: {v:?}: expected {API_VERSION:?}"
-            ));
-        }
-        if let Some(k) = kind.filter(|k| k != KIND) {
-            return Err(format!("kind: Invalid value: {k:?}: expected {KIND:?}"));
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let request: authv1::TokenRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("the body is not a valid TokenRequest: {}", e.inner())
-        } else {
-            format!(
-                "the body is not a valid TokenRequest: {path}: {}",
-                e.inner()
-            )
-        }
-    })?;
-    de.end()
-        .map_err(|e| format!("the body is not a valid TokenRequest: {e}"))?;
+    let request: authv1::TokenRequest = kube::decode_json(body, API_VERSION, KIND)?;
     let spec = request.spec.unwrap_or_default();
     if spec.attestations.as_ref().is_some_and(|a| !a.is_empty()) {
         return Err(
@@ -94,33 +59,8 @@ pub fn decode_json(body: &[u8]) -> Result<Decoded, String> {
 
 /// Decodes a Kubernetes protobuf TokenRequest.
 pub fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
-    let rest = body.strip_prefix(PROTOBUF_MAGIC).ok_or_else(|| {
-        "the protobuf body does not start with the Kubernetes envelope prefix \"k8s\\x00\""
-            .to_owned()
-    })?;
-    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest)
-        .map_err(|e| format!("the protobuf envelope (runtime.Unknown) is malformed: {e}"))?;
-    let type_meta = unknown.type_meta.unwrap_or_default();
-    let api_version = type_meta.api_version.unwrap_or_default();
-    let kind = type_meta.kind.unwrap_or_default();
-    // The apiserver accepts an envelope without type information and takes it
-    // from the URL; a different type is refused.
-    if !api_version.is_empty() && api_version != API_VERSION {
-        return Err(format!(
-            "apiVersion: Invalid value: {api_version:?}: expected {API_VERSION:?}"
-        ));
-    }
-    if !kind.is_empty() && kind != KIND {
-        return Err(format!("kind: Invalid value: {kind:?}: expected {KIND:?}"));
-    }
-    if let Some(encoding) = unknown.content_encoding.filter(|e| !e.is_empty()) {
-        return Err(format!(
-            "contentEncoding: Unsupported value: {encoding:?}: the raw message must not be encoded"
-        ));
-    }
-    let raw = unknown.raw.unwrap_or_default();
-    let request = k8s_pb::api::authentication::v1::TokenRequest::decode(raw.as_slice())
-        .map_err(|e| format!("the protobuf TokenRequest is malformed: {e}"))?;
+    let request: k8s_pb::api::authentication::v1::TokenRequest =
+        kube::decode_protobuf(body, API_VERSION, KIND)?;
     let metadata = request.metadata.unwrap_or_default();
     let spec = request.spec.unwrap_or_default();
     Ok(Decoded {
@@ -180,26 +120,16 @@ pub fn encode_response(request: &MintRequest, minted: &Minted) -> Result<Vec<u8>
 mod tests {
     use super::*;
     use k8s_pb::api::authentication::v1 as pb;
+    use prost::Message as _;
 
-    pub fn protobuf_body(api_version: &str, kind: &str, spec: pb::TokenRequestSpec) -> Vec<u8> {
+    fn protobuf_body(api_version: &str, kind: &str, spec: pb::TokenRequestSpec) -> Vec<u8> {
         let raw = pb::TokenRequest {
             metadata: None,
             spec: Some(spec),
             status: None,
         }
         .encode_to_vec();
-        let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
-            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
-                api_version: Some(api_version.into()),
-                kind: Some(kind.into()),
-            }),
-            raw: Some(raw),
-            content_encoding: Some(String::new()),
-            content_type: Some(String::new()),
-        };
-        let mut body = PROTOBUF_MAGIC.to_vec();
-        body.extend(unknown.encode_to_vec());
-        body
+        super::kube::tests::envelope(api_version, kind, raw)
     }
 
     #[test]

@@ -145,16 +145,20 @@ impl ApiClients {
 }
 
 impl ApiClient {
+    /// Whether this client may act for `cluster` at all (TokenReview).
+    pub fn authorize_cluster(&self, cluster: &str) -> Result<(), Forbidden> {
+        match &self.clusters {
+            Some(clusters) if !clusters.iter().any(|c| c == cluster) => Err(Forbidden {
+                client: self.name.clone(),
+                scope: format!("for cluster \"{cluster}\""),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this client may mint for `cluster` in `namespace`.
     pub fn authorize(&self, cluster: &str, namespace: &str) -> Result<(), Forbidden> {
-        if let Some(clusters) = &self.clusters {
-            if !clusters.iter().any(|c| c == cluster) {
-                return Err(Forbidden {
-                    client: self.name.clone(),
-                    scope: format!("for cluster \"{cluster}\""),
-                });
-            }
-        }
+        self.authorize_cluster(cluster)?;
         if let Some(namespaces) = &self.namespaces {
             if !namespaces.iter().any(|n| n == namespace) {
                 return Err(Forbidden {

@@ -9,5 +9,6 @@ pub mod claims;
 pub mod cluster;
 pub mod discovery;
 pub mod mint;
+pub mod review;
 
 pub use cluster::{Cluster, Document, Issuers, Published};

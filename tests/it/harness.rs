@@ -86,6 +86,8 @@ pub struct Server {
 }
 
 pub struct Options<'a> {
+    /// Where to listen; 127.0.0.1:0 when `None`.
+    pub listen: Option<std::net::SocketAddr>,
     pub keys_dir: &'a Path,
     pub clusters: String,
     pub tls: Option<&'a Tls>,
@@ -93,7 +95,10 @@ pub struct Options<'a> {
 
 impl Server {
     pub async fn start(opts: Options<'_>) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = opts
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let listener = tokio::net::TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let base = format!("{scheme}://{addr}");
@@ -135,6 +140,7 @@ impl Server {
     /// A server with the default two clusters on plain http.
     pub async fn default_in(keys_dir: &Path) -> Server {
         Server::start(Options {
+            listen: None,
             keys_dir,
             clusters: default_clusters(),
             tls: None,
@@ -154,11 +160,7 @@ impl Server {
     }
 
     pub fn client(&self) -> reqwest::Client {
-        let mut b = reqwest::Client::builder();
-        if let Some(ca) = &self.ca_pem {
-            b = b.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
-        }
-        b.build().unwrap()
+        workload_issuer::client::http_client(self.ca_pem.as_deref().map(str::as_bytes)).unwrap()
     }
 
     /// Mints with the admin token through the JSON API; panics unless 201.

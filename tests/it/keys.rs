@@ -70,6 +70,7 @@ async fn key_files_are_private_pkcs8_and_listed_in_a_manifest() {
 async fn two_clusters_have_different_keys_and_tokens_do_not_cross() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(crate::harness::Options {
+        listen: None,
         keys_dir: dir.path(),
         clusters: "[[clusters]]\nid = \"one\"\nalgorithm = \"ES256\"\n\
                    [[clusters]]\nid = \"two\"\nalgorithm = \"ES256\"\n"
@@ -105,6 +106,7 @@ async fn issuers_at_another_path_and_at_the_root_are_routed() {
     // Issuer URLs need the port, known only once bound: the harness fills
     // in {base}.
     let s = Server::start(crate::harness::Options {
+        listen: None,
         keys_dir: dir.path(),
         clusters: "[[clusters]]\nid = \"a\"\nalgorithm = \"ES256\"\nissuer = \"{base}/id/a\"\n\
                    [[clusters]]\nid = \"b\"\nalgorithm = \"ES256\"\nissuer = \"{base}\"\n"

@@ -24,6 +24,7 @@ async fn kubectl_create_token_gets_a_token_that_verifies() {
     let keys = work.path().join("keys");
     let tls = make_tls(work.path());
     let s = Server::start(Options {
+        listen: None,
         keys_dir: &keys,
         clusters: default_clusters(),
         tls: Some(&tls),
@@ -76,6 +77,7 @@ async fn kubectl_shows_the_servers_message_for_a_refused_request() {
     let keys = work.path().join("keys");
     let tls = make_tls(work.path());
     let s = Server::start(Options {
+        listen: None,
         keys_dir: &keys,
         clusters: default_clusters(),
         tls: Some(&tls),
@@ -105,6 +107,7 @@ async fn only_tls_1_2_and_1_3_are_offered() {
     let keys = work.path().join("keys");
     let tls = make_tls(work.path());
     let s = Server::start(Options {
+        listen: None,
         keys_dir: &keys,
         clusters: default_clusters(),
         tls: Some(&tls),

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1:0, real clients.
 
 mod cli;
+mod delivery;
 mod documents;
 mod errors;
 mod harness;
@@ -8,4 +9,5 @@ mod interop;
 mod keys;
 mod kubectl;
 mod minting;
+mod review;
 mod rotation;

@@ -107,7 +107,7 @@ async fn two_replicas_and_the_cli_rotating_one_dir_converge_and_every_token_veri
         .unwrap()
         .trim()
         .to_owned();
-    let client = reqwest::Client::new();
+    let client = workload_issuer::client::http_client(None).unwrap();
 
     // The CLI rotates too, as often as it is allowed.
     let cli_config = config.clone();
@@ -217,7 +217,7 @@ async fn a_running_server_follows_the_cli_and_sighup_reloads_at_once() {
     )
     .unwrap();
     let (server, addr, _) = spawn_serve(&["--config", config.to_str().unwrap()], &[]);
-    let client = reqwest::Client::new();
+    let client = workload_issuer::client::http_client(None).unwrap();
     let before = kids(&jwks(&client, &addr).await);
 
     let out = keys_cli(&config, &["rotate", "--cluster", "r", "--force"]).await;
@@ -281,6 +281,7 @@ async fn a_running_server_follows_the_cli_and_sighup_reloads_at_once() {
 async fn a_broken_manifest_never_takes_the_server_down() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(Options {
+        listen: None,
         keys_dir: dir.path(),
         clusters: "[rotation]\nreload_interval = \"1s\"\n".to_owned()
             + &crate::harness::default_clusters(),

@@ -1,0 +1,355 @@
+//! Delivering tokens to workloads, the three ways the IETF practices deck
+//! names: a file rewritten before expiry (`token --refresh`), environment
+//! variables (`token --format env`), and a local API (`agent`).
+//!
+//! A client of the issuer's API through `client`; nothing of the server side.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::cli::{AgentArgs, IdentityArgs, TokenArgs};
+use crate::client::{self, ClientError, Issued, MintParams};
+
+/// The workload identity to mint for, with a client to mint through.
+pub struct Identity {
+    client: reqwest::Client,
+    params: MintParams,
+    token_file: PathBuf,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Identity {
+    pub fn from_args(args: &IdentityArgs) -> Result<Identity, ClientError> {
+        url::Url::parse(&args.server)
+            .ok()
+            .filter(|u| u.scheme() == "https" || u.scheme() == "http")
+            .ok_or_else(|| {
+                ClientError::Input(format!("--server: {:?} is not an http(s) URL", args.server))
+            })?;
+        let ca_pem = match &args.ca_file {
+            Some(p) => Some(client::read_flag_file("--ca-file", p)?),
+            None => None,
+        };
+        let identity = Identity {
+            client: client::http_client(ca_pem.as_deref())?,
+            params: MintParams {
+                server: args.server.clone(),
+                bearer: String::new(),
+                namespace: args.namespace.clone(),
+                service_account: args.service_account.clone(),
+                audiences: Vec::new(),
+                duration: args.duration,
+                bound_pod: args.bound_pod.clone(),
+            },
+            token_file: args.token_file.clone(),
+            ca_pem,
+        };
+        // Fail early on an unreadable bearer file.
+        identity.bearer()?;
+        Ok(identity)
+    }
+
+    /// Re-read on every mint, so a rotated API token is picked up.
+    fn bearer(&self) -> Result<String, ClientError> {
+        let text = client::read_flag_file("--token-file", &self.token_file)?;
+        let token = String::from_utf8_lossy(&text).trim().to_owned();
+        if token.is_empty() {
+            return Err(ClientError::Input(format!(
+                "--token-file {}: the file is empty",
+                self.token_file.display()
+            )));
+        }
+        Ok(token)
+    }
+
+    pub async fn mint(&self, audiences: &[String]) -> Result<Issued, ClientError> {
+        let mut params = self.params.clone();
+        params.bearer = self.bearer()?;
+        params.audiences = audiences.to_vec();
+        client::mint(&self.client, &params).await
+    }
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        ClientError::Input(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// `workload-issuer token`.
+pub async fn token(args: TokenArgs) -> ExitCode {
+    let identity = match Identity::from_args(&args.identity) {
+        Ok(i) => i,
+        Err(e) => return fail(&e),
+    };
+    if args.refresh {
+        return refresh(&identity, &args).await;
+    }
+    let issued = match identity.mint(&args.audiences).await {
+        Ok(i) => i,
+        Err(e) => return fail(&e),
+    };
+    match write_out(&identity, &args, &issued) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn write_out(identity: &Identity, args: &TokenArgs, issued: &Issued) -> Result<(), ClientError> {
+    let bytes = client::render(
+        args.format,
+        issued,
+        &args.identity.server,
+        identity.ca_pem.as_deref(),
+    )?;
+    match &args.out {
+        Some(path) => crate::fsutil::write_atomic(path, &bytes, args.mode)
+            .map_err(|e| ClientError::Input(format!("--out {}: {e}", path.display()))),
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(|e| ClientError::Input(format!("standard output: {e}")))
+        }
+    }
+}
+
+/// Up to ±5 % of `life`, so a fleet started together does not renew together.
+fn jitter(life: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let r = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX); // 0..=1
+    life.mul_f64(0.05 * r)
+}
+
+/// Keeps `--out` holding a valid token: rewritten at 80 % of each token's
+/// life (less a little jitter); on failure the old file stays untouched and
+/// the request is retried with backoff. Ends cleanly on SIGTERM or SIGINT.
+async fn refresh(identity: &Identity, args: &TokenArgs) -> ExitCode {
+    let Some(out) = &args.out else {
+        return fail(&ClientError::Input("--refresh needs --out".into()));
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(&ClientError::Input(format!(
+                "cannot listen for SIGTERM: {e}"
+            )))
+        }
+    };
+    let mut backoff = Duration::from_secs(1);
+    let mut valid_until: Option<SystemTime> = None;
+    loop {
+        let wait = match identity.mint(&args.audiences).await {
+            Ok(issued) => match write_out(identity, args, &issued) {
+                Ok(()) => {
+                    backoff = Duration::from_secs(1);
+                    valid_until = Some(issued.expires_at);
+                    let at = issued.renew_at() - jitter(issued.lifetime());
+                    tracing::info!(
+                        out = %out.display(),
+                        expires = %humantime::format_rfc3339_seconds(issued.expires_at),
+                        renews = %humantime::format_rfc3339_seconds(at),
+                        "token written"
+                    );
+                    at.duration_since(SystemTime::now()).unwrap_or_default()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the token; the old file is left as it was");
+                    backoff
+                }
+            },
+            Err(e) => {
+                let left = valid_until.and_then(|v| v.duration_since(SystemTime::now()).ok());
+                tracing::warn!(
+                    error = %e,
+                    retry_in = %humantime::format_duration(backoff),
+                    current_token_valid_for = %left.map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()).unwrap_or_else(|| "-".into()),
+                    "renewal failed; the old file is left as it was"
+                );
+                backoff
+            }
+        };
+        if wait == backoff {
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping; the token file stays");
+                return ExitCode::SUCCESS;
+            }
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+// ---- the local API ---------------------------------------------------------
+
+/// Most audiences the agent keeps tokens for; beyond it the stalest goes.
+const MAX_CACHED_AUDIENCES: usize = 64;
+
+type Slot = Arc<tokio::sync::Mutex<Option<Issued>>>;
+
+#[derive(Clone)]
+struct Agent {
+    identity: Arc<Identity>,
+    cache: Arc<std::sync::Mutex<HashMap<String, (Slot, SystemTime)>>>,
+}
+
+impl Agent {
+    fn slot(&self, audience: &str) -> Slot {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let now = SystemTime::now();
+        if !cache.contains_key(audience) && cache.len() >= MAX_CACHED_AUDIENCES {
+            if let Some(stalest) = cache
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            {
+                cache.remove(&stalest);
+            }
+        }
+        let entry = cache
+            .entry(audience.to_owned())
+            .or_insert_with(|| (Arc::new(tokio::sync::Mutex::new(None)), now));
+        entry.1 = now;
+        entry.0.clone()
+    }
+
+    /// The cached token for `audience`, renewed once 80 % of its life is
+    /// gone. Concurrent requests for one audience share one renewal.
+    async fn token(&self, audience: &str) -> Result<Issued, ClientError> {
+        let slot = self.slot(audience);
+        let mut held = slot.lock().await;
+        if let Some(issued) = held.as_ref() {
+            if SystemTime::now() < issued.renew_at() {
+                return Ok(issued.clone());
+            }
+        }
+        let issued = self.identity.mint(&[audience.to_owned()]).await?;
+        *held = Some(issued.clone());
+        Ok(issued)
+    }
+}
+
+fn agent_error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": status.canonical_reason(), "message": message })),
+    )
+        .into_response()
+}
+
+async fn get_token(
+    State(agent): State<Agent>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let audiences: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "audience")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let audience = match audiences.as_slice() {
+        [one] => *one,
+        [] => {
+            return agent_error(
+                StatusCode::BAD_REQUEST,
+                "the audience query parameter is required: GET /v1/token?audience=<audience>"
+                    .into(),
+            )
+        }
+        _ => {
+            return agent_error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one audience parameter".into(),
+            )
+        }
+    };
+    if let Err(why) = crate::config::check_audience(audience) {
+        return agent_error(StatusCode::BAD_REQUEST, format!("audience {}", why));
+    }
+    match agent.token(audience).await {
+        Ok(issued) => {
+            let expires = humantime::format_rfc3339_seconds(issued.expires_at).to_string();
+            (
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                    (header::HeaderName::from_static("x-token-expires"), expires),
+                ],
+                issued.token,
+            )
+                .into_response()
+        }
+        Err(e @ ClientError::Refused { .. }) => agent_error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(e) => agent_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Binds `path` with `mode`: bound under a temporary name, given its mode,
+/// then renamed into place, so the socket is never reachable with a wider mode.
+fn bind_socket(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, ClientError> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let err = |e: std::io::Error| ClientError::Input(format!("--socket {}: {e}", path.display()));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ClientError::Input(format!(
+                "--socket {}: exists and is not a socket",
+                path.display()
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ClientError::Input(format!(
+                "--socket {}: another process is listening on it",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?; // a stale socket
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp).map_err(err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(listener)
+}
+
+/// `workload-issuer agent`.
+pub async fn agent(args: AgentArgs) -> ExitCode {
+    let identity = match Identity::from_args(&args.identity) {
+        Ok(i) => Arc::new(i),
+        Err(e) => return fail(&e),
+    };
+    let listener = match bind_socket(&args.socket, args.socket_mode) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let agent = Agent {
+        identity,
+        cache: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/v1/token", get(get_token))
+        .with_state(agent);
+    tracing::info!(socket = %args.socket.display(), "agent listening: GET /v1/token?audience=<audience>");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(crate::server::shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&args.socket);
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&ClientError::Input(format!("serving the socket: {e}"))),
+    }
+}

@@ -18,6 +18,7 @@ pub mod issuer;
 pub mod keys;
 pub mod serve;
 pub mod server;
+pub mod signing;
 pub mod verify;
 
 pub use http::{app, AppState};

@@ -54,14 +54,25 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
                 source,
             };
             let keys = if rotate {
-                // Catch up on whatever fell due while the server was down.
-                let transitions = rotation::apply_policy(&store, &c.id, c.key_spec, &c.rotation, SystemTime::now())
-                    .map_err(|source| StartError::Rotation {
-                        cluster: c.id.clone(),
-                        source,
-                    })?;
-                rotation::log_transitions(&c.id, &transitions);
-                let manifest = store.read_manifest(&c.id).map_err(keys_err)?.ok_or_else(|| {
+                // Catch up on whatever fell due while the server was down;
+                // a cluster with nothing due is loaded without the lock.
+                let now = SystemTime::now();
+                let on_disk = store.read_manifest(&c.id).map_err(keys_err)?;
+                let due = on_disk
+                    .as_ref()
+                    .is_none_or(|m| rotation::next_due(&m.keys, c.key_spec, &c.rotation) <= now);
+                let manifest = if due {
+                    let transitions = rotation::apply_policy(&store, &c.id, c.key_spec, &c.rotation, now)
+                        .map_err(|source| StartError::Rotation {
+                            cluster: c.id.clone(),
+                            source,
+                        })?;
+                    rotation::log_transitions(&c.id, &transitions);
+                    store.read_manifest(&c.id).map_err(keys_err)?
+                } else {
+                    on_disk
+                };
+                let manifest = manifest.ok_or_else(|| {
                     keys_err(crate::keys::store::StoreError::Manifest {
                         path: store.manifest_path(&c.id),
                         reason: "missing after the rotation step".into(),
@@ -105,10 +116,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
             "no API clients are configured: minting is disabled, discovery and JWKS are served"
         );
     }
-    Ok(AppState {
-        issuers: Arc::new(Issuers::new(clusters)),
-        clients: Arc::new(clients),
-    })
+    Ok(AppState::new(Issuers::new(clusters), clients)?)
 }
 
 /// Serves until `shutdown` resolves.

@@ -67,15 +67,13 @@ fn serve(
         .with_allow(ALLOW)
         .into_response();
     }
-    let etag = match HeaderValue::from_str(&doc.etag) {
-        Ok(v) => v,
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    // Both values were built once and are plain ASCII: checked, not copied.
+    let (Ok(etag), Ok(cache_control)) = (
+        HeaderValue::from_maybe_shared(doc.etag.clone()),
+        HeaderValue::from_maybe_shared(cluster.cache_control.clone()),
+    ) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let cache_control = HeaderValue::from_str(&format!(
-        "public, max-age={}",
-        cluster.config.jwks_max_age.as_secs()
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=3600"));
 
     let not_modified = if_none_match(request.headers(), &doc.etag);
     let mut response = if not_modified {
@@ -103,14 +101,14 @@ fn cors(h: &mut HeaderMap) {
 /// RFC 9110 §13.1.2: If-None-Match matches when it is `*` or lists the
 /// current entity tag. Weak comparison applies for GET/HEAD, so a `W/`
 /// prefix on the client's tag still matches.
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+fn if_none_match(headers: &HeaderMap, etag: &[u8]) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag)
 }
 
 #[cfg(test)]
@@ -120,17 +118,17 @@ mod tests {
     #[test]
     fn if_none_match_handles_lists_stars_and_weak_tags() {
         let mut h = HeaderMap::new();
-        assert!(!if_none_match(&h, "\"a\""));
+        assert!(!if_none_match(&h, b"\"a\""));
         h.insert(
             header::IF_NONE_MATCH,
             HeaderValue::from_static("\"x\", \"a\""),
         );
-        assert!(if_none_match(&h, "\"a\""));
+        assert!(if_none_match(&h, b"\"a\""));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"a\""));
-        assert!(if_none_match(&h, "\"a\""));
+        assert!(if_none_match(&h, b"\"a\""));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
-        assert!(if_none_match(&h, "\"a\""));
+        assert!(if_none_match(&h, b"\"a\""));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"b\""));
-        assert!(!if_none_match(&h, "\"a\""));
+        assert!(!if_none_match(&h, b"\"a\""));
     }
 }

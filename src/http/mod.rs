@@ -5,10 +5,10 @@
 //! `keys::rotation` or a crypto crate.
 
 mod documents;
-mod kube;
+pub mod kube;
 mod review;
 mod token;
-mod token_request;
+pub mod token_request;
 
 use std::sync::Arc;
 
@@ -27,6 +27,19 @@ use crate::issuer::Issuers;
 pub struct AppState {
     pub issuers: Arc<Issuers>,
     pub clients: Arc<ApiClients>,
+    /// Where slow (RSA) signatures run, one thread per core.
+    pub signing: Arc<crate::signing::SigningThreads>,
+}
+
+impl AppState {
+    pub fn new(issuers: Issuers, clients: ApiClients) -> std::io::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(AppState {
+            issuers: Arc::new(issuers),
+            clients: Arc::new(clients),
+            signing: crate::signing::SigningThreads::start(cores)?,
+        })
+    }
 }
 
 /// The application router. One handler does the routing itself: with

@@ -5,6 +5,7 @@
 //! Order of checks, as kube-apiserver does them: authentication (401), the
 //! names in the URL (400), authorization (403), then the body (415, 413, 400).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
@@ -16,7 +17,7 @@ use super::token_request::{decode_json, decode_protobuf, encode_response};
 use super::AppState;
 use crate::error::AppError;
 use crate::issuer::auth::ApiClient;
-use crate::issuer::mint::{mint, validate_names, MintError};
+use crate::issuer::mint::{mint, validate_names, MintError, MintRequest, Minted};
 use crate::issuer::Cluster;
 
 /// Largest TokenRequest body accepted. A real one is a few hundred bytes.
@@ -144,9 +145,28 @@ pub(super) fn too_large() -> AppError {
     )
 }
 
+/// Mints, with RSA signatures (hundreds of microseconds) on the signing
+/// threads, so discovery and JWKS keep being answered while minting saturates
+/// the CPU. ECDSA signs in microseconds and stays inline.
+async fn mint_off_hot_path(
+    state: &AppState,
+    cluster: &Arc<Cluster>,
+    request: &MintRequest,
+) -> Result<Minted, MintError> {
+    if !cluster.signs_slowly() {
+        return mint(cluster, request, SystemTime::now());
+    }
+    let (cluster, request) = (cluster.clone(), request.clone());
+    state
+        .signing
+        .run(move || mint(&cluster, &request, SystemTime::now()))
+        .await
+        .unwrap_or(Err(MintError::Signing))
+}
+
 pub async fn create(
     state: &AppState,
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     target: OwnedTokenPath,
     request: Request,
 ) -> Result<Response, AppError> {
@@ -199,7 +219,7 @@ pub async fn create(
         ));
     }
     let mint_request = decoded.into_request(namespace, name);
-    let minted = match mint(cluster, &mint_request, SystemTime::now()) {
+    let minted = match mint_off_hot_path(state, cluster, &mint_request).await {
         Ok(m) => m,
         Err(e @ MintError::Invalid { .. }) => return Err(bad_request(name, e)),
         Err(MintError::Signing) => {

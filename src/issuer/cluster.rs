@@ -19,7 +19,7 @@ use crate::keys::store::KeySet;
 pub struct Document {
     pub body: Bytes,
     /// Quoted, ready for the ETag header.
-    pub etag: String,
+    pub etag: Bytes,
 }
 
 impl Document {
@@ -29,7 +29,7 @@ impl Document {
         let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
         Document {
             body: Bytes::from(body),
-            etag,
+            etag: Bytes::from(etag),
         }
     }
 }
@@ -65,6 +65,8 @@ impl Published {
 #[derive(Debug)]
 pub struct Cluster {
     pub config: ClusterConfig,
+    /// `public, max-age=N` for discovery and JWKS, built once.
+    pub cache_control: Bytes,
     published: ArcSwap<Published>,
 }
 
@@ -72,6 +74,10 @@ impl Cluster {
     pub fn new(config: ClusterConfig, keys: Arc<KeySet>) -> Self {
         let published = Published::new(&config.issuer, keys);
         Cluster {
+            cache_control: Bytes::from(format!(
+                "public, max-age={}",
+                config.jwks_max_age.as_secs()
+            )),
             config,
             published: ArcSwap::from_pointee(published),
         }
@@ -84,6 +90,12 @@ impl Cluster {
     /// The current documents and signer; cheap, lock-free.
     pub fn published(&self) -> Arc<Published> {
         self.published.load_full()
+    }
+
+    /// Whether signing takes long enough (RSA: hundreds of microseconds) to
+    /// belong off the threads that answer requests.
+    pub fn signs_slowly(&self) -> bool {
+        self.published.load().keys.signer().algorithm() == crate::keys::material::Algorithm::Rs256
     }
 
     /// Replaces the key set; readers see the old or the new set, never a mix.

@@ -216,25 +216,23 @@ impl SigningKey {
                 bits: bits as u32,
             })
         } else if oid == p256::elliptic_curve::ALGORITHM_OID {
-            let secret =
-                p256::SecretKey::from_pkcs8_der(der).map_err(|_| KeyError::UnsupportedType)?;
-            let public = secret.public_key();
-            let spki = public
-                .to_public_key_der()
-                .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
-            let kid = kid_from_spki_der(spki.as_bytes());
-            let point =
-                p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&public, false);
-            let (Some(x), Some(y)) = (point.x(), point.y()) else {
-                return Err(KeyError::UnsupportedType);
-            };
-            let jwk = PublicJwk::ec_p256(&kid, x, y);
+            // The p256 crate checks the encoding and that the key is on P-256
+            // (cheap: no point multiplication); aws-lc-rs derives the public
+            // key once, and the JWK and kid come from it.
+            p256::SecretKey::from_pkcs8_der(der).map_err(|_| KeyError::UnsupportedType)?;
             let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
                 .map_err(|e| KeyError::Rejected(e.to_string()))?;
-            // Cross-check: both parsers must see the same public key.
-            if pair.public_key().as_ref() != point.as_bytes() {
-                return Err(KeyError::Rejected("public key mismatch".into()));
+            let public = pair.public_key();
+            let spki = public
+                .as_der()
+                .map_err(|_| KeyError::Rejected("cannot encode the public key".into()))?;
+            let kid = kid_from_spki_der(spki.as_ref());
+            // SEC1 uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
+            let point = public.as_ref();
+            if point.len() != 65 || point[0] != 4 {
+                return Err(KeyError::UnsupportedType);
             }
+            let jwk = PublicJwk::ec_p256(&kid, &point[1..33], &point[33..65]);
             Ok(SigningKey {
                 private: Private::Ec(pair),
                 alg: Algorithm::Es256,
@@ -342,6 +340,25 @@ mod tests {
         assert_eq!(key.kid(), again.kid());
         assert_eq!(again.bits(), 2048);
         assert_eq!(key.sign(b"x").unwrap().len(), 256);
+    }
+
+    #[test]
+    fn ec_kid_and_coordinates_match_an_independent_computation() {
+        let (key, pem) = SigningKey::generate(KeySpec::P256).unwrap();
+        let secret =
+            p256::SecretKey::from_pkcs8_pem(std::str::from_utf8(pem.as_bytes()).unwrap()).unwrap();
+        let spki = secret.public_key().to_public_key_der().unwrap();
+        assert_eq!(key.kid(), kid_from_spki_der(spki.as_bytes()));
+        let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+            &secret.public_key(),
+            false,
+        );
+        let jwk = serde_json::to_value(key.public_jwk()).unwrap();
+        use base64::Engine as _;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk["x"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(x.as_slice(), &point.x().unwrap()[..]);
     }
 
     #[test]

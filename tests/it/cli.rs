@@ -84,11 +84,26 @@ id = "a"
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
 }
 
-/// Starts `serve` and returns the child and the address from its log.
-pub(crate) fn spawn_serve(
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> (std::process::Child, String, Vec<String>) {
+/// A server process, killed if the test ends (or fails) without stopping it.
+pub(crate) struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    pub(crate) fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `serve` and returns the process and the address from its log.
+pub(crate) fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (Spawned, String, Vec<String>) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
@@ -121,7 +136,7 @@ pub(crate) fn spawn_serve(
                 .next()
                 .unwrap()
                 .to_owned();
-            return (child, addr, lines);
+            return (Spawned(Some(child)), addr, lines);
         }
     }
     let _ = child.kill();
@@ -129,7 +144,9 @@ pub(crate) fn spawn_serve(
     panic!("server did not start: {lines:?}");
 }
 
-pub(crate) fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+/// Sends SIGTERM and waits for the exit.
+pub(crate) fn terminate(mut spawned: Spawned) -> std::process::ExitStatus {
+    let mut child = spawned.0.take().expect("a running process");
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -270,6 +287,7 @@ fn a_closed_log_pipe_does_not_take_the_server_down() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let child = Spawned(Some(child));
     let addr = loop {
         let line = lines.next().expect("server log ended").unwrap();
         if let Some(pos) = line.find("listening on http://") {

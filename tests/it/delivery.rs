@@ -318,6 +318,7 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
         .arg(&out)
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -443,6 +444,7 @@ async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
         .arg(&socket)
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

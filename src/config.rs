@@ -42,6 +42,42 @@ struct FileConfig {
     api_clients: Vec<FileApiClient>,
     #[serde(default)]
     rotation: FileRotation,
+    #[serde(default)]
+    tls_reload_interval: Option<String>,
+    #[serde(default)]
+    api: FileApi,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    allow_insecure_http: bool,
+    #[serde(default)]
+    allow_insecure_key_permissions: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    #[serde(default)]
+    max_connections: Option<u32>,
+    #[serde(default)]
+    max_header_bytes: Option<u32>,
+    #[serde(default)]
+    header_read_timeout: Option<String>,
+    #[serde(default)]
+    request_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +136,12 @@ struct FileApiClient {
     clusters: Vec<String>,
     #[serde(default)]
     namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    certificate_names: Vec<String>,
+    #[serde(default)]
+    rate_limit: Option<String>,
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
 // ---- overrides from the environment and flags ----------------------------
@@ -119,13 +161,56 @@ pub struct Overrides {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The main listener: the public face (discovery, JWKS, health), and the
+    /// issuance API too unless `api_listener` is set.
     pub listen: SocketAddr,
     pub public_url: String,
     pub keys_dir: PathBuf,
     pub tls: Option<TlsFiles>,
+    /// A listener of its own for the issuance API (minting, TokenReview,
+    /// metrics), so it can stay on an internal address.
+    pub api_listener: Option<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
     pub api_clients: Vec<ApiClientConfig>,
     pub rotation: RotationSettings,
+    pub limits: Limits,
+    /// How often TLS certificate, key and client CA files are checked for
+    /// changes (renewals).
+    pub tls_reload_interval: Duration,
+    /// Start even when signing key files are readable by group or others.
+    pub allow_insecure_key_permissions: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+/// Per-listener protections against clients that hold connections or send
+/// oversized requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections per listener; further ones wait in the backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request head, also between
+    /// requests on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    /// How long a request may take from its head to the answer.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// What this replica does about rotation (the policies are per cluster).
@@ -145,6 +230,9 @@ pub struct RotationSettings {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// CA whose client certificates authenticate API clients (mTLS); a
+    /// client certificate is optional on the connection.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -166,11 +254,24 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug)]
 pub struct ApiClientConfig {
     pub name: String,
-    pub credential: Credential,
+    /// The bearer token, if this client uses one.
+    pub credential: Option<Credential>,
+    /// Names (DNS or URI subject alternative names, or the subject CN when
+    /// there are none) of client certificates that authenticate as this client.
+    pub certificate_names: Vec<String>,
+    /// Mints allowed, refilled continuously; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
     /// `None`: every cluster.
     pub clusters: Option<Vec<String>>,
     /// `None`: every namespace.
     pub namespaces: Option<Vec<String>>,
+}
+
+/// A token bucket: `burst` mints at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 #[derive(Clone)]
@@ -294,18 +395,13 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
     if file.keys_dir.as_os_str().is_empty() {
         problems.push("keys_dir: must not be empty".into());
     }
-    let tls = match (file.tls_cert, file.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        (None, None) => None,
-        (Some(_), None) => {
-            problems.push("tls_key: required when tls_cert is set".into());
-            None
-        }
-        (None, Some(_)) => {
-            problems.push("tls_cert: required when tls_key is set".into());
-            None
-        }
+    let tls = tls_pair("", file.tls_cert, file.tls_key, problems);
+    let (api_listener, tls) = validate_api(file.api, listen, tls, problems);
+    let api_tls = match &api_listener {
+        Some(l) => l.tls.as_ref(),
+        None => tls.as_ref(),
     };
+    let client_ca = api_tls.is_some_and(|t| t.client_ca.is_some());
 
     if file.clusters.is_empty() {
         problems.push("clusters: at least one cluster is required".into());
@@ -347,12 +443,47 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
                 a.name
             ));
         }
-        if let Some(client) = validate_client(&at, a, &ids, problems) {
+        if let Some(client) = validate_client(&at, a, &ids, client_ca, problems) {
             api_clients.push(client);
         }
     }
 
+    let mut seen_names: HashMap<&str, &str> = HashMap::new();
+    for c in &api_clients {
+        for n in &c.certificate_names {
+            if let Some(first) = seen_names.insert(n, &c.name) {
+                problems.push(format!(
+                    "api_clients: certificate name \"{n}\" is given to both \"{first}\" and \"{}\"; \
+                     a certificate must identify one client",
+                    c.name
+                ));
+            }
+        }
+    }
+
+    if let Some(listen) = listen {
+        check_exposure(
+            listen,
+            api_listener.as_ref(),
+            tls.is_some(),
+            &clusters,
+            file.allow_insecure_http,
+            problems,
+        );
+    }
+
     let rotation = validate_rotation(file.rotation, problems);
+    let limits = validate_limits(file.limits, problems);
+    let tls_reload_interval = duration(
+        "",
+        "tls_reload_interval",
+        file.tls_reload_interval.as_deref(),
+        "10s",
+        problems,
+    );
+    if tls_reload_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+        problems.push("tls_reload_interval: must be at least 1s".into());
+    }
 
     Some(Config {
         rotation: rotation?,
@@ -360,9 +491,198 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
         public_url: public_url?,
         keys_dir: file.keys_dir,
         tls,
+        api_listener,
         clusters,
         api_clients,
+        limits: limits?,
+        tls_reload_interval: tls_reload_interval?,
+        allow_insecure_key_permissions: file.allow_insecure_key_permissions,
     })
+}
+
+/// A certificate and key given together, or neither. `at` prefixes the
+/// field names ("" or "api.").
+fn tls_pair(
+    at: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<TlsFiles> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push(format!("{at}tls_key: required when {at}tls_cert is set"));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(format!("{at}tls_cert: required when {at}tls_key is set"));
+            None
+        }
+    }
+}
+
+/// The `[api]` table: where the issuance API listens and with what TLS.
+/// Returns the API's own listener, if any, and the main listener's TLS (which
+/// takes the client CA when the API shares the main listener).
+fn validate_api(
+    api: FileApi,
+    listen: Option<SocketAddr>,
+    mut tls: Option<TlsFiles>,
+    problems: &mut Vec<String>,
+) -> (Option<ListenerConfig>, Option<TlsFiles>) {
+    let own_tls = tls_pair("api.", api.tls_cert, api.tls_key, problems);
+    let Some(text) = api.listen else {
+        if own_tls.is_some() {
+            problems.push(
+                "api.tls_cert and api.tls_key: only apply with api.listen; without it the API \
+                 is served on the main listener with tls_cert and tls_key"
+                    .into(),
+            );
+        }
+        if let Some(ca) = api.client_ca {
+            match tls.as_mut() {
+                Some(t) => t.client_ca = Some(ca),
+                None => problems.push(
+                    "api.client_ca: client certificates need TLS; set tls_cert and tls_key".into(),
+                ),
+            }
+        }
+        return (None, tls);
+    };
+    let Ok(addr) = text.parse::<SocketAddr>() else {
+        problems.push(format!(
+            "api.listen: \"{text}\" is not an address and port such as 10.0.0.5:9443 or [::]:9443"
+        ));
+        return (None, tls);
+    };
+    if listen.is_some_and(|l| {
+        l.port() == addr.port()
+            && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
+    }) {
+        problems.push(format!(
+            "api.listen: {addr} overlaps listen; the issuance API needs an address of its own"
+        ));
+    }
+    let mut own = own_tls.or_else(|| tls.clone());
+    if let Some(ca) = api.client_ca {
+        match own.as_mut() {
+            Some(t) => t.client_ca = Some(ca),
+            None => problems.push(
+                "api.client_ca: client certificates need TLS on the API listener; set \
+                 api.tls_cert and api.tls_key (or tls_cert and tls_key)"
+                    .into(),
+            ),
+        }
+    }
+    (Some(ListenerConfig { addr, tls: own }), tls)
+}
+
+/// Refuses what cloud IAM providers and API clients must not be exposed to:
+/// an http issuer served on a non-loopback address (providers require https
+/// issuers), and the issuance API on a non-loopback address without TLS
+/// (bearer tokens and minted tokens in clear text). `allow_insecure_http`
+/// permits both, for TLS terminated in front of the server.
+fn check_exposure(
+    listen: SocketAddr,
+    api: Option<&ListenerConfig>,
+    main_tls: bool,
+    clusters: &[ClusterConfig],
+    allow: bool,
+    problems: &mut Vec<String>,
+) {
+    if allow {
+        return;
+    }
+    let fix = "set allow_insecure_http = true if TLS is terminated in front of the server";
+    if !listen.ip().is_loopback() {
+        if let Some(c) = clusters.iter().find(|c| c.issuer.starts_with("http://")) {
+            problems.push(format!(
+                "clusters: issuer \"{}\" is http while listen {listen} is not a loopback \
+                 address; cloud IAM providers only accept https issuers (use an https \
+                 public_url or issuer, or {fix})",
+                c.issuer
+            ));
+        }
+    }
+    let (api_addr, api_tls, field) = match api {
+        Some(l) => (l.addr, l.tls.is_some(), "api.listen"),
+        None => (listen, main_tls, "listen"),
+    };
+    if !api_addr.ip().is_loopback() && !api_tls {
+        problems.push(format!(
+            "{field}: the issuance API would listen on {api_addr} without TLS, sending bearer \
+             tokens and minted tokens in clear text; set tls_cert and tls_key, move the API to \
+             a loopback api.listen, or {fix}"
+        ));
+    }
+}
+
+fn validate_limits(l: FileLimits, problems: &mut Vec<String>) -> Option<Limits> {
+    let d = Limits::default();
+    let before = problems.len();
+    let max_connections = l.max_connections.map_or(d.max_connections, |n| n as usize);
+    if !(1..=1_000_000).contains(&max_connections) {
+        problems.push(format!(
+            "limits.max_connections: {max_connections} must be between 1 and 1000000"
+        ));
+    }
+    let max_header_bytes = l
+        .max_header_bytes
+        .map_or(d.max_header_bytes, |n| n as usize);
+    if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+        problems.push(format!(
+            "limits.max_header_bytes: {max_header_bytes} must be between 8192 and 1048576"
+        ));
+    }
+    let header_read_timeout = duration(
+        "limits",
+        "header_read_timeout",
+        l.header_read_timeout.as_deref(),
+        "10s",
+        problems,
+    );
+    let request_timeout = duration(
+        "limits",
+        "request_timeout",
+        l.request_timeout.as_deref(),
+        "30s",
+        problems,
+    );
+    for (field, value) in [
+        ("header_read_timeout", header_read_timeout),
+        ("request_timeout", request_timeout),
+    ] {
+        if value.is_some_and(|v| v < Duration::from_secs(1) || v > Duration::from_secs(3600)) {
+            problems.push(format!("limits.{field}: must be between 1s and 1h"));
+        }
+    }
+    if problems.len() != before {
+        return None;
+    }
+    Some(Limits {
+        max_connections,
+        max_header_bytes,
+        header_read_timeout: header_read_timeout?,
+        request_timeout: request_timeout?,
+    })
+}
+
+/// "200/s", "30/m" or "1000/h".
+fn parse_rate(text: &str) -> Option<f64> {
+    let (count, unit) = text.trim().split_once('/')?;
+    let count: u32 = count.trim().parse().ok().filter(|n| *n > 0)?;
+    let seconds = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Some(f64::from(count) / seconds)
 }
 
 fn validate_cluster(
@@ -619,17 +939,22 @@ fn duration(
     problems: &mut Vec<String>,
 ) -> Option<Duration> {
     let text = value.unwrap_or(default);
+    let at = if at.is_empty() {
+        String::new()
+    } else {
+        format!("{at}.")
+    };
     match humantime::parse_duration(text) {
         Ok(d) if d.subsec_nanos() == 0 => Some(d),
         Ok(_) => {
             problems.push(format!(
-                "{at}.{field}: \"{text}\" must be a whole number of seconds"
+                "{at}{field}: \"{text}\" must be a whole number of seconds"
             ));
             None
         }
         Err(e) => {
             problems.push(format!(
-                "{at}.{field}: \"{text}\" is not a duration ({e}); write it like \"24h\", \"90m\" or \"3600s\""
+                "{at}{field}: \"{text}\" is not a duration ({e}); write it like \"24h\", \"90m\" or \"3600s\""
             ));
             None
         }
@@ -640,6 +965,7 @@ fn validate_client(
     at: &str,
     a: FileApiClient,
     clusters: &HashMap<String, usize>,
+    client_ca: bool,
     problems: &mut Vec<String>,
 ) -> Option<ApiClientConfig> {
     let before = problems.len();
@@ -671,11 +997,56 @@ fn validate_client(
             None
         }
         (None, None) => {
-            problems.push(format!(
-                "{at}: set token_sha256 (a digest) or token_file; tokens are never written inline"
-            ));
+            if a.certificate_names.is_empty() {
+                problems.push(format!(
+                    "{at}: set token_sha256 (a digest) or token_file, or certificate_names for \
+                     client certificates; tokens are never written inline"
+                ));
+            } else if a.generate {
+                problems.push(format!("{at}.generate: only applies with token_file"));
+            }
             None
         }
+    };
+    if !a.certificate_names.is_empty() && !client_ca {
+        problems.push(format!(
+            "{at}.certificate_names: client certificates are only accepted with api.client_ca set"
+        ));
+    }
+    for (j, n) in a.certificate_names.iter().enumerate() {
+        if n.is_empty() || n.len() > 253 || n.chars().any(|c| c.is_control() || c == ' ') {
+            problems.push(format!(
+                "{at}.certificate_names[{j}]: must be a DNS name, URI or common name of 1 to 253 \
+                 characters without spaces"
+            ));
+        }
+    }
+    let rate_limit = match (a.rate_limit.as_deref(), a.burst) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            problems.push(format!("{at}.burst: only applies with rate_limit"));
+            None
+        }
+        (Some(text), burst) => match parse_rate(text) {
+            Some(per_second) => {
+                let default_burst = text
+                    .split_once('/')
+                    .and_then(|(n, _)| n.trim().parse().ok())
+                    .unwrap_or(1);
+                let burst = burst.unwrap_or(default_burst);
+                if burst == 0 {
+                    problems.push(format!("{at}.burst: must be at least 1"));
+                }
+                Some(RateLimit { per_second, burst })
+            }
+            None => {
+                problems.push(format!(
+                    "{at}.rate_limit: \"{text}\" is not a rate; write it like \"200/s\", \"30/m\" \
+                     or \"1000/h\" (a positive whole number of mints per second, minute or hour)"
+                ));
+                None
+            }
+        },
     };
     if a.clusters.is_empty() {
         problems.push(format!(
@@ -707,7 +1078,9 @@ fn validate_client(
     }
     Some(ApiClientConfig {
         name: a.name,
-        credential: credential?,
+        credential,
+        certificate_names: a.certificate_names,
+        rate_limit,
         clusters: (!all_clusters).then_some(a.clusters),
         namespaces: a.namespaces,
     })
@@ -978,5 +1351,120 @@ clusters = ["nope"]
         assert!(is_dns_subdomain("my.sa-1"));
         assert!(!is_dns_subdomain("a..b"));
         assert!(!is_dns_subdomain("../etc"));
+    }
+
+    fn problems_of(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        }
+    }
+
+    const CLUSTER: &str = "[[clusters]]\nid = \"demo\"\n";
+
+    #[test]
+    fn an_http_issuer_or_a_clear_text_api_off_loopback_is_refused_unless_allowed() {
+        let open_http = "listen = \"0.0.0.0:8080\"\npublic_url = \"http://oidc.example.com\"\nkeys_dir = \"k\"\n";
+        let p = problems_of(&format!("{open_http}{CLUSTER}"));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("cloud IAM providers only accept https issuers")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|m| m
+                .starts_with("listen: the issuance API would listen on 0.0.0.0:8080 without TLS")),
+            "{p:?}"
+        );
+        assert!(parse(&format!("allow_insecure_http = true\n{open_http}{CLUSTER}")).is_ok());
+        // https behind a terminating proxy, the API kept on loopback: fine.
+        let proxied = "listen = \"0.0.0.0:8080\"\npublic_url = \"https://oidc.example.com\"\nkeys_dir = \"k\"\n";
+        assert!(problems_of(&format!("{proxied}{CLUSTER}"))
+            .iter()
+            .any(|m| m.contains("issuance API")));
+        let c = parse(&format!(
+            "{proxied}{CLUSTER}[api]\nlisten = \"127.0.0.1:9443\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.api_listener.unwrap().addr.to_string(), "127.0.0.1:9443");
+        // Loopback development over http stays allowed.
+        assert!(parse(&format!("{BASE}{CLUSTER}")).is_ok());
+    }
+
+    #[test]
+    fn the_api_listener_and_client_certificates_are_checked() {
+        let tls = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let c = parse(&format!("{tls}{BASE}{CLUSTER}[api]\nlisten = \"127.0.0.1:9443\"\nclient_ca = \"ca.pem\"\n[[api_clients]]\nname = \"ci\"\ncertificate_names = [\"ci.internal\"]\nclusters = [\"*\"]\n")).unwrap();
+        let api = c.api_listener.unwrap();
+        let api_tls = api.tls.unwrap();
+        assert_eq!(api_tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(api_tls.client_ca, Some(PathBuf::from("ca.pem")));
+        // The public listener does not ask for client certificates.
+        assert!(c.tls.unwrap().client_ca.is_none());
+        assert!(c.api_clients[0].credential.is_none());
+
+        let p = problems_of(&format!("{BASE}{CLUSTER}[api]\nlisten = \"127.0.0.1:8080\"\nclient_ca = \"ca.pem\"\n[[api_clients]]\nname = \"ci\"\ncertificate_names = [\"ci.internal\"]\nclusters = [\"*\"]\n"));
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("api.listen: 127.0.0.1:8080 overlaps listen")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("api.client_ca: client certificates need TLS")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|m| m.contains(
+                "certificate_names: client certificates are only accepted with api.client_ca"
+            )),
+            "{p:?}"
+        );
+        let p = problems_of(&format!(
+            "{BASE}{CLUSTER}[[api_clients]]\nname = \"a\"\nclusters = [\"*\"]\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|m| m
+                    .contains("set token_sha256 (a digest) or token_file, or certificate_names")),
+            "{p:?}"
+        );
+        let p = problems_of(&format!("{tls}{BASE}{CLUSTER}[api]\nclient_ca = \"ca.pem\"\n[[api_clients]]\nname = \"a\"\ncertificate_names = [\"x\"]\nclusters = [\"*\"]\n[[api_clients]]\nname = \"b\"\ncertificate_names = [\"x\"]\nclusters = [\"*\"]\n"));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("certificate name \"x\" is given to both \"a\" and \"b\"")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn limits_and_rate_limits_are_parsed_and_bounded() {
+        let c = parse(&format!("{BASE}{CLUSTER}")).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.tls_reload_interval, Duration::from_secs(10));
+        let c = parse(&format!("{BASE}{CLUSTER}[limits]\nmax_connections = 64\nheader_read_timeout = \"2s\"\n[[api_clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nclusters = [\"*\"]\nrate_limit = \"30/m\"\n", "0".repeat(64))).unwrap();
+        assert_eq!(c.limits.max_connections, 64);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.api_clients[0].rate_limit,
+            Some(RateLimit {
+                per_second: 0.5,
+                burst: 30
+            })
+        );
+        let p = problems_of(&format!("{BASE}tls_reload_interval = \"0s\"\n{CLUSTER}[limits]\nmax_connections = 0\nmax_header_bytes = 100\nrequest_timeout = \"2h\"\n[[api_clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nclusters = [\"*\"]\nrate_limit = \"fast\"\n[[api_clients]]\nname = \"b\"\ntoken_sha256 = \"{}\"\nclusters = [\"*\"]\nburst = 3\n", "0".repeat(64), "1".repeat(64)));
+        for expected in [
+            "limits.max_connections: 0 must be between 1 and 1000000",
+            "limits.max_header_bytes: 100 must be between 8192 and 1048576",
+            "limits.request_timeout: must be between 1s and 1h",
+            "api_clients[0].rate_limit: \"fast\" is not a rate",
+            "api_clients[1].burst: only applies with rate_limit",
+            "tls_reload_interval: must be at least 1s",
+        ] {
+            assert!(
+                p.iter().any(|m| m.starts_with(expected)),
+                "{expected} not in {p:?}"
+            );
+        }
     }
 }

@@ -22,6 +22,8 @@ pub struct AppError {
     message: String,
     allow: Option<&'static str>,
     close: bool,
+    /// Seconds for `Retry-After` (and the Status's `details.retryAfterSeconds`).
+    retry_after: Option<u64>,
 }
 
 impl AppError {
@@ -33,6 +35,7 @@ impl AppError {
             message: message.into(),
             allow: None,
             close: false,
+            retry_after: None,
         }
     }
 
@@ -44,6 +47,7 @@ impl AppError {
             message: message.into(),
             allow: None,
             close: false,
+            retry_after: None,
         }
     }
 
@@ -57,6 +61,12 @@ impl AppError {
     /// was left unread, so the connection cannot carry another request).
     pub fn closing(mut self) -> Self {
         self.close = true;
+        self
+    }
+
+    /// When to try again (429, 503), in whole seconds, at least 1.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
         self
     }
 
@@ -84,6 +94,7 @@ fn reason(status: StatusCode) -> &'static str {
         StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
         StatusCode::REQUEST_TIMEOUT => "Timeout",
         StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        StatusCode::GATEWAY_TIMEOUT => "Timeout",
         s if s.is_server_error() => "InternalError",
         _ => "Unknown",
     }
@@ -98,7 +109,15 @@ struct KubeStatus<'a> {
     status: &'static str,
     message: &'a str,
     reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details>,
     code: u16,
+}
+
+#[derive(Serialize)]
+struct Details {
+    #[serde(rename = "retryAfterSeconds")]
+    retry_after_seconds: u64,
 }
 
 #[derive(Serialize)]
@@ -120,6 +139,9 @@ impl IntoResponse for AppError {
                 status: "Failure",
                 message: &self.message,
                 reason: reason(self.status),
+                details: self.retry_after.map(|s| Details {
+                    retry_after_seconds: s,
+                }),
                 code: self.status.as_u16(),
             }),
             Shape::Plain => serde_json::to_vec(&PlainError {
@@ -137,6 +159,9 @@ impl IntoResponse for AppError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -13,12 +13,14 @@ pub mod config;
 pub mod deliver;
 pub mod error;
 pub mod fsutil;
+pub mod health;
 pub mod http;
 pub mod issuer;
 pub mod keys;
+pub mod metrics;
 pub mod serve;
 pub mod server;
 pub mod signing;
 pub mod verify;
 
-pub use http::{app, AppState};
+pub use http::{app, app_for, AppState, Face};

@@ -10,12 +10,13 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::http::{app, AppState};
+use crate::health::ListenerInfo;
+use crate::http::{app_for, AppState, Face};
 use crate::issuer::auth::ApiClients;
 use crate::issuer::{Cluster, Issuers};
-use crate::keys::rotation::{self, Background, BackgroundSettings, Managed, ReloadStatus};
+use crate::keys::rotation::{self, Background, BackgroundSettings, Managed};
 use crate::keys::store::KeyStore;
-use crate::server;
+use crate::server::{self, ListenerStats, TlsSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -32,6 +33,12 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("a background task failed: {0}")]
     Join(String),
+    #[error(
+        "signing key files are readable by group or others: {}; chmod 600 them (and check \
+         how they came to be so), or set allow_insecure_key_permissions = true",
+        .0.join(", ")
+    )]
+    KeyPermissions(Vec<String>),
     #[error("cluster \"{cluster}\": {source}")]
     Rotation {
         cluster: String,
@@ -48,6 +55,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
     // async workers.
     let clusters = tokio::task::spawn_blocking(move || {
         let mut clusters = Vec::with_capacity(settings.len());
+        let mut exposed = Vec::new();
         for c in settings {
             let keys_err = |source| StartError::Keys {
                 cluster: c.id.clone(),
@@ -99,12 +107,23 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
                     "the configured key type differs from the current key's; the current key keeps signing until a rotation brings in the new type"
                 );
             }
+            exposed.extend(exposed_key_files(&store, &c.id, &keys));
             clusters.push(Arc::new(Cluster::new(c, Arc::new(keys))));
         }
-        Ok::<_, StartError>(clusters)
+        Ok::<_, StartError>((clusters, exposed))
     })
     .await
     .map_err(|e| StartError::Join(e.to_string()))??;
+    let (clusters, exposed) = clusters;
+    if !exposed.is_empty() {
+        if !config.allow_insecure_key_permissions {
+            return Err(StartError::KeyPermissions(exposed));
+        }
+        tracing::warn!(
+            files = exposed.join(", "),
+            "signing key files are readable by group or others (allowed by allow_insecure_key_permissions)"
+        );
+    }
 
     let (clients, token_files) = ApiClients::load(&config.api_clients, &config.keys_dir)?;
     for f in &token_files {
@@ -116,20 +135,115 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
             "no API clients are configured: minting is disabled, discovery and JWKS are served"
         );
     }
-    Ok(AppState::new(Issuers::new(clusters), clients)?)
+    let mut state = AppState::new(Issuers::new(clusters), clients)?;
+    state.request_timeout = config.limits.request_timeout;
+    Ok(state)
 }
 
-/// Serves until `shutdown` resolves.
+/// Key files of a cluster whose mode lets group or others read them, as
+/// "path (mode)".
+fn exposed_key_files(
+    store: &KeyStore,
+    cluster: &str,
+    keys: &crate::keys::store::KeySet,
+) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut exposed = Vec::new();
+    for k in keys.keys() {
+        let path = store.key_path(cluster, &k.record.kid);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                exposed.push(format!("{} (mode {mode:o})", path.display()));
+            }
+        }
+    }
+    exposed
+}
+
+/// The sockets the server listens on, bound beforehand (tests bind port 0).
+pub struct Sockets {
+    pub main: TcpListener,
+    /// The issuance API's own listener, when `api.listen` is configured.
+    pub api: Option<TcpListener>,
+}
+
+impl Sockets {
+    pub async fn bind(config: &Config) -> Result<Sockets, StartError> {
+        let main = server::bind(config.listen).await?;
+        let api = match &config.api_listener {
+            Some(l) => Some(server::bind(l.addr).await?),
+            None => None,
+        };
+        Ok(Sockets { main, api })
+    }
+}
+
+/// Serves until `shutdown` resolves: every listener stops accepting, and
+/// open requests get the grace period to finish.
 pub async fn run(
     config: &Config,
     state: AppState,
-    listener: TcpListener,
+    sockets: Sockets,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let tls = match &config.tls {
-        Some(files) => Some(server::load_tls(&files.cert, &files.key)?),
-        None => None,
-    };
+    // Each listener is (name, socket, face, TLS files).
+    let mut planned = Vec::new();
+    match (sockets.api, &config.api_listener) {
+        (Some(api), Some(l)) => {
+            planned.push(("public", sockets.main, Face::Public, config.tls.clone()));
+            planned.push(("api", api, Face::Api, l.tls.clone()));
+        }
+        _ => planned.push(("main", sockets.main, Face::All, config.tls.clone())),
+    }
+    let mut listeners = Vec::new();
+    let mut infos = Vec::new();
+    let mut watchers = Vec::new();
+    for (name, socket, face, files) in planned {
+        let tls = match &files {
+            Some(files) => {
+                let source = TlsSource::load(files)?;
+                watchers.push(tokio::spawn(
+                    source.clone().watch(config.tls_reload_interval),
+                ));
+                Some(source)
+            }
+            None => None,
+        };
+        let addr = socket.local_addr()?;
+        let stats = Arc::new(ListenerStats::default());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let serves = match face {
+            Face::All => "discovery, JWKS, TokenRequest, TokenReview, health, metrics",
+            Face::Public => "discovery, JWKS, health",
+            Face::Api => "TokenRequest, TokenReview, metrics, health, discovery, JWKS",
+        };
+        let client_certs = files.as_ref().is_some_and(|f| f.client_ca.is_some());
+        tracing::info!(
+            listener = name,
+            serves,
+            client_certificates = client_certs,
+            max_connections = config.limits.max_connections,
+            "listening on {scheme}://{addr}"
+        );
+        infos.push(ListenerInfo {
+            name,
+            addr,
+            stats: stats.clone(),
+            tls: tls.clone(),
+        });
+        listeners.push((
+            server::Listener {
+                name,
+                socket,
+                tls,
+                limits: config.limits,
+                stats,
+            },
+            face,
+        ));
+    }
+    state.health.set_listeners(infos);
     let background = Arc::new(start_background(config, &state)?);
     let hup = background.clone();
     let sighup = tokio::spawn(async move {
@@ -142,19 +256,60 @@ pub async fn run(
             hup.reload_now();
         }
     });
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let local = listener.local_addr()?;
-    for c in state.issuers.all() {
-        tracing::info!(cluster = c.id(), issuer = c.config.issuer, "serving issuer");
-    }
+    log_clusters(&state);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        "listening on {scheme}://{local}"
+        clusters = state.issuers.all().len(),
+        api_clients = state.clients.len(),
+        "workload-issuer started"
     );
-    server::serve(listener, tls, app(state), shutdown).await;
+
+    // One shutdown signal, fanned out to every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, face)| {
+            let mut stop = stop_rx.clone();
+            let app = app_for(state.clone(), face);
+            tokio::spawn(server::serve(listener, app, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        })
+        .collect();
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for task in serving {
+        task.await.map_err(|e| StartError::Join(e.to_string()))?;
+    }
+    for w in watchers {
+        w.abort();
+    }
     sighup.abort();
     drop(background);
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Every cluster, or a summary when there are many.
+fn log_clusters(state: &AppState) {
+    const LISTED: usize = 20;
+    let all = state.issuers.all();
+    for c in all.iter().take(LISTED) {
+        let published = c.published();
+        tracing::info!(
+            cluster = c.id(),
+            issuer = c.config.issuer,
+            kid = published.keys.signer().kid(),
+            alg = %published.keys.signer().algorithm(),
+            "serving issuer"
+        );
+    }
+    if all.len() > LISTED {
+        tracing::info!(
+            "and {} more clusters (`workload-issuer keys list` shows them all)",
+            all.len() - LISTED
+        );
+    }
 }
 
 /// Starts the thread that applies rotation policies (when this replica
@@ -177,12 +332,18 @@ fn start_background(config: &Config, state: &AppState) -> Result<Background, Sta
         interval: config.rotation.interval,
         reload_interval: config.rotation.reload_interval,
     };
+    state.health.reload.last_good.store(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Ok(Background::start(
         KeyStore::new(&config.keys_dir),
         managed,
         loaded,
         settings,
-        Arc::new(ReloadStatus::default()),
+        state.health.reload.clone(),
     )?)
 }
 
@@ -190,6 +351,6 @@ fn start_background(config: &Config, state: &AppState) -> Result<Background, Sta
 /// SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let state = prepare(&config).await?;
-    let listener = server::bind(config.listen).await?;
-    run(&config, state, listener, server::shutdown_signal()).await
+    let sockets = Sockets::bind(&config).await?;
+    run(&config, state, sockets, server::shutdown_signal()).await
 }

@@ -1,22 +1,29 @@
 //! Listeners: the accept loop for plain HTTP and for TLS (rustls, TLS 1.2 and
-//! 1.3 only), HTTP/1.1 and HTTP/2, and graceful shutdown.
+//! 1.3 only), HTTP/1.1 and HTTP/2, connection and header limits, TLS files
+//! reloaded when they change, client certificates, and graceful shutdown.
 //!
-//! Knows the router only as a tower service; depends on nothing else here.
+//! Knows the router only as a tower service; depends on nothing else here
+//! but the validated configuration types.
 
 use std::future::Future;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Limits, TlsFiles};
 
 /// How long in-flight requests get to finish after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -28,58 +35,290 @@ pub enum TlsError {
     Cert { path: String, reason: String },
     #[error("TLS key {path}: {reason}")]
     Key { path: String, reason: String },
+    #[error("TLS client CA {path}: {reason}")]
+    ClientCa { path: String, reason: String },
     #[error("TLS certificate and key do not fit together: {0}")]
     Config(String),
 }
 
-/// Builds a rustls server configuration from PEM files.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let cert_err = |reason: String| TlsError::Cert {
-        path: cert.display().to_string(),
-        reason,
-    };
-    let key_err = |reason: String| TlsError::Key {
-        path: key.display().to_string(),
-        reason,
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(cert_err("no CERTIFICATE found in the file".into()));
+/// The names a verified client certificate carries: its DNS and URI subject
+/// alternative names, or its subject common name when it has none. Put in
+/// every request's extensions on a connection that presented one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate {
+    pub names: Vec<String>,
+}
+
+fn read(path: &Path, err: impl Fn(String) -> TlsError) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))
+}
+
+/// Builds a rustls server configuration from PEM files: certificate chain,
+/// private key and, for client certificates, the CA that issues them.
+pub fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let pem = TlsPem::read(files)?;
+    pem.build(files).map(Arc::new)
+}
+
+/// The bytes of one listener's TLS files, read together.
+#[derive(PartialEq, Eq)]
+struct TlsPem {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Option<Vec<u8>>,
+}
+
+impl TlsPem {
+    fn read(files: &TlsFiles) -> Result<TlsPem, TlsError> {
+        Ok(TlsPem {
+            cert: read(&files.cert, |reason| TlsError::Cert {
+                path: files.cert.display().to_string(),
+                reason,
+            })?,
+            key: read(&files.key, |reason| TlsError::Key {
+                path: files.key.display().to_string(),
+                reason,
+            })?,
+            ca: match &files.client_ca {
+                Some(ca) => Some(read(ca, |reason| TlsError::ClientCa {
+                    path: ca.display().to_string(),
+                    reason,
+                })?),
+                None => None,
+            },
+        })
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+
+    fn build(&self, files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+        let cert_err = |reason: String| TlsError::Cert {
+            path: files.cert.display().to_string(),
+            reason,
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<_, _>>()
+            .map_err(|e| cert_err(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(cert_err("no CERTIFICATE found in the file".into()));
+        }
+        let private = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| TlsError::Key {
+            path: files.key.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match (&self.ca, &files.client_ca) {
+            (Some(ca), Some(path)) => {
+                let ca_err = |reason: String| TlsError::ClientCa {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca) {
+                    let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                    roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(ca_err("no CERTIFICATE found in the file".into()));
+                }
+                // A certificate is one way to authenticate, bearer tokens the
+                // other: connections without one are let through, and a
+                // certificate that is presented must verify.
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ca_err(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, private)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// A listener's TLS configuration, rebuilt when its files change. New
+/// connections take the newest; open ones keep the one they started with.
+pub struct TlsSource {
+    files: TlsFiles,
+    current: ArcSwap<rustls::ServerConfig>,
+    /// The file contents last seen, good or not, so a bad renewal is reported
+    /// once rather than on every check.
+    seen: Mutex<TlsPem>,
+    /// Seconds since the epoch of the last successful load.
+    pub last_good: AtomicU64,
+    /// Why the files last seen could not be used, if they could not.
+    pub failing: Mutex<Option<String>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TlsSource {
+    pub fn load(files: &TlsFiles) -> Result<Arc<TlsSource>, TlsError> {
+        let pem = TlsPem::read(files)?;
+        let config = pem.build(files)?;
+        Ok(Arc::new(TlsSource {
+            files: files.clone(),
+            current: ArcSwap::from_pointee(config),
+            seen: Mutex::new(pem),
+            last_good: AtomicU64::new(unix_now()),
+            failing: Mutex::new(None),
+        }))
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// Re-reads the files; when they changed and make a good configuration,
+    /// new connections use it. Returns whether a new configuration was taken.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let pem = match TlsPem::read(&self.files) {
+            Ok(p) => p,
+            Err(e) => {
+                self.set_failing(Some(e.to_string()));
+                return Err(e);
+            }
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == pem {
+            return Ok(false);
+        }
+        let built = pem.build(&self.files);
+        *seen = pem;
+        drop(seen);
+        match built {
+            Ok(config) => {
+                self.current.store(Arc::new(config));
+                self.last_good.store(unix_now(), Ordering::Relaxed);
+                self.set_failing(None);
+                Ok(true)
+            }
+            Err(e) => {
+                self.set_failing(Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    fn set_failing(&self, why: Option<String>) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Checks the files every `interval` until the task is dropped.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let source = self.clone();
+            let result = tokio::task::spawn_blocking(move || source.reload()).await;
+            match result {
+                Ok(Ok(true)) => tracing::info!(
+                    cert = %self.files.cert.display(),
+                    "TLS certificate reloaded; new connections use it"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "cannot reload TLS files; the last good certificate keeps serving"
+                ),
+                Err(e) => tracing::error!(error = %e, "the TLS reload task failed"),
+            }
+        }
+    }
+}
+
+/// Counters one listener keeps, read by health checks and metrics.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Accepting connections (false before start and once shutdown begins).
+    pub up: AtomicBool,
+    pub open: AtomicUsize,
+    pub accepted: AtomicU64,
+    /// Connections that waited because `max_connections` were open.
+    pub waited: AtomicU64,
+}
+
+/// One listening socket and how it serves.
+pub struct Listener {
+    /// "public", "api" or "main" (both faces), for logs and metrics.
+    pub name: &'static str,
+    pub socket: TcpListener,
+    pub tls: Option<Arc<TlsSource>>,
+    pub limits: Limits,
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting
 /// and gives open connections [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    app: Router,
-    shutdown: impl Future<Output = ()>,
-) {
-    let acceptor = tls.map(TlsAcceptor::from);
+pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output = ()>) {
+    let Listener {
+        name,
+        socket,
+        tls,
+        limits,
+        stats,
+    } = listener;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    stats.up.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
     loop {
+        // A slot first: at the cap, new connections wait in the backlog
+        // rather than being accepted and starved.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                stats.waited.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    listener = name,
+                    max_connections = limits.max_connections,
+                    "connection limit reached; new connections wait"
+                );
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = socket.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(listener = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -87,17 +326,21 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let conn = Connection {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            _slot: Slot {
+                stats: stats.clone(),
+                _permit: permit,
+            },
+        };
+        let app = app.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            let result = match acceptor {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
-                }
+            match acceptor {
+                None => conn.serve(TokioIo::new(stream), app, peer).await,
                 Some(acceptor) => {
                     let tls =
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -113,22 +356,123 @@ pub async fn serve(
                                 return;
                             }
                         };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    watcher.watch(conn).await
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| PeerCertificate {
+                            names: certificate_names(cert.as_ref()),
+                        });
+                    match identity {
+                        None => conn.serve(TokioIo::new(tls), app, peer).await,
+                        Some(identity) => {
+                            let service = tower::ServiceExt::map_request(
+                                app,
+                                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                                    request.extensions_mut().insert(identity.clone());
+                                    request
+                                },
+                            );
+                            conn.serve(TokioIo::new(tls), service, peer).await
+                        }
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
-    drop(listener);
+    stats.up.store(false, Ordering::Relaxed);
+    drop(socket);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!("shutdown grace period over; closing open connections");
+            tracing::warn!(listener = name, "shutdown grace period over; closing open connections");
         }
     }
+}
+
+/// One accepted connection; gives its slot back when dropped.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    _slot: Slot,
+}
+
+struct Slot {
+    stats: Arc<ListenerStats>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connection {
+    async fn serve<I, S>(self, io: I, service: S, peer: std::net::SocketAddr)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: tower::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let service = TowerToHyperService::new(service);
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// The DNS and URI subject alternative names of a certificate, or its
+/// subject common names when it has neither. Empty when it cannot be parsed
+/// (rustls has verified it already, so that does not happen in practice).
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_cert::der::Decode as _;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let tbs = &cert.tbs_certificate;
+    let mut names = Vec::new();
+    for ext in tbs.extensions.iter().flatten() {
+        if ext.extn_id != const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME {
+            continue;
+        }
+        if let Ok(san) = SubjectAltName::from_der(ext.extn_value.as_bytes()) {
+            for name in san.0 {
+                match name {
+                    GeneralName::DnsName(n) => names.push(n.as_str().to_owned()),
+                    GeneralName::UniformResourceIdentifier(n) => names.push(n.as_str().to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        for rdn in tbs.subject.0.iter() {
+            for atv in rdn.0.iter() {
+                if atv.oid == const_oid::db::rfc4519::CN {
+                    if let Ok(s) = atv.value.decode_as::<String>() {
+                        names.push(s);
+                    } else if let Ok(s) = atv
+                        .value
+                        .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
+                    {
+                        names.push(s.as_str().to_owned());
+                    }
+                }
+            }
+        }
+    }
+    names
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -148,7 +492,10 @@ pub async fn shutdown_signal() {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!(
+        "shutting down: no new connections; open requests get {} s",
+        SHUTDOWN_GRACE.as_secs()
+    );
 }
 
 /// Binds a listener, with the address in the error.

@@ -2,8 +2,8 @@
 //! TokenReview: JSON with named type fields, the protobuf envelope, and the
 //! 201 answer.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use prost::Message as _;
 use serde::de::DeserializeOwned;
 
@@ -87,14 +87,7 @@ pub fn decode_protobuf<T: prost::Message + Default>(
 
 /// A 201 with a JSON body that must not be cached.
 pub fn created(body: Vec<u8>) -> Response {
-    let mut response = (StatusCode::CREATED, body).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    super::uncached(StatusCode::CREATED, "application/json", body)
 }
 
 #[cfg(test)]

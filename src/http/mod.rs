@@ -5,12 +5,14 @@
 //! `keys::rotation` or a crypto crate.
 
 mod documents;
+mod health;
 pub mod kube;
 mod review;
 mod token;
 pub mod token_request;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -18,9 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::error::AppError;
+use crate::health::Health;
 use crate::issuer::auth::ApiClients;
 use crate::issuer::discovery::{DISCOVERY_PATH, JWKS_PATH};
-use crate::issuer::Issuers;
+use crate::issuer::{Cluster, Issuers};
+use crate::metrics::{Metrics, MintOutcome, Route};
 
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
@@ -29,6 +33,10 @@ pub struct AppState {
     pub clients: Arc<ApiClients>,
     /// Where slow (RSA) signatures run, one thread per core.
     pub signing: Arc<crate::signing::SigningThreads>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// How long a minting or review request may take.
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -38,55 +46,169 @@ impl AppState {
             issuers: Arc::new(issuers),
             clients: Arc::new(clients),
             signing: crate::signing::SigningThreads::start(cores)?,
+            metrics: Arc::new(Metrics::new().map_err(std::io::Error::other)?),
+            health: Arc::new(Health::default()),
+            request_timeout: crate::config::Limits::default().request_timeout,
         })
     }
 }
 
-/// The application router. One handler does the routing itself: with
-/// thousands of clusters at arbitrary issuer paths, one hash lookup on the
-/// issuer path beats a route table that grows with them.
-pub fn app(state: AppState) -> Router {
-    Router::new().fallback(route).with_state(state)
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Face {
+    /// Everything: one listener for the public face and the issuance API.
+    All,
+    /// Discovery, JWKS and health: what may face the internet.
+    Public,
+    /// The issuance API (minting, TokenReview), metrics, health, and the
+    /// documents too, for verifiers inside the network.
+    Api,
 }
 
-async fn route(State(state): State<AppState>, request: Request) -> Response {
+/// The application router with every route (one listener).
+pub fn app(state: AppState) -> Router {
+    app_for(state, Face::All)
+}
+
+/// The router of a listener serving `face`. One handler does the routing
+/// itself: with thousands of clusters at arbitrary issuer paths, one hash
+/// lookup on the issuer path beats a route table that grows with them.
+pub fn app_for(state: AppState, face: Face) -> Router {
+    Router::new()
+        .fallback(move |State(state): State<AppState>, request: Request| {
+            route(state, face, request)
+        })
+        .with_state(state)
+}
+
+async fn route(state: AppState, face: Face, request: Request) -> Response {
+    let (route, cluster, response) = dispatch(&state, face, request).await;
+    let status = response.status();
+    state.metrics.request(route, status.as_u16());
+    match route {
+        Route::Discovery | Route::Jwks if status == StatusCode::NOT_MODIFIED => {
+            state.metrics.not_modified(route)
+        }
+        Route::Token => {
+            if let Some(cluster) = cluster {
+                state.metrics.mint(cluster.id(), mint_outcome(status));
+            }
+        }
+        _ => {}
+    }
+    response
+}
+
+fn mint_outcome(status: StatusCode) -> MintOutcome {
+    match status {
+        StatusCode::CREATED => MintOutcome::Issued,
+        StatusCode::UNAUTHORIZED => MintOutcome::Unauthorized,
+        StatusCode::FORBIDDEN => MintOutcome::Forbidden,
+        StatusCode::TOO_MANY_REQUESTS => MintOutcome::RateLimited,
+        s if s.is_server_error() => MintOutcome::Failed,
+        _ => MintOutcome::Invalid,
+    }
+}
+
+async fn dispatch(
+    state: &AppState,
+    face: Face,
+    request: Request,
+) -> (Route, Option<Arc<Cluster>>, Response) {
     let path = request.uri().path();
+    match path {
+        "/healthz" => return (Route::Healthz, None, health::healthz(&request)),
+        "/readyz" => return (Route::Readyz, None, health::readyz(state, &request)),
+        "/metrics" if face != Face::Public => {
+            return (Route::Metrics, None, health::metrics(state, &request))
+        }
+        _ => {}
+    }
     if let Some(prefix) = path.strip_suffix(DISCOVERY_PATH) {
-        return match state.issuers.by_path(prefix) {
+        let response = match state.issuers.by_path(prefix) {
             Some(cluster) => documents::discovery(cluster, &request),
             None => not_found(path),
         };
+        return (Route::Discovery, None, response);
     }
     if let Some(prefix) = path.strip_suffix(JWKS_PATH) {
-        return match state.issuers.by_path(prefix) {
+        let response = match state.issuers.by_path(prefix) {
             Some(cluster) => documents::jwks(cluster, &request),
             None => not_found(path),
         };
+        return (Route::Jwks, None, response);
     }
     if let Some(prefix) = path.strip_suffix(review::PATH) {
-        return match state.issuers.by_path(prefix) {
-            Some(cluster) => {
-                let cluster = cluster.clone();
-                review::create(&state, &cluster, request)
-                    .await
-                    .unwrap_or_else(IntoResponse::into_response)
-            }
-            None => no_cluster(),
+        if face == Face::Public {
+            return (Route::TokenReview, None, not_on_this_listener());
+        }
+        let Some(cluster) = state.issuers.by_path(prefix).cloned() else {
+            return (Route::TokenReview, None, no_cluster());
         };
+        let work = review::create(state, &cluster, request);
+        let response = within(state.request_timeout, work).await;
+        return (Route::TokenReview, Some(cluster), response);
     }
     if let Some(target) = token::TokenPath::parse(path) {
-        return match state.issuers.by_path(target.prefix) {
-            Some(cluster) => {
-                let target = target.owned();
-                let cluster = cluster.clone();
-                token::create(&state, &cluster, target, request)
-                    .await
-                    .unwrap_or_else(IntoResponse::into_response)
-            }
-            None => no_cluster(),
+        if face == Face::Public {
+            return (Route::Token, None, not_on_this_listener());
+        }
+        let Some(cluster) = state.issuers.by_path(target.prefix).cloned() else {
+            return (Route::Token, None, no_cluster());
         };
+        let target = target.owned();
+        let work = token::create(state, &cluster, target, request);
+        let response = within(state.request_timeout, work).await;
+        return (Route::Token, Some(cluster), response);
     }
-    not_found(path)
+    (Route::Other, None, not_found(path))
+}
+
+/// Runs an API handler for at most `limit`; past it, a 504 like
+/// kube-apiserver's request timeout.
+async fn within(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<Response, AppError>>,
+) -> Response {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result.unwrap_or_else(IntoResponse::into_response),
+        Err(_) => AppError::kube(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the request did not complete within {} s (limits.request_timeout)",
+                limit.as_secs()
+            ),
+        )
+        .closing()
+        .into_response(),
+    }
+}
+
+fn not_on_this_listener() -> Response {
+    AppError::kube(
+        StatusCode::NOT_FOUND,
+        "the issuance API (TokenRequest, TokenReview) is not served on this listener; use the API listener (api.listen)",
+    )
+    .into_response()
+}
+
+/// A response that must not be cached (answers to the API, health).
+pub(crate) fn uncached(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<axum::body::Body>,
+) -> Response {
+    let mut response = (status, body.into()).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 fn no_cluster() -> Response {

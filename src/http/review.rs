@@ -43,7 +43,7 @@ pub async fn create(
         )
         .with_allow("POST"));
     }
-    let client = authenticate(state, &parts.headers)?;
+    let client = authenticate(state, &parts)?;
     client.authorize_cluster(cluster.id()).map_err(|e| {
         AppError::kube(
             StatusCode::FORBIDDEN,

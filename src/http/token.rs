@@ -19,6 +19,7 @@ use crate::error::AppError;
 use crate::issuer::auth::ApiClient;
 use crate::issuer::mint::{mint, validate_names, MintError, MintRequest, Minted};
 use crate::issuer::Cluster;
+use crate::server::PeerCertificate;
 
 /// Largest TokenRequest body accepted. A real one is a few hundred bytes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -94,11 +95,23 @@ fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
     Ok(token)
 }
 
+/// The API client making the request: by its bearer token when it sends an
+/// Authorization header, else by the verified client certificate of the
+/// connection (mTLS), if any.
 pub(super) fn authenticate<'s>(
     state: &'s AppState,
-    headers: &HeaderMap,
+    parts: &axum::http::request::Parts,
 ) -> Result<&'s ApiClient, AppError> {
     let unauthorized = || AppError::kube(StatusCode::UNAUTHORIZED, "Unauthorized");
+    let headers = &parts.headers;
+    if !headers.contains_key(header::AUTHORIZATION) {
+        if let Some(peer) = parts.extensions.get::<PeerCertificate>() {
+            return state.clients.by_certificate(&peer.names).ok_or_else(|| {
+                tracing::info!(names = ?peer.names, "request refused: the client certificate names no API client");
+                unauthorized()
+            });
+        }
+    }
     let token = bearer(headers).map_err(|why| {
         tracing::info!(reason = why, "TokenRequest refused: unauthenticated");
         unauthorized()
@@ -181,7 +194,7 @@ pub async fn create(
         )
         .with_allow("POST"));
     }
-    let client = authenticate(state, &parts.headers)?;
+    let client = authenticate(state, &parts)?;
     let (namespace, name) = (target.namespace.as_str(), target.name.as_str());
     validate_names(namespace, name).map_err(|e| bad_request(name, e))?;
     client.authorize(cluster.id(), namespace).map_err(|e| {
@@ -193,6 +206,24 @@ pub async fn create(
             ),
         )
     })?;
+    if let Err(wait) = client.take_mint(std::time::Instant::now()) {
+        let seconds = wait.as_secs_f64().ceil() as u64;
+        tracing::info!(
+            cluster = cluster.id(),
+            client = client.name,
+            retry_after = seconds.max(1),
+            "TokenRequest refused: rate limit"
+        );
+        return Err(AppError::kube(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "API client {} is over its rate limit for minting; retry after {} s",
+                serde_json::to_string(&client.name).unwrap_or_default(),
+                seconds.max(1)
+            ),
+        )
+        .retry_after(seconds));
+    }
     let format = content_format(&parts.headers)?;
     let body = read_body(&parts.headers, body).await?;
     let decoded = match format {

@@ -7,20 +7,60 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
-use crate::config::{ApiClientConfig, Credential};
+use crate::config::{ApiClientConfig, Credential, RateLimit};
 use crate::fsutil::write_atomic;
 
 #[derive(Debug)]
 pub struct ApiClient {
     pub name: String,
-    digest: [u8; 32],
+    /// SHA-256 of the bearer token; `None` for a client that only
+    /// authenticates with a certificate.
+    digest: Option<[u8; 32]>,
+    certificate_names: Vec<String>,
     clusters: Option<Vec<String>>,
     namespaces: Option<Vec<String>>,
+    limiter: Option<Limiter>,
+}
+
+/// A token bucket of mints.
+#[derive(Debug)]
+struct Limiter {
+    limit: RateLimit,
+    /// Mints available and when that was computed.
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl Limiter {
+    fn new(limit: RateLimit) -> Self {
+        Limiter {
+            limit,
+            bucket: Mutex::new((f64::from(limit.burst), Instant::now())),
+        }
+    }
+
+    fn take(&self, now: Instant) -> Result<(), Duration> {
+        let mut guard = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let (available, at) = &mut *guard;
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *available =
+            (*available + elapsed * self.limit.per_second).min(f64::from(self.limit.burst));
+        *at = now.max(*at);
+        if *available >= 1.0 {
+            *available -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - *available) / self.limit.per_second,
+            ))
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -81,8 +121,9 @@ impl ApiClients {
         let mut files = Vec::new();
         for c in configs {
             let digest = match &c.credential {
-                Credential::Sha256(d) => *d,
-                Credential::File { path, generate } => {
+                None => None,
+                Some(Credential::Sha256(d)) => Some(*d),
+                Some(Credential::File { path, generate }) => {
                     let path = keys_dir.join(path);
                     let io_err = |source| AuthConfigError::Io {
                         client: c.name.clone(),
@@ -99,6 +140,7 @@ impl ApiClients {
                             .map_err(io_err)?;
                         generated = true;
                     }
+                    warn_if_exposed(&c.name, &path);
                     let text = fs::read_to_string(&path).map_err(io_err)?;
                     let token = text.trim();
                     if token.is_empty() {
@@ -112,14 +154,16 @@ impl ApiClients {
                         path: path.clone(),
                         generated,
                     });
-                    sha256(token.as_bytes())
+                    Some(sha256(token.as_bytes()))
                 }
             };
             clients.push(ApiClient {
                 name: c.name.clone(),
                 digest,
+                certificate_names: c.certificate_names.clone(),
                 clusters: c.clusters.clone(),
                 namespaces: c.namespaces.clone(),
+                limiter: c.rate_limit.map(Limiter::new),
             });
         }
         Ok((ApiClients { clients }, files))
@@ -132,11 +176,28 @@ impl ApiClients {
         let mut index: u64 = 0;
         let mut matched = subtle::Choice::from(0);
         for (i, client) in self.clients.iter().enumerate() {
-            let hit = client.digest.ct_eq(&presented);
+            let (digest, has) = match &client.digest {
+                Some(d) => (d, subtle::Choice::from(1)),
+                None => (&presented, subtle::Choice::from(0)),
+            };
+            let hit = digest.ct_eq(&presented) & has;
             index.conditional_assign(&(i as u64), hit);
             matched |= hit;
         }
         bool::from(matched).then(|| &self.clients[index as usize])
+    }
+
+    /// The client a verified client certificate names, if any. `names` are
+    /// the certificate's DNS and URI subject alternative names (or its
+    /// subject CN when it has none).
+    pub fn by_certificate(&self, names: &[String]) -> Option<&ApiClient> {
+        self.clients
+            .iter()
+            .find(|c| c.certificate_names.iter().any(|n| names.contains(n)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,7 +205,31 @@ impl ApiClients {
     }
 }
 
+/// A token file others may read is a token others may use.
+fn warn_if_exposed(client: &str, path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                client,
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the API token file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+}
+
 impl ApiClient {
+    /// Takes one mint from this client's rate limit; when none is left, how
+    /// long until one is.
+    pub fn take_mint(&self, now: Instant) -> Result<(), Duration> {
+        match &self.limiter {
+            Some(l) => l.take(now),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this client may act for `cluster` at all (TokenReview).
     pub fn authorize_cluster(&self, cluster: &str) -> Result<(), Forbidden> {
         match &self.clusters {
@@ -183,7 +268,9 @@ mod tests {
     ) -> ApiClientConfig {
         ApiClientConfig {
             name: name.into(),
-            credential: Credential::Sha256(sha256(token.as_bytes())),
+            credential: Some(Credential::Sha256(sha256(token.as_bytes()))),
+            certificate_names: Vec::new(),
+            rate_limit: None,
             clusters: clusters.map(|c| c.iter().map(|s| s.to_string()).collect()),
             namespaces: ns.map(|c| c.iter().map(|s| s.to_string()).collect()),
         }
@@ -232,10 +319,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ApiClientConfig {
             name: "admin".into(),
-            credential: Credential::File {
+            credential: Some(Credential::File {
                 path: "admin.token".into(),
                 generate: true,
-            },
+            }),
+            certificate_names: Vec::new(),
+            rate_limit: None,
             clusters: None,
             namespaces: None,
         };
@@ -254,5 +343,41 @@ mod tests {
             fs::read_to_string(dir.path().join("admin.token")).unwrap(),
             token
         );
+    }
+
+    #[test]
+    fn certificate_clients_have_no_bearer_token() {
+        let mut cfg = client("cert", "unused", None, None);
+        cfg.credential = None;
+        cfg.certificate_names = vec!["ci.internal".into()];
+        let (clients, _) = ApiClients::load(&[cfg], Path::new(".")).unwrap();
+        // The digest of an empty token must not match a client without one.
+        assert!(clients.authenticate("").is_none());
+        assert!(clients.authenticate("unused").is_none());
+        let names = vec!["other".to_string(), "ci.internal".to_string()];
+        assert_eq!(clients.by_certificate(&names).unwrap().name, "cert");
+        assert!(clients.by_certificate(&["x".to_string()]).is_none());
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_refills() {
+        let limiter = Limiter::new(RateLimit {
+            per_second: 2.0,
+            burst: 3,
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.take(t0).is_ok());
+        }
+        let wait = limiter.take(t0).unwrap_err();
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
+        assert!(limiter.take(t0 + Duration::from_millis(250)).is_err());
+        assert!(limiter.take(t0 + Duration::from_millis(600)).is_ok());
+        // A long pause refills only up to the burst.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(limiter.take(later).is_ok());
+        }
+        assert!(limiter.take(later).is_err());
     }
 }

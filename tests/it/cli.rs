@@ -144,6 +144,20 @@ pub(crate) fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (Spawned, Str
     panic!("server did not start: {lines:?}");
 }
 
+/// Waits up to `limit` for the process to exit by itself.
+pub(crate) fn wait_exit(mut spawned: Spawned, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    let child = spawned.0.as_mut().expect("a running process");
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            spawned.0 = None;
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sends SIGTERM and waits for the exit.
 pub(crate) fn terminate(mut spawned: Spawned) -> std::process::ExitStatus {
     let mut child = spawned.0.take().expect("a running process");

@@ -71,6 +71,8 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
         keys_dir: &keys,
         clusters: default_clusters(),
         tls: Some(&tls),
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let server = s.issuer("demo");
@@ -294,6 +296,8 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
         keys_dir: &keys,
         clusters: short_lived(),
         tls: None,
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
@@ -357,6 +361,8 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
         keys_dir: &keys,
         clusters: short_lived(),
         tls: None,
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -425,6 +431,8 @@ async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
         keys_dir: &keys,
         clusters: short_lived(),
         tls: None,
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let issuer = s.issuer("s");
@@ -656,6 +664,8 @@ async fn export_writes_exactly_what_the_server_serves() {
         keys_dir: &keys,
         clusters: default_clusters() + "[[clusters]]\nid = \"root\"\nalgorithm = \"ES256\"\nissuer = \"https://root.example.com\"\n",
         tls: None,
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let config = dir.path().join("c.toml");

@@ -78,6 +78,8 @@ pub fn make_tls(dir: &Path) -> Tls {
 
 pub struct Server {
     pub base: String,
+    /// The issuance API's own listener, when started with `api_listener`.
+    pub api_base: Option<String>,
 
     pub admin_token: String,
     pub ca_pem: Option<String>,
@@ -91,6 +93,11 @@ pub struct Options<'a> {
     pub keys_dir: &'a Path,
     pub clusters: String,
     pub tls: Option<&'a Tls>,
+    /// Serve the issuance API on a listener of its own (`api_base`).
+    pub api_listener: bool,
+    /// More configuration, appended as is; `{api}` is replaced by the API
+    /// listener's address.
+    pub extra: String,
 }
 
 impl Server {
@@ -114,11 +121,35 @@ impl Server {
             ));
         }
         text.push_str(&opts.clusters.replace("{base}", &base));
+        let api = if opts.api_listener {
+            let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = api.local_addr().unwrap();
+            text.push_str(&format!("\n[api]\nlisten = \"{addr}\"\n"));
+            Some((api, addr))
+        } else {
+            None
+        };
+        let api_addr = api.as_ref().map(|(_, a)| a.to_string()).unwrap_or_default();
+        // Lines of `extra` before its first table are top-level keys: they
+        // go before the clusters.
+        let extra = opts.extra.replace("{api}", &api_addr);
+        let split = extra
+            .lines()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(extra.lines().count());
+        let top: Vec<&str> = extra.lines().take(split).collect();
+        let tables: Vec<&str> = extra.lines().skip(split).collect();
+        text = format!("{}\n{text}\n{}\n", top.join("\n"), tables.join("\n"));
         let config = Config::parse("test", &text, &Overrides::default()).unwrap();
         let state = workload_issuer::serve::prepare(&config).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
+        let api_base = api.as_ref().map(|(_, a)| format!("{scheme}://{a}"));
+        let sockets = workload_issuer::serve::Sockets {
+            main: listener,
+            api: api.map(|(l, _)| l),
+        };
         let task = tokio::spawn(async move {
-            workload_issuer::serve::run(&config, state, listener, async {
+            workload_issuer::serve::run(&config, state, sockets, async {
                 let _ = rx.await;
             })
             .await
@@ -129,6 +160,7 @@ impl Server {
             .unwrap_or_default();
         Server {
             base,
+            api_base,
 
             admin_token,
             ca_pem: opts.tls.map(|t| t.ca_pem.clone()),
@@ -144,6 +176,8 @@ impl Server {
             keys_dir,
             clusters: default_clusters(),
             tls: None,
+            api_listener: false,
+            extra: String::new(),
         })
         .await
     }
@@ -235,4 +269,100 @@ pub fn verify_with_jwks(
 pub fn decode_part(token: &str, index: usize) -> serde_json::Value {
     let part = token.split('.').nth(index).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// A CA for client certificates, written to `dir/client-ca.crt`, that issues
+/// client certificates on request.
+pub struct ClientCa {
+    pub path: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// What a client certificate names.
+pub enum ClientName<'a> {
+    Dns(&'a str),
+    Uri(&'a str),
+    /// Only a subject common name, no alternative names.
+    CommonName(&'a str),
+}
+
+impl ClientCa {
+    pub fn new(dir: &Path) -> ClientCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "workload-issuer test client CA");
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.join("client-ca.crt");
+        std::fs::write(&path, cert.pem()).unwrap();
+        ClientCa {
+            path,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate and its key, both PEM.
+    pub fn issue(&self, name: ClientName<'_>) -> (String, String) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        match name {
+            ClientName::Dns(n) => params
+                .subject_alt_names
+                .push(SanType::DnsName(n.try_into().unwrap())),
+            ClientName::Uri(n) => params
+                .subject_alt_names
+                .push(SanType::URI(n.try_into().unwrap())),
+            ClientName::CommonName(n) => {
+                params.distinguished_name.push(rcgen::DnType::CommonName, n)
+            }
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A rustls client configuration trusting `ca_pem`, presenting a client
+/// certificate when given, offering the ALPN protocols given.
+pub fn tls_client_config(
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// A reqwest client over [`tls_client_config`].
+pub fn tls_client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls_client_config(ca_pem, identity, &[b"h2", b"http/1.1"]))
+        .build()
+        .unwrap()
 }

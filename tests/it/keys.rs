@@ -77,6 +77,8 @@ async fn two_clusters_have_different_keys_and_tokens_do_not_cross() {
             .to_owned()
             + "[[api_clients]]\nname = \"admin\"\ntoken_file = \"admin.token\"\ngenerate = true\nclusters = [\"*\"]\n",
         tls: None,
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let (one, two) = (s.jwks("one").await, s.jwks("two").await);
@@ -112,6 +114,8 @@ async fn issuers_at_another_path_and_at_the_root_are_routed() {
                    [[clusters]]\nid = \"b\"\nalgorithm = \"ES256\"\nissuer = \"{base}\"\n"
             .into(),
         tls: None,
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     for (issuer, path) in [(format!("{}/id/a", s.base), "/id/a"), (s.base.clone(), "")] {

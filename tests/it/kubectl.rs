@@ -28,6 +28,8 @@ async fn kubectl_create_token_gets_a_token_that_verifies() {
         keys_dir: &keys,
         clusters: default_clusters(),
         tls: Some(&tls),
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     for cluster in ["demo", "edge"] {
@@ -81,6 +83,8 @@ async fn kubectl_shows_the_servers_message_for_a_refused_request() {
         keys_dir: &keys,
         clusters: default_clusters(),
         tls: Some(&tls),
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let config = kubeconfig(work.path(), &s.issuer("demo"), &tls.ca_pem, &s.admin_token);
@@ -111,6 +115,8 @@ async fn only_tls_1_2_and_1_3_are_offered() {
         keys_dir: &keys,
         clusters: default_clusters(),
         tls: Some(&tls),
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let addr = s.base.trim_start_matches("https://").to_owned();

@@ -9,5 +9,6 @@ mod interop;
 mod keys;
 mod kubectl;
 mod minting;
+mod production;
 mod review;
 mod rotation;

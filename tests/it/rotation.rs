@@ -286,6 +286,8 @@ async fn a_broken_manifest_never_takes_the_server_down() {
         clusters: "[rotation]\nreload_interval = \"1s\"\n".to_owned()
             + &crate::harness::default_clusters(),
         tls: None,
+        api_listener: false,
+        extra: String::new(),
     })
     .await;
     let before = s.jwks("edge").await;

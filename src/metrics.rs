@@ -1,0 +1,312 @@
+//! Prometheus metrics, in the text exposition format (0.0.4), from a registry
+//! owned by the server (no global state: several servers in one process keep
+//! their own counts).
+//!
+//! Counters are bumped where things happen; gauges that describe state (key
+//! ages, time to the next rotation, reload times, open connections) are
+//! computed from that state when `/metrics` is scraped.
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::health::Health;
+use crate::issuer::Issuers;
+use crate::keys::rotation;
+
+/// The routes requests are counted by (never the raw path: its cardinality
+/// is the client's choice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Discovery,
+    Jwks,
+    Token,
+    TokenReview,
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    const ALL: [Route; 8] = [
+        Route::Discovery,
+        Route::Jwks,
+        Route::Token,
+        Route::TokenReview,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Discovery => "discovery",
+            Route::Jwks => "jwks",
+            Route::Token => "token",
+            Route::TokenReview => "tokenreview",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// How a mint attempt ended, for `tokens_minted_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MintOutcome {
+    Issued,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    Invalid,
+    Failed,
+}
+
+impl MintOutcome {
+    fn name(self) -> &'static str {
+        match self {
+            MintOutcome::Issued => "issued",
+            MintOutcome::Unauthorized => "unauthorized",
+            MintOutcome::Forbidden => "forbidden",
+            MintOutcome::RateLimited => "rate_limited",
+            MintOutcome::Invalid => "invalid",
+            MintOutcome::Failed => "failed",
+        }
+    }
+}
+
+const STATUS_SPAN: usize = 500; // 100..=599
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    /// requests_total children by route and status, made on first use: the
+    /// hot path then bumps an atomic without hashing labels.
+    request_cells: Vec<Vec<OnceLock<IntCounter>>>,
+    minted: IntCounterVec,
+    not_modified: IntCounterVec,
+    key_age: IntGaugeVec,
+    next_rotation: IntGaugeVec,
+    reload_last_success: IntGauge,
+    reload_failing: IntGauge,
+    tls_last_success: IntGaugeVec,
+    connections_open: IntGaugeVec,
+    connections_accepted: IntCounterVec,
+    connections_waited: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("workload_issuer")
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            opts(
+                "http_requests_total",
+                "HTTP requests answered, by route and status code.",
+            ),
+            &["route", "status"],
+        )?;
+        let minted = IntCounterVec::new(
+            opts(
+                "tokens_minted_total",
+                "TokenRequests by cluster and outcome (issued, unauthorized, forbidden, rate_limited, invalid, failed).",
+            ),
+            &["cluster", "outcome"],
+        )?;
+        let not_modified = IntCounterVec::new(
+            opts(
+                "not_modified_total",
+                "Conditional GETs answered 304 Not Modified, by document.",
+            ),
+            &["document"],
+        )?;
+        let key_age = IntGaugeVec::new(
+            opts(
+                "key_age_seconds",
+                "Age of each published key since it was created, by cluster, state (next, current, retired) and kid.",
+            ),
+            &["cluster", "state", "kid"],
+        )?;
+        let next_rotation = IntGaugeVec::new(
+            opts(
+                "next_rotation_seconds",
+                "Seconds until the cluster's rotation policy next has something to do (negative: overdue).",
+            ),
+            &["cluster"],
+        )?;
+        let reload_last_success = IntGauge::with_opts(opts(
+            "key_reload_last_success_timestamp_seconds",
+            "Unix time of the last pass that loaded every cluster's key set.",
+        ))?;
+        let reload_failing = IntGauge::with_opts(opts(
+            "key_reload_failing_clusters",
+            "Clusters whose last key-set reload failed (their previous keys keep serving).",
+        ))?;
+        let tls_last_success = IntGaugeVec::new(
+            opts(
+                "tls_reload_last_success_timestamp_seconds",
+                "Unix time the listener's TLS files were last loaded successfully.",
+            ),
+            &["listener"],
+        )?;
+        let connections_open = IntGaugeVec::new(
+            opts("connections_open", "Open connections, by listener."),
+            &["listener"],
+        )?;
+        let connections_accepted = IntCounterVec::new(
+            opts(
+                "connections_accepted_total",
+                "Connections accepted since start, by listener.",
+            ),
+            &["listener"],
+        )?;
+        let connections_waited = IntCounterVec::new(
+            opts(
+                "connections_limited_total",
+                "Times a listener reached max_connections and new connections waited, since start.",
+            ),
+            &["listener"],
+        )?;
+        let build = IntGaugeVec::new(
+            opts("build_info", "Always 1; the version in a label."),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            &requests,
+            &minted,
+            &not_modified,
+            &connections_accepted,
+            &connections_waited,
+        ] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for g in [
+            &key_age,
+            &next_rotation,
+            &tls_last_success,
+            &connections_open,
+            &build,
+        ] {
+            registry.register(Box::new(g.clone()))?;
+        }
+        registry.register(Box::new(reload_last_success.clone()))?;
+        registry.register(Box::new(reload_failing.clone()))?;
+        let request_cells = Route::ALL
+            .iter()
+            .map(|_| (0..STATUS_SPAN).map(|_| OnceLock::new()).collect())
+            .collect();
+        Ok(Metrics {
+            registry,
+            requests,
+            request_cells,
+            minted,
+            not_modified,
+            key_age,
+            next_rotation,
+            reload_last_success,
+            reload_failing,
+            tls_last_success,
+            connections_open,
+            connections_accepted,
+            connections_waited,
+        })
+    }
+
+    pub fn request(&self, route: Route, status: u16) {
+        let index = Route::ALL.iter().position(|r| *r == route).unwrap_or(0);
+        let slot = usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.request_cells[index].get(i));
+        match slot {
+            Some(cell) => cell
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[route.name(), &status.to_string()])
+                })
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[route.name(), &status.to_string()])
+                .inc(),
+        }
+    }
+
+    pub fn mint(&self, cluster: &str, outcome: MintOutcome) {
+        self.minted
+            .with_label_values(&[cluster, outcome.name()])
+            .inc();
+    }
+
+    pub fn not_modified(&self, route: Route) {
+        self.not_modified.with_label_values(&[route.name()]).inc();
+    }
+
+    /// The exposition text, with the state gauges computed now.
+    pub fn render(&self, issuers: &Issuers, health: &Health) -> Vec<u8> {
+        let now = SystemTime::now();
+        let secs = |t: SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        let now_s = secs(now);
+        self.key_age.reset();
+        self.next_rotation.reset();
+        for cluster in issuers.all() {
+            let published = cluster.published();
+            let records: Vec<_> = published
+                .keys
+                .keys()
+                .iter()
+                .map(|k| k.record.clone())
+                .collect();
+            for r in &records {
+                if let Ok(created) = humantime::parse_rfc3339(&r.created) {
+                    self.key_age
+                        .with_label_values(&[cluster.id(), rotation::state_name(r.state), &r.kid])
+                        .set(now_s - secs(created));
+                }
+            }
+            let due =
+                rotation::next_due(&records, cluster.config.key_spec, &cluster.config.rotation);
+            self.next_rotation
+                .with_label_values(&[cluster.id()])
+                .set(secs(due) - now_s);
+        }
+        self.reload_last_success
+            .set(health.reload.last_good.load(Ordering::Relaxed) as i64);
+        self.reload_failing
+            .set(health.reload.failing.lock().map_or(0, |f| f.len() as i64));
+        for l in health.listeners() {
+            let open = l.stats.open.load(Ordering::Relaxed);
+            self.connections_open
+                .with_label_values(&[l.name])
+                .set(i64::try_from(open).unwrap_or(i64::MAX));
+            // The listener counts; the counters catch up with it.
+            for (counter, total) in [
+                (&self.connections_accepted, &l.stats.accepted),
+                (&self.connections_waited, &l.stats.waited),
+            ] {
+                let c = counter.with_label_values(&[l.name]);
+                c.inc_by(total.load(Ordering::Relaxed).saturating_sub(c.get()));
+            }
+            if let Some(tls) = &l.tls {
+                self.tls_last_success
+                    .with_label_values(&[l.name])
+                    .set(tls.last_good.load(Ordering::Relaxed) as i64);
+            }
+        }
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for these metric types.
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

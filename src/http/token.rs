@@ -128,6 +128,17 @@ pub(super) enum Format {
 }
 
 pub(super) fn content_format(headers: &HeaderMap) -> Result<Format, AppError> {
+    if headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(AppError::kube(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "more than one Content-Type header; send exactly one",
+        ));
+    }
     let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -1,5 +1,6 @@
 //! Integration tests: the real server on 127.0.0.1:0, real clients.
 
+mod bad_input;
 mod cli;
 mod delivery;
 mod documents;

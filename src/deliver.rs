@@ -114,8 +114,17 @@ fn write_out(identity: &Identity, args: &TokenArgs, issued: &Issued) -> Result<(
         identity.ca_pem.as_deref(),
     )?;
     match &args.out {
-        Some(path) => crate::fsutil::write_atomic(path, &bytes, args.mode)
-            .map_err(|e| ClientError::Input(format!("--out {}: {e}", path.display()))),
+        Some(path) => {
+            // A raw token file holds the token alone, as kubelet's projected
+            // token files do: SDKs send AWS_WEB_IDENTITY_TOKEN_FILE and
+            // AZURE_FEDERATED_TOKEN_FILE verbatim, newline included.
+            let bytes = match args.format {
+                client::Format::Raw => bytes.trim_ascii_end(),
+                _ => &bytes[..],
+            };
+            crate::fsutil::write_atomic(path, bytes, args.mode)
+                .map_err(|e| ClientError::Input(format!("--out {}: {e}", path.display())))
+        }
         None => {
             use std::io::Write as _;
             std::io::stdout()

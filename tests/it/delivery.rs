@@ -106,7 +106,9 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
         0o600
     );
     let token = std::fs::read_to_string(&out).unwrap();
-    let claims = verify_with_jwks(token.trim(), &jwks, &server, "aud-2").unwrap();
+    // Exactly the token, as kubelet writes it: SDKs read such files verbatim.
+    assert!(!token.ends_with('\n'), "{token:?}");
+    let claims = verify_with_jwks(&token, &jwks, &server, "aud-2").unwrap();
     assert_eq!(claims["aud"], json!(["aud-1", "aud-2"]));
     assert_eq!(
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),

@@ -88,6 +88,10 @@ id = "a"
 pub(crate) struct Spawned(Option<std::process::Child>);
 
 impl Spawned {
+    pub(crate) fn new(child: std::process::Child) -> Self {
+        Spawned(Some(child))
+    }
+
     pub(crate) fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, std::process::Child::id)
     }

@@ -795,3 +795,113 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let status = crate::cli::wait_exit(server, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn json_logs_audit_every_mint_without_tokens_or_secrets() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "audit-bearer-secret";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\nkeys_dir = {:?}\n\
+             [[clusters]]\nid = \"audited\"\nalgorithm = \"ES256\"\n\
+             [[api_clients]]\nname = \"backend\"\ntoken_sha256 = \"{hex}\"\nclusters = [\"*\"]\n",
+            dir.path().join("keys").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_workload-issuer"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let server = crate::cli::Spawned::new(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let mut addr = None;
+    while addr.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not start");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("a log line that is not JSON: {line}"));
+        if let Some(m) = v["fields"]["message"].as_str() {
+            addr = m.strip_prefix("listening on http://").map(str::to_owned);
+        }
+        lines.push(v);
+    }
+    let addr = addr.unwrap();
+    let body = br#"{"spec":{"audiences":["sts.amazonaws.com","vault"]}}"#;
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        token_path("audited", "payments", "api"),
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let v: serde_json::Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let token = v["status"]["token"].as_str().unwrap().to_owned();
+    let claims = crate::harness::decode_part(&token, 1);
+    let kid = crate::harness::decode_part(&token, 0)["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = crate::cli::terminate(server);
+    assert!(status.success());
+    let mut raw: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        raw.push(line.clone());
+        lines.push(serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}")));
+    }
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|v| v["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in {raw:#?}"))
+    };
+    let started = find("workload-issuer started");
+    assert_eq!(started["fields"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(find("serving issuer")["fields"]["cluster"], "audited");
+    let mint = &find("token minted")["fields"];
+    assert_eq!(mint["cluster"], "audited");
+    assert_eq!(mint["namespace"], "payments");
+    assert_eq!(mint["service_account"], "api");
+    assert_eq!(mint["client"], "backend");
+    assert_eq!(mint["kid"], kid.as_str());
+    assert_eq!(mint["jti"], claims["jti"]);
+    assert!(
+        mint["audiences"].as_str().unwrap().contains("vault"),
+        "{mint}"
+    );
+    // Neither the token, nor its signature, nor the bearer secret is logged.
+    let signature = token.rsplit('.').next().unwrap();
+    for line in &raw {
+        assert!(!line.contains(signature), "a token in the logs: {line}");
+        assert!(
+            !line.contains(secret),
+            "the bearer token in the logs: {line}"
+        );
+    }
+}

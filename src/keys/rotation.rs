@@ -89,7 +89,7 @@ pub enum Transition {
         state: KeyState,
     },
     /// `kid` started signing. `early` when it had been published for less
-    /// than publish_ahead (first start, after a revoke, or forced).
+    /// than publish_ahead (after a revoke, or forced; not a first key).
     Activated {
         kid: String,
         early: bool,
@@ -301,10 +301,13 @@ impl<'a> Change<'a> {
         match index_of(&self.manifest, KeyState::Next) {
             Some(n) => self.activate(n, true),
             None => {
+                // A cluster's very first key: no relying party has a JWKS of
+                // it to be out of date, so nothing signs early.
+                let first = self.manifest.keys.is_empty() && self.remove.is_empty();
                 let i = self.generate(spec, KeyState::Current)?;
                 let kid = self.manifest.keys[i].kid.clone();
                 self.transitions
-                    .push(Transition::Activated { kid, early: true });
+                    .push(Transition::Activated { kid, early: !first });
             }
         }
         Ok(())
@@ -839,8 +842,8 @@ mod tests {
 
         let t = apply_policy(&store, "c", spec, &p, t0()).unwrap();
         assert!(
-            matches!(t[1], Transition::Activated { early: true, .. }),
-            "first start signs at once: {t:?}"
+            matches!(t[1], Transition::Activated { early: false, .. }),
+            "first start signs at once, and not early (no JWKS of it is cached anywhere): {t:?}"
         );
         let first = kid_in(&store, KeyState::Current).unwrap();
 
@@ -1222,7 +1225,9 @@ mod tests {
                             early_allowed,
                             "step {i}: early activation of {kid} with no reason"
                         );
-                    } else {
+                    } else if i > 0 {
+                        // (At step 0 the cluster's first key signs at once:
+                        // no JWKS of this cluster is cached anywhere yet.)
                         assert!(
                             published + p.publish_ahead <= now,
                             "step {i}: {kid} signs too early"

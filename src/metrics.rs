@@ -98,6 +98,8 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     connections_accepted: IntCounterVec,
     connections_waited: IntCounterVec,
+    /// Scrapes reset and refill the state gauges: one at a time.
+    rendering: std::sync::Mutex<()>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -218,6 +220,7 @@ impl Metrics {
             connections_open,
             connections_accepted,
             connections_waited,
+            rendering: std::sync::Mutex::new(()),
         })
     }
 
@@ -252,6 +255,7 @@ impl Metrics {
 
     /// The exposition text, with the state gauges computed now.
     pub fn render(&self, issuers: &Issuers, health: &Health) -> Vec<u8> {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         let now = SystemTime::now();
         let secs = |t: SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
             Ok(d) => d.as_secs() as i64,

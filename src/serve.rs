@@ -350,7 +350,10 @@ fn start_background(config: &Config, state: &AppState) -> Result<Background, Sta
 /// `workload-issuer serve`: prepare, bind the configured address, serve until
 /// SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    // Signals first: SIGTERM during a long start (keys being generated) stops
+    // the server cleanly once it is up, instead of killing it mid-write.
+    let shutdown = server::shutdown_signal();
     let state = prepare(&config).await?;
     let sockets = Sockets::bind(&config).await?;
-    run(&config, state, sockets, server::shutdown_signal()).await
+    run(&config, state, sockets, shutdown).await
 }

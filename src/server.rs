@@ -292,18 +292,27 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     stats.up.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
+    // Whether the last accept had to wait for a slot: the warning is logged
+    // once per episode, not once per connection.
+    let mut limited = false;
     loop {
         // A slot first: at the cap, new connections wait in the backlog
         // rather than being accepted and starved.
         let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                limited = false;
+                p
+            }
             Err(_) => {
                 stats.waited.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    listener = name,
-                    max_connections = limits.max_connections,
-                    "connection limit reached; new connections wait"
-                );
+                if !limited {
+                    tracing::warn!(
+                        listener = name,
+                        max_connections = limits.max_connections,
+                        "connection limit reached; new connections wait"
+                    );
+                    limited = true;
+                }
                 tokio::select! {
                     p = slots.clone().acquire_owned() => match p {
                         Ok(p) => p,
@@ -475,27 +484,34 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that comes while
+/// the server is still starting is not lost (nor does it kill the process).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(term, "SIGTERM") => {}
+            () = wait(int, "SIGINT") => {}
         }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
+        tracing::info!(
+            "shutting down: no new connections; open requests get {} s",
+            SHUTDOWN_GRACE.as_secs()
+        );
     }
-    tracing::info!(
-        "shutting down: no new connections; open requests get {} s",
-        SHUTDOWN_GRACE.as_secs()
-    );
 }
 
 /// Binds a listener, with the address in the error.

@@ -74,14 +74,15 @@ pub fn app(state: AppState) -> Router {
 /// itself: with thousands of clusters at arbitrary issuer paths, one hash
 /// lookup on the issuer path beats a route table that grows with them.
 pub fn app_for(state: AppState, face: Face) -> Router {
+    // One Arc per request to clone, not one per shared part.
     Router::new()
-        .fallback(move |State(state): State<AppState>, request: Request| {
-            route(state, face, request)
-        })
-        .with_state(state)
+        .fallback(
+            move |State(state): State<Arc<AppState>>, request: Request| route(state, face, request),
+        )
+        .with_state(Arc::new(state))
 }
 
-async fn route(state: AppState, face: Face, request: Request) -> Response {
+async fn route(state: Arc<AppState>, face: Face, request: Request) -> Response {
     let (route, cluster, response) = dispatch(&state, face, request).await;
     let status = response.status();
     state.metrics.request(route, status.as_u16());

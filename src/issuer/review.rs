@@ -97,10 +97,10 @@ pub fn review(cluster: &Cluster, token: &str, audiences: &[String], now: SystemT
         ));
     }
     let now_s = super::mint::unix_seconds(now);
-    if claims.exp + LEEWAY <= now_s {
+    if claims.exp.saturating_add(LEEWAY) <= now_s {
         return Review::refused("the token has expired");
     }
-    if claims.nbf - LEEWAY > now_s {
+    if claims.nbf.saturating_sub(LEEWAY) > now_s {
         return Review::refused("the token is not valid yet");
     }
     let wanted: &[String] = if audiences.is_empty() {

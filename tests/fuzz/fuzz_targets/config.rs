@@ -1,0 +1,45 @@
+//! The configuration file: any UTF-8 text must parse or be refused with at
+//! least one problem, never panic. An accepted file holds what validation
+//! promises (src/config.rs, `validate` and `validate_cluster`).
+#![no_main]
+
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use workload_issuer::config::{check_audience, is_dns_label, Config, Overrides};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let config = match Config::parse("fuzz", text, &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!e.problems.is_empty(), "refused without a problem");
+            assert_eq!(e.source, "fuzz");
+            return;
+        }
+    };
+    assert!(!config.clusters.is_empty(), "accepted without a cluster");
+    for (i, c) in config.clusters.iter().enumerate() {
+        assert!(is_dns_label(&c.id), "cluster id {:?}", c.id);
+        for other in &config.clusters[..i] {
+            assert_ne!(other.id, c.id, "two clusters with one id");
+            assert_ne!(
+                other.issuer_path, c.issuer_path,
+                "two issuers with one path"
+            );
+        }
+        assert!(
+            !c.issuer_path.ends_with('/'),
+            "issuer path {:?}",
+            c.issuer_path
+        );
+        assert!(!c.audiences.is_empty(), "cluster {} has no audience", c.id);
+        for aud in &c.audiences {
+            assert!(check_audience(aud).is_ok(), "audience {aud:?}");
+        }
+        assert!(c.min_token_lifetime >= Duration::from_secs(1), "{c:?}");
+        assert!(c.min_token_lifetime <= c.max_token_lifetime, "{c:?}");
+    }
+});

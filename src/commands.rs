@@ -273,7 +273,7 @@ pub fn export(args: &ConfigArgs, id: &str, out: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let published = crate::issuer::Published::new(&c.issuer, keys);
+    let published = crate::issuer::Published::new(&c.issuer, c.jwks_max_age, keys);
     let base = out.join(c.issuer_path.trim_start_matches('/'));
     let files = [
         (

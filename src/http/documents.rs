@@ -16,9 +16,8 @@ use crate::issuer::{Cluster, Document};
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
 pub fn discovery(cluster: &Cluster, request: &Request) -> Response {
-    let published = cluster.published();
+    let published = cluster.current();
     serve(
-        cluster,
         &published.discovery,
         HeaderValue::from_static("application/json"),
         request,
@@ -26,22 +25,16 @@ pub fn discovery(cluster: &Cluster, request: &Request) -> Response {
 }
 
 pub fn jwks(cluster: &Cluster, request: &Request) -> Response {
-    let published = cluster.published();
+    let published = cluster.current();
     // The type Kubernetes serves the JWKS with (RFC 7517 §8.5.1).
     serve(
-        cluster,
         &published.jwks,
         HeaderValue::from_static("application/jwk-set+json"),
         request,
     )
 }
 
-fn serve(
-    cluster: &Cluster,
-    doc: &Document,
-    content_type: HeaderValue,
-    request: &Request,
-) -> Response {
+fn serve(doc: &Document, content_type: HeaderValue, request: &Request) -> Response {
     let method = request.method();
     if method == Method::OPTIONS {
         // CORS preflight: anyone may GET these documents.
@@ -70,7 +63,7 @@ fn serve(
     // Both values were built once and are plain ASCII: checked, not copied.
     let (Ok(etag), Ok(cache_control)) = (
         HeaderValue::from_maybe_shared(doc.etag.clone()),
-        HeaderValue::from_maybe_shared(cluster.cache_control.clone()),
+        HeaderValue::from_maybe_shared(doc.cache_control.clone()),
     ) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,22 +15,34 @@ use super::discovery;
 use crate::config::ClusterConfig;
 use crate::keys::store::KeySet;
 
-/// A published document with its strong entity tag (RFC 9110 §8.8.3).
+/// A published document with its strong entity tag (RFC 9110 §8.8.3) and
+/// its Cache-Control value. All three are slices of one buffer, so serving a
+/// document touches one allocation and one reference count: with thousands
+/// of clusters requested at random, that is what stays in cache.
 #[derive(Clone, Debug)]
 pub struct Document {
     pub body: Bytes,
     /// Quoted, ready for the ETag header.
     pub etag: Bytes,
+    /// `public, max-age=N`.
+    pub cache_control: Bytes,
 }
 
 impl Document {
-    fn new(body: Vec<u8>) -> Self {
+    fn new(body: Vec<u8>, max_age: Duration) -> Self {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
         // 128 bits of the digest are plenty to tell versions apart.
         let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
+        let cache_control = format!("public, max-age={}", max_age.as_secs());
+        let (b, e) = (body.len(), etag.len());
+        let mut all = body;
+        all.extend_from_slice(etag.as_bytes());
+        all.extend_from_slice(cache_control.as_bytes());
+        let all = Bytes::from(all);
         Document {
-            body: Bytes::from(body),
-            etag: Bytes::from(etag),
+            body: all.slice(..b),
+            etag: all.slice(b..b + e),
+            cache_control: all.slice(b + e..),
         }
     }
 }
@@ -45,7 +58,7 @@ pub struct Published {
 }
 
 impl Published {
-    pub fn new(issuer: &str, keys: Arc<KeySet>) -> Self {
+    pub fn new(issuer: &str, max_age: Duration, keys: Arc<KeySet>) -> Self {
         let signer = keys.signer();
         // RFC 7515 §4.1; members sorted as Kubernetes emits them.
         let header = format!(
@@ -54,8 +67,8 @@ impl Published {
             signer.kid()
         );
         Published {
-            discovery: Document::new(discovery::document(issuer, keys.algorithms())),
-            jwks: Document::new(keys.jwks_json().to_vec()),
+            discovery: Document::new(discovery::document(issuer, keys.algorithms()), max_age),
+            jwks: Document::new(keys.jwks_json().to_vec(), max_age),
             header_b64: URL_SAFE_NO_PAD.encode(header),
             keys,
         }
@@ -65,19 +78,13 @@ impl Published {
 #[derive(Debug)]
 pub struct Cluster {
     pub config: ClusterConfig,
-    /// `public, max-age=N` for discovery and JWKS, built once.
-    pub cache_control: Bytes,
     published: ArcSwap<Published>,
 }
 
 impl Cluster {
     pub fn new(config: ClusterConfig, keys: Arc<KeySet>) -> Self {
-        let published = Published::new(&config.issuer, keys);
+        let published = Published::new(&config.issuer, config.jwks_max_age, keys);
         Cluster {
-            cache_control: Bytes::from(format!(
-                "public, max-age={}",
-                config.jwks_max_age.as_secs()
-            )),
             config,
             published: ArcSwap::from_pointee(published),
         }
@@ -92,6 +99,12 @@ impl Cluster {
         self.published.load_full()
     }
 
+    /// The current documents for the duration of one synchronous answer,
+    /// without touching the shared reference count.
+    pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
+        self.published.load()
+    }
+
     /// Whether signing takes long enough (RSA: hundreds of microseconds) to
     /// belong off the threads that answer requests.
     pub fn signs_slowly(&self) -> bool {
@@ -100,8 +113,11 @@ impl Cluster {
 
     /// Replaces the key set; readers see the old or the new set, never a mix.
     pub fn replace_keys(&self, keys: Arc<KeySet>) {
-        self.published
-            .store(Arc::new(Published::new(&self.config.issuer, keys)));
+        self.published.store(Arc::new(Published::new(
+            &self.config.issuer,
+            self.config.jwks_max_age,
+            keys,
+        )));
     }
 }
 
@@ -109,7 +125,8 @@ impl Cluster {
 #[derive(Debug, Default)]
 pub struct Issuers {
     clusters: Vec<Arc<Cluster>>,
-    by_path: HashMap<String, usize>,
+    /// Straight to the cluster: one probe, no index hop.
+    by_path: HashMap<Box<str>, Arc<Cluster>>,
     by_id: HashMap<String, usize>,
 }
 
@@ -117,8 +134,7 @@ impl Issuers {
     pub fn new(clusters: Vec<Arc<Cluster>>) -> Self {
         let by_path = clusters
             .iter()
-            .enumerate()
-            .map(|(i, c)| (c.config.issuer_path.clone(), i))
+            .map(|c| (c.config.issuer_path.clone().into_boxed_str(), c.clone()))
             .collect();
         let by_id = clusters
             .iter()
@@ -134,7 +150,7 @@ impl Issuers {
 
     /// The cluster whose issuer URL has this path ("" for the root).
     pub fn by_path(&self, path: &str) -> Option<&Arc<Cluster>> {
-        self.by_path.get(path).map(|i| &self.clusters[*i])
+        self.by_path.get(path)
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Cluster>> {

@@ -18,6 +18,31 @@ pub struct ListenerInfo {
     pub tls: Option<Arc<TlsSource>>,
 }
 
+/// Why the server is not ready: a summary anyone may see, and the detail
+/// (paths, OS errors) for the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub summary: String,
+    pub detail: Option<String>,
+}
+
+impl Problem {
+    fn new(summary: String) -> Self {
+        Problem {
+            summary,
+            detail: None,
+        }
+    }
+
+    /// The summary with its detail.
+    pub fn full(&self) -> String {
+        match &self.detail {
+            Some(d) => format!("{}: {d}", self.summary),
+            None => self.summary.clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Health {
     /// Outcome of the key-rotation thread's reloads of the key sets.
@@ -39,35 +64,41 @@ impl Health {
     /// Ready: every cluster has keys to sign and publish, every listener is
     /// accepting, and the last reloads of key sets and TLS files were good.
     /// Otherwise, each reason it is not.
-    pub fn readiness(&self, issuers: &Issuers) -> Result<(), Vec<String>> {
+    pub fn readiness(&self, issuers: &Issuers) -> Result<(), Vec<Problem>> {
         let mut problems = Vec::new();
         for cluster in issuers.all() {
             if cluster.published().keys.keys().is_empty() {
-                problems.push(format!("cluster \"{}\" has no keys loaded", cluster.id()));
+                problems.push(Problem::new(format!(
+                    "cluster \"{}\" has no keys loaded",
+                    cluster.id()
+                )));
             }
         }
         let listeners = self.listeners();
         if listeners.is_empty() {
-            problems.push("the listeners are not up yet".into());
+            problems.push(Problem::new("the listeners are not up yet".into()));
         }
         for l in listeners {
             if !l.stats.up.load(Ordering::Relaxed) {
-                problems.push(format!(
-                    "the {} listener on {} is not accepting connections",
-                    l.name, l.addr
-                ));
+                problems.push(Problem::new(format!(
+                    "the {} listener is not accepting connections",
+                    l.name
+                )));
             }
             if let Some(tls) = &l.tls {
-                if let Some(why) = tls
+                let failing = tls
                     .failing
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                {
-                    problems.push(format!(
-                        "the {} listener's TLS files could not be reloaded (the previous certificate is in use): {why}",
-                        l.name
-                    ));
+                    .clone();
+                if let Some(why) = failing {
+                    problems.push(Problem {
+                        summary: format!(
+                            "the {} listener's TLS files could not be reloaded (the previous certificate is in use)",
+                            l.name
+                        ),
+                        detail: Some(why),
+                    });
                 }
             }
         }
@@ -78,9 +109,12 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            problems.push(format!(
-                "cluster \"{cluster}\": the last key reload failed (the previous keys are in use): {why}"
-            ));
+            problems.push(Problem {
+                summary: format!(
+                    "cluster \"{cluster}\": the last key reload failed (the previous keys are in use)"
+                ),
+                detail: Some(why.clone()),
+            });
         }
         if problems.is_empty() {
             Ok(())

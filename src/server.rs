@@ -149,9 +149,9 @@ impl TlsPem {
 pub struct TlsSource {
     files: TlsFiles,
     current: ArcSwap<rustls::ServerConfig>,
-    /// The file contents last seen, good or not, so a bad renewal is reported
-    /// once rather than on every check.
-    seen: Mutex<TlsPem>,
+    /// The file contents last seen, and whether they built the configuration
+    /// in use: a bad renewal is reported once rather than on every check.
+    seen: Mutex<(TlsPem, bool)>,
     /// Seconds since the epoch of the last successful load.
     pub last_good: AtomicU64,
     /// Why the files last seen could not be used, if they could not.
@@ -171,7 +171,7 @@ impl TlsSource {
         Ok(Arc::new(TlsSource {
             files: files.clone(),
             current: ArcSwap::from_pointee(config),
-            seen: Mutex::new(pem),
+            seen: Mutex::new((pem, true)),
             last_good: AtomicU64::new(unix_now()),
             failing: Mutex::new(None),
         }))
@@ -191,16 +191,25 @@ impl TlsSource {
         let pem = match TlsPem::read(&self.files) {
             Ok(p) => p,
             Err(e) => {
-                self.set_failing(Some(e.to_string()));
+                let why = e.to_string();
+                if self.failing_with().as_deref() == Some(why.as_str()) {
+                    return Ok(false); // reported already
+                }
+                self.set_failing(Some(why));
                 return Err(e);
             }
         };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen == pem {
+        if seen.0 == pem {
+            if seen.1 {
+                // The files in use are readable again, unchanged.
+                self.set_failing(None);
+                self.last_good.store(unix_now(), Ordering::Relaxed);
+            }
             return Ok(false);
         }
         let built = pem.build(&self.files);
-        *seen = pem;
+        *seen = (pem, built.is_ok());
         drop(seen);
         match built {
             Ok(config) => {
@@ -214,6 +223,13 @@ impl TlsSource {
                 Err(e)
             }
         }
+    }
+
+    fn failing_with(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_failing(&self, why: Option<String>) {
@@ -347,9 +363,21 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
         };
         let app = app.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let first_bytes = limits.header_read_timeout;
         tokio::spawn(async move {
             match acceptor {
-                None => conn.serve(TokioIo::new(stream), app, peer).await,
+                None => {
+                    // Which protocol, decided within the head timeout: a
+                    // client that connects and sends nothing (or part of the
+                    // HTTP/2 preface) must not keep its slot.
+                    let Some(protocol) = sniff(&stream, first_bytes).await else {
+                        tracing::debug!(%peer, "no request within the header timeout");
+                        return;
+                    };
+                    conn.only(protocol)
+                        .serve(TokioIo::new(stream), app, peer)
+                        .await
+                }
                 Some(acceptor) => {
                     let tls =
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -365,6 +393,12 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
                                 return;
                             }
                         };
+                    // RFC 9113 §3.2: over TLS, HTTP/2 is chosen by ALPN.
+                    let protocol = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    let conn = conn.only(protocol);
                     let identity = tls
                         .get_ref()
                         .1
@@ -418,7 +452,54 @@ impl Drop for Slot {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Peeks at a plain connection's first bytes until they tell HTTP/1 from
+/// HTTP/2 (prior knowledge), for at most `limit`; `None` when the client
+/// sent nothing telling in time or closed the connection.
+async fn sniff(stream: &tokio::net::TcpStream, limit: Duration) -> Option<Protocol> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Protocol::Http2);
+        }
+        // Part of the preface so far: real clients send it whole, so this
+        // only waits on a slow or hostile one.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
 impl Connection {
+    /// Serves only `protocol`, without hyper's own detection (whose read
+    /// has no timeout).
+    fn only(mut self, protocol: Protocol) -> Self {
+        self.builder = match protocol {
+            Protocol::Http1 => self.builder.http1_only(),
+            Protocol::Http2 => self.builder.http2_only(),
+        };
+        self
+    }
+
     async fn serve<I, S>(self, io: I, service: S, peer: std::net::SocketAddr)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -440,7 +521,7 @@ impl Connection {
 }
 
 /// The DNS and URI subject alternative names of a certificate, or its
-/// subject common names when it has neither. Empty when it cannot be parsed
+/// subject common names when it has no subject alternative name extension. Empty when it cannot be parsed
 /// (rustls has verified it already, so that does not happen in practice).
 pub fn certificate_names(der: &[u8]) -> Vec<String> {
     use x509_cert::der::Decode as _;
@@ -451,10 +532,12 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     };
     let tbs = &cert.tbs_certificate;
     let mut names = Vec::new();
+    let mut has_san = false;
     for ext in tbs.extensions.iter().flatten() {
         if ext.extn_id != const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME {
             continue;
         }
+        has_san = true;
         if let Ok(san) = SubjectAltName::from_der(ext.extn_value.as_bytes()) {
             for name in san.0 {
                 match name {
@@ -465,7 +548,9 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
             }
         }
     }
-    if names.is_empty() {
+    // The CN only when there is no SAN extension at all: a CA's name
+    // constraints bind the SANs, not the CN.
+    if !has_san {
         for rdn in tbs.subject.0.iter() {
             for atv in rdn.0.iter() {
                 if atv.oid == const_oid::db::rfc4519::CN {

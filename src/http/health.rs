@@ -5,7 +5,9 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use std::sync::Arc;
+
+use super::{AppState, Face};
 use crate::error::AppError;
 
 const ALLOW: &str = "GET, HEAD";
@@ -16,7 +18,10 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
 
 /// `None` for GET and HEAD, else the 405 to answer.
 fn only_get(request: &Request) -> Option<Response> {
-    let method = request.method();
+    only_get_method(request.method())
+}
+
+fn only_get_method(method: &Method) -> Option<Response> {
     if method == Method::GET || method == Method::HEAD {
         return None;
     }
@@ -37,7 +42,9 @@ pub fn healthz(request: &Request) -> Response {
     json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
-pub fn readyz(state: &AppState, request: &Request) -> Response {
+/// On the public face the problems are summaries: file paths and OS errors
+/// are for the operator (the API listener, the logs), not the internet.
+pub fn readyz(state: &AppState, face: Face, request: &Request) -> Response {
     if let Some(r) = only_get(request) {
         return r;
     }
@@ -49,21 +56,48 @@ pub fn readyz(state: &AppState, request: &Request) -> Response {
                 "clusters": state.issuers.all().len(),
             }),
         ),
-        Err(problems) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "not ready", "problems": problems }),
-        ),
+        Err(problems) => {
+            let shown: Vec<String> = problems
+                .iter()
+                .map(|p| {
+                    if face == Face::Public {
+                        p.summary.clone()
+                    } else {
+                        p.full()
+                    }
+                })
+                .collect();
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "status": "not ready", "problems": shown }),
+            )
+        }
     }
 }
 
-pub fn metrics(state: &AppState, request: &Request) -> Response {
-    if let Some(r) = only_get(request) {
+/// Rendering walks every cluster's keys (thousands of them in a big
+/// fleet): it runs on the blocking pool, not on the threads serving JWKS.
+pub async fn metrics(state: &Arc<AppState>, method: Method) -> Response {
+    if let Some(r) = only_get_method(&method) {
         return r;
     }
-    let body = state.metrics.render(&state.issuers, &state.health);
-    super::uncached(
-        StatusCode::OK,
-        "text/plain; version=0.0.4; charset=utf-8",
-        body,
-    )
+    let shared = state.clone();
+    let rendered =
+        tokio::task::spawn_blocking(move || shared.metrics.render(&shared.issuers, &shared.health))
+            .await;
+    match rendered {
+        Ok(body) => super::uncached(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            body,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the metrics failed");
+            AppError::plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the metrics could not be rendered",
+            )
+            .into_response()
+        }
+    }
 }

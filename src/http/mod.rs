@@ -112,16 +112,20 @@ fn mint_outcome(status: StatusCode) -> MintOutcome {
 }
 
 async fn dispatch(
-    state: &AppState,
+    state: &Arc<AppState>,
     face: Face,
     request: Request,
 ) -> (Route, Option<Arc<Cluster>>, Response) {
     let path = request.uri().path();
     match path {
         "/healthz" => return (Route::Healthz, None, health::healthz(&request)),
-        "/readyz" => return (Route::Readyz, None, health::readyz(state, &request)),
+        "/readyz" => return (Route::Readyz, None, health::readyz(state, face, &request)),
         "/metrics" if face != Face::Public => {
-            return (Route::Metrics, None, health::metrics(state, &request))
+            return (
+                Route::Metrics,
+                None,
+                health::metrics(state, request.method().clone()).await,
+            )
         }
         _ => {}
     }

@@ -501,6 +501,32 @@ async fn renewed_certificates_are_served_without_a_restart_or_dropped_connection
     // The connection opened before the renewal is still served.
     assert_eq!(get_keep_alive(&mut open, path).await, "HTTP/1.1 200 OK");
 
+    // A certificate file missing for a moment (a non-atomic writer) makes
+    // the server not ready; back unchanged, it is ready again.
+    let client = tls_client(&renewed.ca_pem, None);
+    let readyz = format!("{}/readyz", s.base);
+    let aside = dir.path().join("tls.crt.aside");
+    std::fs::rename(&first.cert, &aside).unwrap();
+    let mut went = false;
+    for _ in 0..150 {
+        if client.get(&readyz).send().await.unwrap().status() == 503 {
+            went = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(went, "readyz stayed 200 with the certificate file gone");
+    std::fs::rename(&aside, &first.cert).unwrap();
+    let mut back = false;
+    for _ in 0..150 {
+        if client.get(&readyz).send().await.unwrap().status() == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "readyz did not recover once the same files were back");
+
     // A broken renewal is refused: the renewed certificate keeps serving and
     // readiness says why.
     std::fs::write(
@@ -508,8 +534,6 @@ async fn renewed_certificates_are_served_without_a_restart_or_dropped_connection
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let client = tls_client(&renewed.ca_pem, None);
-    let readyz = format!("{}/readyz", s.base);
     let not_ready = eventually(Duration::from_secs(15), || async {
         client.get(&readyz).send().await.unwrap().status() == 503
     })
@@ -598,17 +622,35 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     s.stop().await;
 }
 
-/// A client that sends a request head one byte at a time and never
-/// finishes, or (`idle`) connects and sends nothing.
-fn slowloris(addr: String, idle: bool) -> tokio::task::JoinHandle<()> {
+#[derive(Clone, Copy)]
+enum Slow {
+    /// Sends a request head one byte at a time and never finishes.
+    Trickle,
+    /// Connects and sends nothing.
+    Idle,
+    /// Sends part of the HTTP/2 preface, then nothing.
+    PartialPreface,
+}
+
+fn slowloris(addr: String, kind: Slow) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Ok(mut stream) = TcpStream::connect(&addr).await else {
             return;
         };
-        if idle {
-            let mut buf = [0u8; 64];
-            let _ = stream.read(&mut buf).await;
-            return;
+        match kind {
+            Slow::Idle => {
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf).await;
+                return;
+            }
+            Slow::PartialPreface => {
+                // The start of the HTTP/2 preface, then nothing.
+                let _ = stream.write_all(b"PRI * HTTP/2.0\r\n").await;
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf).await;
+                return;
+            }
+            Slow::Trickle => {}
         }
         let head = b"GET /c/demo/openid/v1/jwks HTTP/1.1\r\nHost: x\r\nX-Slow: ";
         let _ = stream.write_all(head).await;
@@ -638,10 +680,20 @@ async fn slow_clients_holding_connections_cannot_starve_discovery() {
         .trim_start_matches("http://")
         .to_owned();
     // Every connection slot of both listeners is taken by a slow client.
+    let kinds = [Slow::Trickle, Slow::Idle, Slow::PartialPreface, Slow::Idle];
     let mut slow: Vec<_> = (0..16)
-        .map(|i| slowloris(api.clone(), i % 2 == 0))
+        .map(|i| slowloris(api.clone(), kinds[i % 4]))
         .collect();
-    slow.extend((0..16).map(|i| slowloris(public.clone(), i % 2 == 0)));
+    // The public listener's slots are all held by clients that send nothing
+    // telling: only the head timeout frees them.
+    slow.extend((0..16).map(|i| {
+        let kind = if i % 2 == 0 {
+            Slow::Idle
+        } else {
+            Slow::PartialPreface
+        };
+        slowloris(public.clone(), kind)
+    }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = s.client();
     for _ in 0..5 {

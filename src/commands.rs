@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{ConfigArgs, KeysCommand};
 use crate::config::{ClusterConfig, Config, Overrides};
-use crate::keys::rotation::{self, next_transition, state_name, RotationError};
+use crate::keys::rotation::{self, next_transition, RotationError};
 use crate::keys::store::{KeyRecord, KeyState, KeyStore};
 
 pub fn check_config(file: &std::path::Path) -> ExitCode {
@@ -224,7 +224,7 @@ fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<Exi
             let r = k.record;
             println!(
                 "  {:<8} {:<43} {:<5} {:<20} {:<20} {:<20} {}",
-                state_name(r.state),
+                r.state.as_str(),
                 r.kid,
                 r.alg,
                 r.published,

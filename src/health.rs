@@ -7,8 +7,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::issuer::Issuers;
-pub use crate::keys::rotation::ReloadStatus;
 use crate::server::{ListenerStats, TlsSource};
+
+/// What the background thread reports, for health checks.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    /// Clusters whose last reload failed, with the reason.
+    pub failing: std::sync::Mutex<Vec<(String, String)>>,
+    /// Seconds since the epoch of the last pass that loaded every cluster.
+    pub last_good: std::sync::atomic::AtomicU64,
+}
 
 /// One listener as health checks and metrics see it.
 pub struct ListenerInfo {

@@ -12,9 +12,10 @@ use std::time::SystemTime;
 
 use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::config::ClusterConfig;
 use crate::health::Health;
 use crate::issuer::Issuers;
-use crate::keys::rotation;
+use crate::keys::store::KeyRecord;
 
 /// The routes requests are counted by (never the raw path: its cardinality
 /// is the client's choice).
@@ -82,8 +83,14 @@ impl MintOutcome {
 
 const STATUS_SPAN: usize = 500; // 100..=599
 
+/// When a cluster's rotation policy next has something to do with these
+/// keys. Given by the caller (`serve` passes the rotation module's answer), so
+/// neither this module nor the HTTP layer that renders it drives rotation.
+pub type NextDue = fn(&[KeyRecord], &ClusterConfig) -> SystemTime;
+
 pub struct Metrics {
     registry: Registry,
+    next_due: NextDue,
     requests: IntCounterVec,
     /// requests_total children by route and status, made on first use: the
     /// hot path then bumps an atomic without hashing labels.
@@ -107,7 +114,7 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+    pub fn new(next_due: NextDue) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             opts(
@@ -208,6 +215,7 @@ impl Metrics {
             .collect();
         Ok(Metrics {
             registry,
+            next_due,
             requests,
             request_cells,
             minted,
@@ -275,12 +283,11 @@ impl Metrics {
             for r in &records {
                 if let Ok(created) = humantime::parse_rfc3339(&r.created) {
                     self.key_age
-                        .with_label_values(&[cluster.id(), rotation::state_name(r.state), &r.kid])
+                        .with_label_values(&[cluster.id(), r.state.as_str(), &r.kid])
                         .set(now_s - secs(created));
                 }
             }
-            let due =
-                rotation::next_due(&records, cluster.config.key_spec, &cluster.config.rotation);
+            let due = (self.next_due)(&records, &cluster.config);
             self.next_rotation
                 .with_label_values(&[cluster.id()])
                 .set(secs(due) - now_s);

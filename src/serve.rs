@@ -135,7 +135,9 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
             "no API clients are configured: minting is disabled, discovery and JWKS are served"
         );
     }
-    let mut state = AppState::new(Issuers::new(clusters), clients)?;
+    let mut state = AppState::new(Issuers::new(clusters), clients, |records, c| {
+        rotation::next_due(records, c.key_spec, &c.rotation)
+    })?;
     state.request_timeout = config.limits.request_timeout;
     Ok(state)
 }

@@ -53,13 +53,6 @@ fn read(path: &Path, err: impl Fn(String) -> TlsError) -> Result<Vec<u8>, TlsErr
     std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))
 }
 
-/// Builds a rustls server configuration from PEM files: certificate chain,
-/// private key and, for client certificates, the CA that issues them.
-pub fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let pem = TlsPem::read(files)?;
-    pem.build(files).map(Arc::new)
-}
-
 /// The bytes of one listener's TLS files, read together.
 #[derive(PartialEq, Eq)]
 struct TlsPem {
@@ -179,10 +172,6 @@ impl TlsSource {
 
     pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.load_full())
-    }
-
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
     }
 
     /// Re-reads the files; when they changed and make a good configuration,

@@ -40,13 +40,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(issuers: Issuers, clients: ApiClients) -> std::io::Result<Self> {
+    pub fn new(
+        issuers: Issuers,
+        clients: ApiClients,
+        next_due: crate::metrics::NextDue,
+    ) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(AppState {
             issuers: Arc::new(issuers),
             clients: Arc::new(clients),
             signing: crate::signing::SigningThreads::start(cores)?,
-            metrics: Arc::new(Metrics::new().map_err(std::io::Error::other)?),
+            metrics: Arc::new(Metrics::new(next_due).map_err(std::io::Error::other)?),
             health: Arc::new(Health::default()),
             request_timeout: crate::config::Limits::default().request_timeout,
         })

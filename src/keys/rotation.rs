@@ -27,6 +27,7 @@ use super::material::KeySpec;
 use super::store::{
     rfc3339, KeyRecord, KeySet, KeyState, KeyStore, Manifest, StoreError, StoreLock,
 };
+use crate::health::ReloadStatus;
 
 /// AWS accepts at most 100 RSA and 100 EC keys in one JWKS (spire#4699).
 pub const MAX_KEYS_PER_TYPE: usize = 100;
@@ -115,7 +116,7 @@ impl fmt::Display for Transition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Transition::Generated { kid, alg, state } => {
-                write!(f, "generated {alg} key {kid} as {}", state_name(*state))
+                write!(f, "generated {alg} key {kid} as {}", state.as_str())
             }
             Transition::Activated { kid, early: false } => write!(f, "key {kid} now signs"),
             Transition::Activated { kid, early: true } => write!(
@@ -127,14 +128,6 @@ impl fmt::Display for Transition {
             Transition::Discarded { kid } => write!(f, "unused next key {kid} discarded: the configured key type changed"),
             Transition::Revoked { kid } => write!(f, "key {kid} revoked and removed from the JWKS"),
         }
-    }
-}
-
-pub fn state_name(s: KeyState) -> &'static str {
-    match s {
-        KeyState::Next => "next",
-        KeyState::Current => "current",
-        KeyState::Retired => "retired",
     }
 }
 
@@ -642,15 +635,6 @@ enum Signal {
 pub struct Background {
     tx: std::sync::mpsc::Sender<Signal>,
     handle: Option<std::thread::JoinHandle<()>>,
-}
-
-/// What the background thread reports, for health checks.
-#[derive(Debug, Default)]
-pub struct ReloadStatus {
-    /// Clusters whose last reload failed, with the reason.
-    pub failing: std::sync::Mutex<Vec<(String, String)>>,
-    /// Seconds since the epoch of the last pass that loaded every cluster.
-    pub last_good: std::sync::atomic::AtomicU64,
 }
 
 pub struct BackgroundSettings {

@@ -45,6 +45,17 @@ pub enum KeyState {
     Retired,
 }
 
+impl KeyState {
+    /// The name used in manifests, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Next => "next",
+            KeyState::Current => "current",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
 /// One key's entry in a cluster's manifest. Times are RFC 3339 UTC.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,9 +12,32 @@ use workload_issuer::config::{Config, Overrides};
 pub const CI_TOKEN: &str = "ci-token-for-tests";
 
 /// Two clusters and two clients, like config/example.toml plus a scoped client.
+/// Hex SHA-256 of a bearer token, as `token_sha256` takes it.
+pub fn token_sha256(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A config file for the binary in `dir`: listen on 127.0.0.1:0, one ES256
+/// cluster, one API client holding `token`.
+pub fn write_config(dir: &Path, cluster: &str, client: &str, token: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\nkeys_dir = {:?}\n\
+             [[clusters]]\nid = \"{cluster}\"\nalgorithm = \"ES256\"\n\
+             [[api_clients]]\nname = \"{client}\"\ntoken_sha256 = \"{}\"\nclusters = [\"*\"]\n",
+            dir.join("keys").display().to_string(),
+            token_sha256(token)
+        ),
+    )
+    .unwrap();
+    path
+}
+
 pub fn default_clusters() -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, CI_TOKEN.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = token_sha256(CI_TOKEN);
     format!(
         r#"
 [[clusters]]

@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    default_clusters, make_tls, tls_client, tls_client_config, verify_with_jwks, ClientCa,
-    ClientName, Options, Server,
+    default_clusters, make_tls, tls_client, tls_client_config, token_sha256, verify_with_jwks,
+    write_config, ClientCa, ClientName, Options, Server,
 };
 
 fn options(keys: &std::path::Path) -> Options<'_> {
@@ -507,24 +507,17 @@ async fn renewed_certificates_are_served_without_a_restart_or_dropped_connection
     let readyz = format!("{}/readyz", s.base);
     let aside = dir.path().join("tls.crt.aside");
     std::fs::rename(&first.cert, &aside).unwrap();
-    let mut went = false;
-    for _ in 0..150 {
-        if client.get(&readyz).send().await.unwrap().status() == 503 {
-            went = true;
-            break;
+    let status_is = |code: u16| {
+        let (client, readyz) = (client.clone(), readyz.clone());
+        move || {
+            let (client, readyz) = (client.clone(), readyz.clone());
+            async move { client.get(&readyz).send().await.unwrap().status() == code }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let went = eventually(Duration::from_secs(15), status_is(503)).await;
     assert!(went, "readyz stayed 200 with the certificate file gone");
     std::fs::rename(&aside, &first.cert).unwrap();
-    let mut back = false;
-    for _ in 0..150 {
-        if client.get(&readyz).send().await.unwrap().status() == 200 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = eventually(Duration::from_secs(15), status_is(200)).await;
     assert!(back, "readyz did not recover once the same files were back");
 
     // A broken renewal is refused: the renewed certificate keeps serving and
@@ -564,8 +557,7 @@ async fn renewed_certificates_are_served_without_a_restart_or_dropped_connection
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"limited-token");
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = token_sha256("limited-token");
     let s = Server::start(Options {
         extra: format!(
             "[[api_clients]]\nname = \"limited\"\ntoken_sha256 = \"{hex}\"\nclusters = [\"*\"]\nrate_limit = \"2/m\"\n"
@@ -802,19 +794,7 @@ async fn key_files_others_can_read_stop_the_start_unless_allowed() {
 fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"shutdown-token");
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\nkeys_dir = {:?}\n\
-             [[clusters]]\nid = \"demo\"\nalgorithm = \"ES256\"\n\
-             [[api_clients]]\nname = \"a\"\ntoken_sha256 = \"{hex}\"\nclusters = [\"*\"]\n",
-            dir.path().join("keys").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "demo", "a", "shutdown-token");
     let (server, addr, _) = crate::cli::spawn_serve(&["--config", config.to_str().unwrap()], &[]);
     // A mint whose body is half sent when the signal comes.
     let body = br#"{"spec":{"audiences":["a"]}}"#;
@@ -853,19 +833,7 @@ fn json_logs_audit_every_mint_without_tokens_or_secrets() {
     use std::io::{BufRead as _, Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let secret = "audit-bearer-secret";
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\nkeys_dir = {:?}\n\
-             [[clusters]]\nid = \"audited\"\nalgorithm = \"ES256\"\n\
-             [[api_clients]]\nname = \"backend\"\ntoken_sha256 = \"{hex}\"\nclusters = [\"*\"]\n",
-            dir.path().join("keys").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "audited", "backend", secret);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_workload-issuer"))
         .args(["--log-format", "json", "serve", "--config"])
         .arg(&config)

@@ -32,7 +32,7 @@ pub struct AppState {
     pub issuers: Arc<Issuers>,
     pub clients: Arc<ApiClients>,
     /// Where slow (RSA) signatures run, one thread per core.
-    pub signing: Arc<crate::signing::SigningThreads>,
+    pub signing: Arc<crate::signing::SigningTurns>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     /// How long a minting or review request may take.
@@ -45,11 +45,15 @@ impl AppState {
         clients: ApiClients,
         next_due: crate::metrics::NextDue,
     ) -> std::io::Result<Self> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // One signing turn per worker thread of the runtime serving us.
+        let workers = tokio::runtime::Handle::try_current().map_or_else(
+            |_| std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |runtime| runtime.metrics().num_workers(),
+        );
         Ok(AppState {
             issuers: Arc::new(issuers),
             clients: Arc::new(clients),
-            signing: crate::signing::SigningThreads::start(cores)?,
+            signing: Arc::new(crate::signing::SigningTurns::new(workers)),
             metrics: Arc::new(Metrics::new(next_due).map_err(std::io::Error::other)?),
             health: Arc::new(Health::default()),
             request_timeout: crate::config::Limits::default().request_timeout,

@@ -169,23 +169,21 @@ pub(super) fn too_large() -> AppError {
     )
 }
 
-/// Mints, with RSA signatures (hundreds of microseconds) on the signing
-/// threads, so discovery and JWKS keep being answered while minting saturates
-/// the CPU. ECDSA signs in microseconds and stays inline.
-async fn mint_off_hot_path(
+/// Mints; an RSA signature (hundreds of microseconds) waits for its turn on
+/// this worker, so discovery and JWKS keep being answered while minting
+/// saturates the CPU. ECDSA signs in microseconds and needs no turn.
+async fn mint_in_turn(
     state: &AppState,
-    cluster: &Arc<Cluster>,
+    cluster: &Cluster,
     request: &MintRequest,
 ) -> Result<Minted, MintError> {
     if !cluster.signs_slowly() {
         return mint(cluster, request, SystemTime::now());
     }
-    let (cluster, request) = (cluster.clone(), request.clone());
     state
         .signing
-        .run(move || mint(&cluster, &request, SystemTime::now()))
+        .run(|| mint(cluster, request, SystemTime::now()))
         .await
-        .unwrap_or(Err(MintError::Signing))
 }
 
 pub async fn create(
@@ -261,7 +259,7 @@ pub async fn create(
         ));
     }
     let mint_request = decoded.into_request(namespace, name);
-    let minted = match mint_off_hot_path(state, cluster, &mint_request).await {
+    let minted = match mint_in_turn(state, cluster, &mint_request).await {
         Ok(m) => m,
         Err(e @ MintError::Invalid { .. }) => return Err(bad_request(name, e)),
         Err(MintError::Signing) => {

@@ -106,7 +106,7 @@ impl Cluster {
     }
 
     /// Whether signing takes long enough (RSA: hundreds of microseconds) to
-    /// belong off the threads that answer requests.
+    /// wait for a turn between other requests (see `crate::signing`).
     pub fn signs_slowly(&self) -> bool {
         self.published.load().keys.signer().algorithm() == crate::keys::material::Algorithm::Rs256
     }

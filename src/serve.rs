@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::health::ListenerInfo;
 use crate::http::{app_for, AppState, Face};
 use crate::issuer::auth::ApiClients;
-use crate::issuer::{Cluster, Issuers};
+use crate::issuer::Issuers;
 use crate::keys::rotation::{self, Background, BackgroundSettings, Managed};
 use crate::keys::store::KeyStore;
 use crate::server::{self, ListenerStats, TlsSource};
@@ -108,7 +108,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
                 );
             }
             exposed.extend(exposed_key_files(&store, &c.id, &keys));
-            clusters.push(Arc::new(Cluster::new(c, Arc::new(keys))));
+            clusters.push((c, Arc::new(keys)));
         }
         Ok::<_, StartError>((clusters, exposed))
     })

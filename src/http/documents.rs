@@ -5,36 +5,44 @@
 //! a strong ETag answered with 304, CORS `*` since browsers and relying parties
 //! fetch these anonymously.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::AppError;
-use crate::issuer::{Cluster, Document};
+use crate::issuer::cluster::Which;
+use crate::issuer::Published;
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
-pub fn discovery(cluster: &Cluster, request: &Request) -> Response {
-    let published = cluster.current();
+pub fn discovery(published: Arc<Published>, request: &Request) -> Response {
     serve(
-        &published.discovery,
+        published,
+        Which::Discovery,
         HeaderValue::from_static("application/json"),
         request,
     )
 }
 
-pub fn jwks(cluster: &Cluster, request: &Request) -> Response {
-    let published = cluster.current();
+pub fn jwks(published: Arc<Published>, request: &Request) -> Response {
     // The type Kubernetes serves the JWKS with (RFC 7517 §8.5.1).
     serve(
-        &published.jwks,
+        published,
+        Which::Jwks,
         HeaderValue::from_static("application/jwk-set+json"),
         request,
     )
 }
 
-fn serve(doc: &Document, content_type: HeaderValue, request: &Request) -> Response {
+fn serve(
+    published: Arc<Published>,
+    which: Which,
+    content_type: HeaderValue,
+    request: &Request,
+) -> Response {
     let method = request.method();
     if method == Method::OPTIONS {
         // CORS preflight: anyone may GET these documents.
@@ -60,20 +68,20 @@ fn serve(doc: &Document, content_type: HeaderValue, request: &Request) -> Respon
         .with_allow(ALLOW)
         .into_response();
     }
-    // Both values were built once and are plain ASCII: checked, not copied.
+    let doc = published.document(which);
+    // Quoted base64url and `public, max-age=N`: always valid header values.
     let (Ok(etag), Ok(cache_control)) = (
-        HeaderValue::from_maybe_shared(doc.etag.clone()),
-        HeaderValue::from_maybe_shared(doc.cache_control.clone()),
+        HeaderValue::from_bytes(doc.etag()),
+        HeaderValue::try_from(format!("public, max-age={}", published.max_age)),
     ) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-
-    let not_modified = if_none_match(request.headers(), &doc.etag);
+    let not_modified = if_none_match(request.headers(), doc.etag());
     let mut response = if not_modified {
         // RFC 9110 §15.4.5: a 304 carries the validators and caching headers.
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = Response::new(Body::from(doc.body.clone()));
+        let mut r = Response::new(Body::from(published.body(which)));
         r.headers_mut().insert(header::CONTENT_TYPE, content_type);
         r
     };

@@ -138,15 +138,15 @@ async fn dispatch(
         _ => {}
     }
     if let Some(prefix) = path.strip_suffix(DISCOVERY_PATH) {
-        let response = match state.issuers.by_path(prefix) {
-            Some(cluster) => documents::discovery(cluster, &request),
+        let response = match state.issuers.published_at(prefix) {
+            Some(published) => documents::discovery(published, &request),
             None => not_found(path),
         };
         return (Route::Discovery, None, response);
     }
     if let Some(prefix) = path.strip_suffix(JWKS_PATH) {
-        let response = match state.issuers.by_path(prefix) {
-            Some(cluster) => documents::jwks(cluster, &request),
+        let response = match state.issuers.published_at(prefix) {
+            Some(published) => documents::jwks(published, &request),
             None => not_found(path),
         };
         return (Route::Jwks, None, response);

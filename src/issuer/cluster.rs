@@ -3,6 +3,7 @@
 //! the path of its issuer URL in O(1), however many clusters there are.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,49 +11,57 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::discovery;
 use crate::config::ClusterConfig;
 use crate::keys::store::KeySet;
 
-/// A published document with its strong entity tag (RFC 9110 §8.8.3) and
-/// its Cache-Control value. All three are slices of one buffer, so serving a
-/// document touches one allocation and one reference count: with thousands
-/// of clusters requested at random, that is what stays in cache.
-#[derive(Clone, Debug)]
+/// Length of an entity tag: 128 bits of SHA-256 in base64url, quoted.
+const ETAG_LEN: usize = 24;
+
+/// A published document and its strong entity tag (RFC 9110 §8.8.3).
+#[derive(Debug)]
 pub struct Document {
-    pub body: Bytes,
-    /// Quoted, ready for the ETag header.
-    pub etag: Bytes,
-    /// `public, max-age=N`.
-    pub cache_control: Bytes,
+    pub body: Box<[u8]>,
+    /// Quoted, ready for the ETag header; held inline, so a conditional GET
+    /// reads no memory beyond the published set itself.
+    etag: [u8; ETAG_LEN],
 }
 
 impl Document {
-    fn new(body: Vec<u8>, max_age: Duration) -> Self {
+    fn new(body: Vec<u8>) -> Self {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+        let mut etag = [b'"'; ETAG_LEN];
         // 128 bits of the digest are plenty to tell versions apart.
-        let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
-        let cache_control = format!("public, max-age={}", max_age.as_secs());
-        let (b, e) = (body.len(), etag.len());
-        let mut all = body;
-        all.extend_from_slice(etag.as_bytes());
-        all.extend_from_slice(cache_control.as_bytes());
-        let all = Bytes::from(all);
+        let written = URL_SAFE_NO_PAD.encode_slice(&digest.as_ref()[..16], &mut etag[1..]);
+        debug_assert_eq!(written, Ok(ETAG_LEN - 2));
         Document {
-            body: all.slice(..b),
-            etag: all.slice(b..b + e),
-            cache_control: all.slice(b + e..),
+            body: body.into_boxed_slice(),
+            etag,
         }
     }
+
+    pub fn etag(&self) -> &[u8] {
+        &self.etag
+    }
+}
+
+/// Which of a cluster's two documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    Discovery,
+    Jwks,
 }
 
 /// Everything derived from one key set: built once per change.
 #[derive(Debug)]
 pub struct Published {
-    pub keys: Arc<KeySet>,
-    pub discovery: Document,
     pub jwks: Document,
+    pub discovery: Document,
+    /// Seconds for Cache-Control's max-age.
+    pub max_age: u64,
+    pub keys: Arc<KeySet>,
     /// base64url of the JOSE header of tokens signed by the current key.
     pub header_b64: String,
 }
@@ -67,26 +76,63 @@ impl Published {
             signer.kid()
         );
         Published {
-            discovery: Document::new(discovery::document(issuer, keys.algorithms()), max_age),
-            jwks: Document::new(keys.jwks_json().to_vec(), max_age),
+            discovery: Document::new(discovery::document(issuer, keys.algorithms())),
+            jwks: Document::new(keys.jwks_json().to_vec()),
+            max_age: max_age.as_secs(),
             header_b64: URL_SAFE_NO_PAD.encode(header),
             keys,
         }
     }
+
+    pub fn document(&self, which: Which) -> &Document {
+        match which {
+            Which::Discovery => &self.discovery,
+            Which::Jwks => &self.jwks,
+        }
+    }
+
+    /// A document's bytes for a response body, without copying them: the
+    /// body holds this published set until it is sent.
+    pub fn body(self: &Arc<Self>, which: Which) -> Bytes {
+        Bytes::from_owner(Body {
+            published: self.clone(),
+            which,
+        })
+    }
 }
+
+struct Body {
+    published: Arc<Published>,
+    which: Which,
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        &self.published.document(self.which).body
+    }
+}
+
+/// The published sets of all clusters side by side. Serving a document for
+/// one of thousands of clusters reads its slot here and then only the set
+/// itself: no per-cluster settings, no key material.
+#[derive(Debug)]
+struct Shelf(Box<[ArcSwap<Published>]>);
 
 #[derive(Debug)]
 pub struct Cluster {
     pub config: ClusterConfig,
-    published: ArcSwap<Published>,
+    shelf: Arc<Shelf>,
+    slot: usize,
 }
 
 impl Cluster {
+    /// A cluster on its own (see `Issuers::new` for many).
     pub fn new(config: ClusterConfig, keys: Arc<KeySet>) -> Self {
         let published = Published::new(&config.issuer, config.jwks_max_age, keys);
         Cluster {
             config,
-            published: ArcSwap::from_pointee(published),
+            shelf: Arc::new(Shelf(Box::new([ArcSwap::from_pointee(published)]))),
+            slot: 0,
         }
     }
 
@@ -96,24 +142,24 @@ impl Cluster {
 
     /// The current documents and signer; cheap, lock-free.
     pub fn published(&self) -> Arc<Published> {
-        self.published.load_full()
+        self.shelf.0[self.slot].load_full()
     }
 
     /// The current documents for the duration of one synchronous answer,
     /// without touching the shared reference count.
     pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
-        self.published.load()
+        self.shelf.0[self.slot].load()
     }
 
     /// Whether signing takes long enough (RSA: hundreds of microseconds) to
     /// wait for a turn between other requests (see `crate::signing`).
     pub fn signs_slowly(&self) -> bool {
-        self.published.load().keys.signer().algorithm() == crate::keys::material::Algorithm::Rs256
+        self.current().keys.signer().algorithm() == crate::keys::material::Algorithm::Rs256
     }
 
     /// Replaces the key set; readers see the old or the new set, never a mix.
     pub fn replace_keys(&self, keys: Arc<KeySet>) {
-        self.published.store(Arc::new(Published::new(
+        self.shelf.0[self.slot].store(Arc::new(Published::new(
             &self.config.issuer,
             self.config.jwks_max_age,
             keys,
@@ -122,20 +168,64 @@ impl Cluster {
 }
 
 /// All clusters, found by id or by issuer path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Issuers {
     clusters: Vec<Arc<Cluster>>,
-    /// Straight to the cluster: one probe, no index hop.
-    by_path: HashMap<Box<str>, Arc<Cluster>>,
+    /// The published sets, in the order of `clusters`.
+    shelf: Arc<Shelf>,
+    /// Clusters by the hash of their issuer path. The paths live in one
+    /// string, each entry holding its span there, so a lookup compares
+    /// against that small block and touches no per-cluster memory: with
+    /// 10,000 clusters requested at random, the table and the paths stay in
+    /// cache.
+    by_path: HashTable<PathEntry>,
+    hasher: DefaultHashBuilder,
+    paths: String,
     by_id: HashMap<String, usize>,
 }
 
 impl Issuers {
-    pub fn new(clusters: Vec<Arc<Cluster>>) -> Self {
-        let by_path = clusters
-            .iter()
-            .map(|c| (c.config.issuer_path.clone().into_boxed_str(), c.clone()))
+    /// The clusters, each with its current key set.
+    pub fn new(clusters: Vec<(ClusterConfig, Arc<KeySet>)>) -> Self {
+        let shelf = Arc::new(Shelf(
+            clusters
+                .iter()
+                .map(|(config, keys)| {
+                    ArcSwap::from_pointee(Published::new(
+                        &config.issuer,
+                        config.jwks_max_age,
+                        keys.clone(),
+                    ))
+                })
+                .collect(),
+        ));
+        let clusters: Vec<Arc<Cluster>> = clusters
+            .into_iter()
+            .enumerate()
+            .map(|(slot, (config, _))| {
+                Arc::new(Cluster {
+                    config,
+                    shelf: shelf.clone(),
+                    slot,
+                })
+            })
             .collect();
+        let mut paths = String::new();
+        let hasher = DefaultHashBuilder::default();
+        let mut by_path = HashTable::with_capacity(clusters.len());
+        for (index, c) in clusters.iter().enumerate() {
+            let start = paths.len();
+            paths.push_str(&c.config.issuer_path);
+            let entry = PathEntry {
+                start,
+                end: paths.len(),
+                index,
+            };
+            // Issuer paths are unique (the configuration refuses duplicates).
+            by_path.insert_unique(hasher.hash_one(c.config.issuer_path.as_str()), entry, |e| {
+                hasher.hash_one(paths.get(e.start..e.end).unwrap_or_default())
+            });
+        }
         let by_id = clusters
             .iter()
             .enumerate()
@@ -143,14 +233,30 @@ impl Issuers {
             .collect();
         Issuers {
             clusters,
+            shelf,
             by_path,
+            hasher,
+            paths,
             by_id,
         }
     }
 
+    fn index_of(&self, path: &str) -> Option<usize> {
+        self.by_path
+            .find(self.hasher.hash_one(path), |e| {
+                self.paths.get(e.start..e.end) == Some(path)
+            })
+            .map(|e| e.index)
+    }
+
     /// The cluster whose issuer URL has this path ("" for the root).
     pub fn by_path(&self, path: &str) -> Option<&Arc<Cluster>> {
-        self.by_path.get(path)
+        self.index_of(path).map(|i| &self.clusters[i])
+    }
+
+    /// The current published set of the cluster at this issuer path.
+    pub fn published_at(&self, path: &str) -> Option<Arc<Published>> {
+        self.index_of(path).map(|i| self.shelf.0[i].load_full())
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Cluster>> {
@@ -159,5 +265,100 @@ impl Issuers {
 
     pub fn all(&self) -> &[Arc<Cluster>] {
         &self.clusters
+    }
+}
+
+/// Where a cluster's issuer path is in `Issuers::paths`, and the cluster.
+#[derive(Debug)]
+struct PathEntry {
+    start: usize,
+    end: usize,
+    index: usize,
+}
+
+impl Default for Issuers {
+    fn default() -> Self {
+        Issuers::new(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::keys::store::KeyStore;
+    use std::time::SystemTime;
+
+    /// Clusters c0..c{n-1} under the default /c/<id> paths, one at /id/x and
+    /// one at the root of its host, all sharing one key set.
+    fn issuers(n: usize) -> Issuers {
+        let mut text = String::from(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"https://oidc.example.com\"\nkeys_dir = \"k\"\n",
+        );
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[clusters]]\nid = \"c{i}\"\nalgorithm = \"ES256\"\n"
+            ));
+        }
+        text.push_str("[[clusters]]\nid = \"x\"\nissuer = \"https://oidc.example.com/id/x\"\n");
+        text.push_str("[[clusters]]\nid = \"root\"\nissuer = \"https://root.example.com\"\n");
+        let config = Config::parse("test", &text, &Overrides::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path().to_path_buf());
+        let (keys, _) = store
+            .load_or_create("c0", config.clusters[0].key_spec, SystemTime::now())
+            .unwrap();
+        let keys = Arc::new(keys);
+        Issuers::new(
+            config
+                .clusters
+                .into_iter()
+                .map(|c| (c, keys.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn every_issuer_path_finds_its_own_cluster_and_nothing_else_matches() {
+        let issuers = issuers(3000);
+        for i in 0..3000 {
+            let path = format!("/c/c{i}");
+            assert_eq!(issuers.by_path(&path).unwrap().id(), format!("c{i}"));
+            assert!(issuers.published_at(&path).is_some());
+        }
+        assert_eq!(issuers.by_path("/id/x").unwrap().id(), "x");
+        assert_eq!(issuers.by_path("").unwrap().id(), "root");
+        for path in [
+            "/c/c3000", "/c/c1/", "/c/c", "/c", "/", "/id/x/", "/C/c1", "c/c1",
+        ] {
+            assert!(issuers.by_path(path).is_none(), "{path:?} matched");
+            assert!(issuers.published_at(path).is_none(), "{path:?} matched");
+        }
+        assert_eq!(
+            issuers.by_id("c2999").unwrap().config.issuer_path,
+            "/c/c2999"
+        );
+    }
+
+    #[test]
+    fn a_new_key_set_is_what_the_path_lookup_serves() {
+        let issuers = issuers(2);
+        let cluster = issuers.by_path("/c/c1").unwrap();
+        let before = issuers.published_at("/c/c1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (other, _) = KeyStore::new(dir.path().to_path_buf())
+            .load_or_create("c1", cluster.config.key_spec, SystemTime::now())
+            .unwrap();
+        cluster.replace_keys(Arc::new(other));
+        let after = issuers.published_at("/c/c1").unwrap();
+        assert_ne!(before.jwks.etag(), after.jwks.etag());
+        assert_eq!(after.jwks.body, cluster.published().jwks.body);
+        // The other cluster's documents did not move.
+        let c0 = issuers.published_at("/c/c0").unwrap();
+        assert_eq!(c0.jwks.etag(), before.jwks.etag());
+        // A body handed out keeps the set it came from alive and unchanged.
+        let body = before.body(Which::Jwks);
+        drop(before);
+        assert_eq!(&body[..], &c0.jwks.body[..]);
     }
 }

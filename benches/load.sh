@@ -170,7 +170,7 @@ for round in $(seq "$ROUNDS"); do
   # The machine's own signing rate on the servers' core, in every round, so
   # the minting ratios compare figures taken minutes, not rounds, apart.
   taskset -c 0 openssl speed -seconds 3 rsa2048 ecdsap256 2>/dev/null \
-    | awk '/^rsa 2048 bits/ {print "rsa\t" $6} /256 bits ecdsa/ {print "ec\t" $7}' >>"$work/speed.tsv"
+    | awk '$1 == "rsa" && $2 == "2048" {print "rsa\t" (NF >= 11 ? $8 : $6)} /256 bits ecdsa/ {print "ec\t" $7}' >>"$work/speed.tsv"
   # JWKS latency while RS256 minting saturates the server.
   taskset -c 1 wrk -t1 -c16 "-d$DURATION" -s benches/mint.lua "$mint_demo" >/dev/null &
   saturate=$!
@@ -186,6 +186,13 @@ rss_after_load=$(rss_mb "$issuer_pid")
 median_speed() { awk -v k="$1" '$1 == k {print $2}' "$work/speed.tsv" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 rsa_sign=$(median_speed rsa)
 ec_sign=$(median_speed ec)
+# OpenSSL 3.0 prints "rsa 2048 bits ... sign/s verify/s"; 3.2 and later add
+# encrypt and decrypt columns. Anything else: say so rather than divide by "".
+if [ -z "$rsa_sign" ] || [ -z "$ec_sign" ]; then
+  echo "could not read the sign rates from openssl speed's output:" >&2
+  taskset -c 0 openssl speed -seconds 1 rsa2048 ecdsap256 2>/dev/null | tail -6 >&2
+  exit 1
+fi
 
 # --- 10,000 clusters ----------------------------------------------------------
 echo "preparing $TENANTS clusters..." >&2

@@ -110,11 +110,12 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
             exposed.extend(exposed_key_files(&store, &c.id, &keys));
             clusters.push((c, Arc::new(keys)));
         }
-        Ok::<_, StartError>((clusters, exposed))
+        // Builds every cluster's documents: CPU work, kept off the workers.
+        Ok::<_, StartError>((Issuers::new(clusters), exposed))
     })
     .await
     .map_err(|e| StartError::Join(e.to_string()))??;
-    let (clusters, exposed) = clusters;
+    let (issuers, exposed) = clusters;
     if !exposed.is_empty() {
         if !config.allow_insecure_key_permissions {
             return Err(StartError::KeyPermissions(exposed));
@@ -135,7 +136,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
             "no API clients are configured: minting is disabled, discovery and JWKS are served"
         );
     }
-    let mut state = AppState::new(Issuers::new(clusters), clients, |records, c| {
+    let mut state = AppState::new(issuers, clients, |records, c| {
         rotation::next_due(records, c.key_spec, &c.rotation)
     })?;
     state.request_timeout = config.limits.request_timeout;

@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, MintOutcome, Route};
 pub struct AppState {
     pub issuers: Arc<Issuers>,
     pub clients: Arc<ApiClients>,
-    /// Where slow (RSA) signatures run, one thread per core.
+    /// Turns for slow (RSA) signatures, one per runtime worker.
     pub signing: Arc<crate::signing::SigningTurns>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,

@@ -97,6 +97,8 @@ pub struct Metrics {
     request_cells: Vec<Vec<OnceLock<IntCounter>>>,
     minted: IntCounterVec,
     not_modified: IntCounterVec,
+    /// not_modified_total children by route, made on first use.
+    not_modified_cells: Vec<OnceLock<IntCounter>>,
     key_age: IntGaugeVec,
     next_rotation: IntGaugeVec,
     reload_last_success: IntGauge,
@@ -220,6 +222,7 @@ impl Metrics {
             request_cells,
             minted,
             not_modified,
+            not_modified_cells: Route::ALL.iter().map(|_| OnceLock::new()).collect(),
             key_age,
             next_rotation,
             reload_last_success,
@@ -258,7 +261,13 @@ impl Metrics {
     }
 
     pub fn not_modified(&self, route: Route) {
-        self.not_modified.with_label_values(&[route.name()]).inc();
+        let index = Route::ALL.iter().position(|r| *r == route).unwrap_or(0);
+        match self.not_modified_cells.get(index) {
+            Some(cell) => cell
+                .get_or_init(|| self.not_modified.with_label_values(&[route.name()]))
+                .inc(),
+            None => self.not_modified.with_label_values(&[route.name()]).inc(),
+        }
     }
 
     /// The exposition text, with the state gauges computed now.

@@ -13,8 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::AppError;
-use crate::issuer::cluster::Which;
-use crate::issuer::Published;
+use crate::issuer::{Published, Which};
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 

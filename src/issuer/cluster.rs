@@ -147,7 +147,7 @@ impl Cluster {
 
     /// The current documents for the duration of one synchronous answer,
     /// without touching the shared reference count.
-    pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
+    fn current(&self) -> arc_swap::Guard<Arc<Published>> {
         self.shelf.0[self.slot].load()
     }
 
@@ -274,12 +274,6 @@ struct PathEntry {
     start: usize,
     end: usize,
     index: usize,
-}
-
-impl Default for Issuers {
-    fn default() -> Self {
-        Issuers::new(Vec::new())
-    }
 }
 
 #[cfg(test)]

@@ -11,4 +11,4 @@ pub mod discovery;
 pub mod mint;
 pub mod review;
 
-pub use cluster::{Cluster, Document, Issuers, Published};
+pub use cluster::{Cluster, Issuers, Published, Which};

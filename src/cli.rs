@@ -186,7 +186,9 @@ pub enum KeysCommand {
         config: ConfigArgs,
         #[arg(long)]
         cluster: String,
-        #[arg(long)]
+        /// The key's kid, as `keys list` prints it. A kid is base64url and may
+        /// begin with '-', so the value is taken as given.
+        #[arg(long, allow_hyphen_values = true)]
         kid: String,
     },
 }
@@ -222,6 +224,33 @@ impl ConfigArgs {
             keys_dir: self.keys_dir.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kid_that_begins_with_a_hyphen_is_a_value_not_a_flag() {
+        // base64url of a SHA-256 begins with '-' one time in 64.
+        let kid = "-cQ9yGfq0p3Zk2Wb4Hq1sVYx7nE5aL8mT6uR0oJ2dI";
+        let cli = Cli::try_parse_from([
+            "workload-issuer",
+            "keys",
+            "revoke",
+            "--cluster",
+            "r",
+            "--kid",
+            kid,
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Keys {
+                command: KeysCommand::Revoke { kid: got, .. },
+            } => assert_eq!(got, kid),
+            other => panic!("parsed as {other:?}"),
         }
     }
 }

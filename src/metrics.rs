@@ -101,9 +101,9 @@ pub struct Metrics {
     /// hot path then bumps an atomic without hashing labels.
     request_cells: Vec<Vec<OnceLock<IntCounter>>>,
     minted: IntCounterVec,
+    /// Caught up at each scrape from requests_total's 304 children, so a
+    /// conditional GET bumps one counter, as a 200 does.
     not_modified: IntCounterVec,
-    /// not_modified_total children by route, made on first use.
-    not_modified_cells: Vec<OnceLock<IntCounter>>,
     key_age: IntGaugeVec,
     next_rotation: IntGaugeVec,
     reload_last_success: IntGauge,
@@ -227,7 +227,6 @@ impl Metrics {
             request_cells,
             minted,
             not_modified,
-            not_modified_cells: Route::ALL.iter().map(|_| OnceLock::new()).collect(),
             key_age,
             next_rotation,
             reload_last_success,
@@ -265,16 +264,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn not_modified(&self, route: Route) {
-        let index = route.index();
-        match self.not_modified_cells.get(index) {
-            Some(cell) => cell
-                .get_or_init(|| self.not_modified.with_label_values(&[route.name()]))
-                .inc(),
-            None => self.not_modified.with_label_values(&[route.name()]).inc(),
-        }
-    }
-
     /// The exposition text, with the state gauges computed now.
     pub fn render(&self, issuers: &Issuers, health: &Health) -> Vec<u8> {
         let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,6 +294,15 @@ impl Metrics {
             self.next_rotation
                 .with_label_values(&[cluster.id()])
                 .set(secs(due) - now_s);
+        }
+        for route in [Route::Discovery, Route::Jwks] {
+            let answered = self.request_cells[route.index()]
+                .get(304 - 100) // cells start at status 100
+                .and_then(OnceLock::get);
+            if let Some(answered) = answered {
+                let c = self.not_modified.with_label_values(&[route.name()]);
+                c.inc_by(answered.get().saturating_sub(c.get()));
+            }
         }
         self.reload_last_success
             .set(health.reload.last_good.load(Ordering::Relaxed) as i64);

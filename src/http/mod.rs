@@ -94,16 +94,10 @@ async fn route(state: Arc<AppState>, face: Face, request: Request) -> Response {
     let (route, cluster, response) = dispatch(&state, face, request).await;
     let status = response.status();
     state.metrics.request(route, status.as_u16());
-    match route {
-        Route::Discovery | Route::Jwks if status == StatusCode::NOT_MODIFIED => {
-            state.metrics.not_modified(route)
+    if route == Route::Token {
+        if let Some(cluster) = cluster {
+            state.metrics.mint(cluster.id(), mint_outcome(status));
         }
-        Route::Token => {
-            if let Some(cluster) = cluster {
-                state.metrics.mint(cluster.id(), mint_outcome(status));
-            }
-        }
-        _ => {}
     }
     response
 }

@@ -189,6 +189,7 @@ pub async fn run(
     state: AppState,
     sockets: Sockets,
     shutdown: impl Future<Output = ()>,
+    reloads: ReloadSignal,
 ) -> Result<(), StartError> {
     // Each listener is (name, socket, face, TLS files).
     let mut planned = Vec::new();
@@ -250,9 +251,12 @@ pub async fn run(
     let background = Arc::new(start_background(config, &state)?);
     let hup = background.clone();
     let sighup = tokio::spawn(async move {
-        let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
+        let mut signal = match reloads.0 {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; key sets reload on their interval only");
+                return;
+            }
         };
         while signal.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading key sets");
@@ -354,9 +358,22 @@ fn start_background(config: &Config, state: &AppState) -> Result<Background, Sta
 /// SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     // Signals first: SIGTERM during a long start (keys being generated) stops
-    // the server cleanly once it is up, instead of killing it mid-write.
+    // the server cleanly once it is up, instead of killing it mid-write, and
+    // a SIGHUP then (a reload sent as the service starts) is kept for later
+    // instead of killing it by the signal's default action.
     let shutdown = server::shutdown_signal();
+    let reloads = reload_signal();
     let state = prepare(&config).await?;
     let sockets = Sockets::bind(&config).await?;
-    run(&config, state, sockets, shutdown).await
+    run(&config, state, sockets, shutdown, reloads).await
+}
+
+/// SIGHUP, which makes a running server re-read every key set at once.
+pub struct ReloadSignal(std::io::Result<tokio::signal::unix::Signal>);
+
+/// Listens for SIGHUP from now on: take it before anything can send one.
+pub fn reload_signal() -> ReloadSignal {
+    ReloadSignal(tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::hangup(),
+    ))
 }

@@ -339,3 +339,64 @@ fn http_post(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+#[test]
+fn a_sighup_while_the_server_starts_is_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let config = dir.path().join("many.toml");
+    // Generating keys for a dozen RSA clusters keeps the start busy long
+    // enough to signal it halfway, as `systemctl reload` during a start does.
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\npublic_url = \"https://oidc.example.com\"\nkeys_dir = {:?}\n",
+        keys.display().to_string()
+    );
+    for i in 0..12 {
+        text += &format!("[[clusters]]\nid = \"c{i}\"\nalgorithm = \"RS256\"\n");
+    }
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let pid = child.id();
+    let mut child = Spawned(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !keys.join("c0").exists() {
+        let exited = child.0.as_mut().and_then(|c| c.try_wait().unwrap());
+        assert!(exited.is_none(), "the server exited: {exited:?}");
+        assert!(Instant::now() < deadline, "the start wrote no keys");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut seen = Vec::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("the server died of the SIGHUP: {seen:?}");
+        };
+        if let Some(pos) = line.find("listening on http://") {
+            break line[pos + "listening on http://".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+        seen.push(line);
+    };
+    assert!(
+        keys.join("c11").read_dir().unwrap().next().is_some(),
+        "every cluster got its keys"
+    );
+    let body = http_get(&addr, "/c/c11/openid/v1/jwks");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    std::thread::spawn(move || lines.for_each(drop)); // keep the log drained
+    assert!(terminate(child).success());
+}

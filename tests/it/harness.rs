@@ -171,12 +171,14 @@ impl Server {
             main: listener,
             api: api.map(|(l, _)| l),
         };
+        let reloads = workload_issuer::serve::reload_signal();
         let task = tokio::spawn(async move {
-            workload_issuer::serve::run(&config, state, sockets, async {
+            let stop = async {
                 let _ = rx.await;
-            })
-            .await
-            .unwrap();
+            };
+            workload_issuer::serve::run(&config, state, sockets, stop, reloads)
+                .await
+                .unwrap();
         });
         let admin_token = std::fs::read_to_string(opts.keys_dir.join("admin.token"))
             .map(|t| t.trim().to_owned())

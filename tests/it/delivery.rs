@@ -318,7 +318,7 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
             "--audience",
             "refresh",
             "--duration",
-            "3s",
+            "5s",
             "--refresh",
             "--out",
         ])
@@ -334,7 +334,9 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
     }
     let first = std::fs::read_to_string(&out).unwrap();
 
-    // Up: 3s tokens renewed every ~2.4s; every read is whole and unexpired.
+    // Up: 5s tokens renewed every ~4s; every read is whole and unexpired.
+    // (exp is whole seconds, so a 5s token lives 4-5s: renewing at 80 %
+    // leaves at least 0.8s for the mint and the write, even on a busy machine.)
     let (o, j, i) = (out.clone(), jwks.clone(), issuer.clone());
     let reads = tokio::task::spawn_blocking(move || {
         check_reads(&o, &j, &i, Instant::now() + Duration::from_secs(6), true)

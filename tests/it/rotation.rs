@@ -157,19 +157,34 @@ async fn two_replicas_and_the_cli_rotating_one_dir_converge_and_every_token_veri
     let cli_rotations = cli.await.unwrap();
 
     // Both replicas publish the same set, the one on disk, once they reload.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (ja, jb) = (
-        kids(&jwks(&client, &addr_a).await),
-        kids(&jwks(&client, &addr_b).await),
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(keys.join("r/manifest.json")).unwrap()).unwrap();
-    let on_disk: BTreeSet<String> = manifest["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect();
+    // They go on rotating (a step about every second here), so look for a
+    // moment when the manifest held still around both fetches.
+    let read_manifest = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(keys.join("r/manifest.json")).unwrap()).unwrap()
+    };
+    let manifest_kids = |m: &serde_json::Value| -> BTreeSet<String> {
+        m["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (manifest, ja, jb) = loop {
+        let before = read_manifest();
+        let (ja, jb) = (
+            kids(&jwks(&client, &addr_a).await),
+            kids(&jwks(&client, &addr_b).await),
+        );
+        let manifest = read_manifest();
+        let settled = before == manifest && ja == jb && ja == manifest_kids(&manifest);
+        if settled || Instant::now() > deadline {
+            break (manifest, ja, jb);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let on_disk = manifest_kids(&manifest);
     assert_eq!(ja, jb, "the replicas converge");
     assert_eq!(ja, on_disk);
     let states: Vec<&str> = manifest["keys"]

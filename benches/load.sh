@@ -158,29 +158,44 @@ EOF
 
 mint_demo="http://$issuer/c/demo/api/v1/namespaces/bench/serviceaccounts/default/token"
 mint_edge="http://$issuer/c/edge/api/v1/namespaces/bench/serviceaccounts/default/token"
-echo "measuring: $ROUNDS interleaved rounds of $DURATION per case..." >&2
-for round in $(seq "$ROUNDS"); do
-  echo "  round $round" >&2
+# The cases come in groups; a group's cases run back to back (a ratio's two
+# sides together), and each round starts one group later than the one before,
+# so no case always runs first (after the heaviest load) or last.
+group_documents() {
   measure "JWKS workload-issuer" "$CONNS" "$jwks_url"
   measure "JWKS 304" "$CONNS" "$jwks_url" "" "If-None-Match: $ETAG"
-  measure "JWKS nginx static" "$CONNS" "http://127.0.0.1:$nginx_port/jwks"
-  measure "JWKS bare axum" "$CONNS" "http://$bare_addr/jwks"
-  measure "discovery" "$CONNS" "http://$issuer/c/demo/.well-known/openid-configuration"
+}
+group_nginx() { measure "JWKS nginx static" "$CONNS" "http://127.0.0.1:$nginx_port/jwks"; }
+group_bare() { measure "JWKS bare axum" "$CONNS" "http://$bare_addr/jwks"; }
+group_discovery() { measure "discovery" "$CONNS" "http://$issuer/c/demo/.well-known/openid-configuration"; }
+group_minting() {
   measure "mint RS256" "$CONNS" "$mint_demo" benches/mint.lua
   measure "mint ES256" "$CONNS" "$mint_edge" benches/mint.lua
-  # The machine's own signing rate on the servers' core, in every round, so
-  # the minting ratios compare figures taken minutes, not rounds, apart.
+  # The machine's own signing rate on the servers' core, right after the
+  # mints it is compared with.
   taskset -c 0 openssl speed -seconds 3 rsa2048 ecdsap256 2>/dev/null \
     | awk '$1 == "rsa" && $2 == "2048" {print "rsa\t" (NF >= 11 ? $8 : $6)} /256 bits ecdsa/ {print "ec\t" $7}' >>"$work/speed.tsv"
+}
+group_saturated() {
   # JWKS latency while RS256 minting saturates the server.
   taskset -c 1 wrk -t1 -c16 "-d$DURATION" -s benches/mint.lua "$mint_demo" >/dev/null &
-  saturate=$!
+  local saturate=$!
   sleep 0.5
   measure "JWKS during RS256 load" 4 "$jwks_url"
   wait "$saturate"
+}
+group_curve() {
   for c in 1 16 64 256; do
     measure "JWKS c=$c" "$c" "$jwks_url"
     measure "mint ES256 c=$c" "$c" "$mint_edge" benches/mint.lua
+  done
+}
+groups=(group_documents group_nginx group_bare group_discovery group_minting group_saturated group_curve)
+echo "measuring: $ROUNDS interleaved rounds of $DURATION per case..." >&2
+for round in $(seq "$ROUNDS"); do
+  echo "  round $round" >&2
+  for k in "${!groups[@]}"; do
+    "${groups[(k + round - 1) % ${#groups[@]}]}"
   done
 done
 rss_after_load=$(rss_mb "$issuer_pid")

@@ -240,11 +240,7 @@ impl Metrics {
     }
 
     pub fn request(&self, route: Route, status: u16) {
-        let index = route.index();
-        let slot = usize::from(status)
-            .checked_sub(100)
-            .and_then(|i| self.request_cells[index].get(i));
-        match slot {
+        match self.request_cell(route, status) {
             Some(cell) => cell
                 .get_or_init(|| {
                     self.requests
@@ -256,6 +252,14 @@ impl Metrics {
                 .with_label_values(&[route.name(), &status.to_string()])
                 .inc(),
         }
+    }
+
+    /// The slot of a route and status for its cached requests_total child
+    /// (statuses from 100, STATUS_SPAN of them).
+    fn request_cell(&self, route: Route, status: u16) -> Option<&OnceLock<IntCounter>> {
+        usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.request_cells[route.index()].get(i))
     }
 
     pub fn mint(&self, cluster: &str, outcome: MintOutcome) {
@@ -296,9 +300,7 @@ impl Metrics {
                 .set(secs(due) - now_s);
         }
         for route in [Route::Discovery, Route::Jwks] {
-            let answered = self.request_cells[route.index()]
-                .get(304 - 100) // cells start at status 100
-                .and_then(OnceLock::get);
+            let answered = self.request_cell(route, 304).and_then(OnceLock::get);
             if let Some(answered) = answered {
                 let c = self.not_modified.with_label_values(&[route.name()]);
                 c.inc_by(answered.get().saturating_sub(c.get()));

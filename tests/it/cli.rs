@@ -134,18 +134,41 @@ pub(crate) fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (Spawned, Str
             continue;
         };
         lines.push(line.clone());
-        if let Some(pos) = line.find("listening on http://") {
-            let addr = line[pos + "listening on http://".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
+        if let Some(addr) = listening_addr(&line) {
             return (Spawned(Some(child)), addr, lines);
         }
     }
     let _ = child.kill();
     let _ = child.wait();
     panic!("server did not start: {lines:?}");
+}
+
+/// The address in the server's "listening on http://ADDR" log line.
+fn listening_addr(line: &str) -> Option<String> {
+    let pos = line.find("listening on http://")?;
+    line[pos + "listening on http://".len()..]
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// Starts `serve` with its log piped back, line by line, and nothing waited for.
+fn spawn_logging(
+    args: &[&str],
+) -> (
+    Spawned,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (Spawned(Some(child)), lines)
 }
 
 /// Waits up to `limit` for the process to exit by itself.
@@ -291,29 +314,16 @@ pub(crate) fn http_get(addr: &str, path: &str) -> String {
 fn a_closed_log_pipe_does_not_take_the_server_down() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--keys-dir",
-            keys.to_str().unwrap(),
-        ])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let child = Spawned(Some(child));
+    let (child, mut lines) = spawn_logging(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ]);
     let addr = loop {
         let line = lines.next().expect("server log ended").unwrap();
-        if let Some(pos) = line.find("listening on http://") {
-            break line[pos + "listening on http://".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
+        if let Some(addr) = listening_addr(&line) {
+            break addr;
         }
     };
     drop(lines); // the log reader goes away
@@ -355,16 +365,8 @@ fn a_sighup_while_the_server_starts_is_not_fatal() {
         text += &format!("[[clusters]]\nid = \"c{i}\"\nalgorithm = \"RS256\"\n");
     }
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_logging(&["--config", config.to_str().unwrap()]);
     let pid = child.id();
-    let mut child = Spawned(Some(child));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !keys.join("c0").exists() {
         let exited = child.0.as_mut().and_then(|c| c.try_wait().unwrap());
@@ -382,12 +384,8 @@ fn a_sighup_while_the_server_starts_is_not_fatal() {
         let Some(Ok(line)) = lines.next() else {
             panic!("the server died of the SIGHUP: {seen:?}");
         };
-        if let Some(pos) = line.find("listening on http://") {
-            break line[pos + "listening on http://".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
+        if let Some(addr) = listening_addr(&line) {
+            break addr;
         }
         seen.push(line);
     };

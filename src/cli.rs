@@ -191,6 +191,19 @@ pub enum KeysCommand {
         #[arg(long, allow_hyphen_values = true)]
         kid: String,
     },
+    /// Rebuild a cluster's lost manifest.json from the key files in its
+    /// directory, keeping their kids: one key signs, the others stay
+    /// published as retired for a whole retention.
+    Recover {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        cluster: String,
+        /// The kid of the key that signs from now on; without it, the newest
+        /// key file of the configured algorithm.
+        #[arg(long, allow_hyphen_values = true)]
+        current: Option<String>,
+    },
 }
 
 /// Where the configuration comes from, and the values that override it.

@@ -1,4 +1,4 @@
-//! The one-shot commands: `check-config` and `keys list|rotate|revoke`.
+//! The one-shot commands: `check-config` and `keys list|rotate|revoke|recover`.
 //! Each returns the process exit code: 0 done, 1 refused or failed, 2 bad input.
 
 use std::process::ExitCode;
@@ -69,7 +69,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
                 Some(id) => vec![cluster(&config, id)?],
                 None => config.clusters.iter().collect(),
             };
-            list(&KeyStore::new(&config.keys_dir), &clusters, json)
+            list(&crate::serve::key_store(&config), &clusters, json)
         }
         KeysCommand::Rotate {
             config,
@@ -78,7 +78,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
         } => {
             let config = load(&config)?;
             let c = cluster(&config, &id)?;
-            let store = KeyStore::new(&config.keys_dir);
+            let store = crate::serve::key_store(&config);
             report(
                 &id,
                 rotation::rotate(
@@ -98,10 +98,29 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
         } => {
             let config = load(&config)?;
             let c = cluster(&config, &id)?;
-            let store = KeyStore::new(&config.keys_dir);
+            let store = crate::serve::key_store(&config);
             report(
                 &id,
                 rotation::revoke(&store, &id, &kid, c.key_spec, SystemTime::now()),
+            )
+        }
+        KeysCommand::Recover {
+            config,
+            cluster: id,
+            current,
+        } => {
+            let config = load(&config)?;
+            let c = cluster(&config, &id)?;
+            let store = crate::serve::key_store(&config);
+            report(
+                &id,
+                rotation::recover(
+                    &store,
+                    &id,
+                    c.key_spec,
+                    current.as_deref(),
+                    SystemTime::now(),
+                ),
             )
         }
     }
@@ -251,7 +270,7 @@ pub fn export(args: &ConfigArgs, id: &str, out: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let store = KeyStore::new(&config.keys_dir);
+    let store = crate::serve::key_store(&config);
     let manifest = match store.read_manifest(id) {
         Ok(Some(m)) => m,
         Ok(None) => {

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 /// Writes `bytes` to `path` so that a reader sees either the old file or the
@@ -44,13 +44,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
-/// Creates `dir` (and its parents) if missing; a directory created here gets `mode`.
+/// Creates `dir` (and its parents) if missing; every directory created here
+/// gets exactly `mode`, whatever the umask, and is never more open than that,
+/// not even for a moment (it is made with `mode`, then the mode is made exact).
 pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(mode).create(d) {
+            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(mode))?,
+            // Another process made it meanwhile: theirs to keep as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -68,5 +83,26 @@ mod tests {
         assert_eq!(mode, 0o600);
         // No temp files left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn every_directory_made_is_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        // Parents made by create_dir_all took 0777 & !umask.
+        let deep = dir.path().join("a/b/c");
+        ensure_dir(&deep, 0o700).unwrap();
+        for d in ["a", "a/b", "a/b/c"] {
+            let mode = fs::metadata(dir.path().join(d))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o700, "{d}");
+        }
+        // An existing directory is left as it is.
+        fs::set_permissions(&deep, fs::Permissions::from_mode(0o750)).unwrap();
+        ensure_dir(&deep, 0o700).unwrap();
+        let mode = fs::metadata(&deep).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
     }
 }

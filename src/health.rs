@@ -12,10 +12,35 @@ use crate::server::{ListenerStats, TlsSource};
 /// What the background thread reports, for health checks.
 #[derive(Debug, Default)]
 pub struct ReloadStatus {
-    /// Clusters whose last reload failed, with the reason.
+    /// Clusters whose keys on disk no longer load, with the reason: the last
+    /// good set keeps serving, but a restart would fail.
     pub failing: std::sync::Mutex<Vec<(String, String)>>,
+    /// Clusters whose last rotation step failed (a full disk, a permission
+    /// refused), with the reason.
+    pub rotation_failing: std::sync::Mutex<Vec<(String, String)>>,
     /// Seconds since the epoch of the last pass that loaded every cluster.
     pub last_good: std::sync::atomic::AtomicU64,
+}
+
+impl ReloadStatus {
+    /// Records a reload pass: the clusters that failed (none: a good pass).
+    pub fn set_reload_failing(&self, failing: Vec<(String, String)>) {
+        if failing.is_empty() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_good.store(secs, Ordering::Relaxed);
+        }
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing;
+    }
+
+    /// Records a rotation pass: the clusters whose step failed.
+    pub fn set_rotation_failing(&self, failing: Vec<(String, String)>) {
+        *self
+            .rotation_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = failing;
+    }
 }
 
 /// One listener as health checks and metrics see it.
@@ -119,7 +144,23 @@ impl Health {
         {
             problems.push(Problem {
                 summary: format!(
-                    "cluster \"{cluster}\": the last key reload failed (the previous keys are in use)"
+                    "cluster \"{cluster}\": its keys on disk no longer load (the previous keys are \
+                     in use; a restart would fail)"
+                ),
+                detail: Some(why.clone()),
+            });
+        }
+        for (cluster, why) in self
+            .reload
+            .rotation_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            problems.push(Problem {
+                summary: format!(
+                    "cluster \"{cluster}\": the last key rotation step failed (the current keys \
+                     keep serving; rotation is retried)"
                 ),
                 detail: Some(why.clone()),
             });

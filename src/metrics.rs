@@ -108,6 +108,7 @@ pub struct Metrics {
     next_rotation: IntGaugeVec,
     reload_last_success: IntGauge,
     reload_failing: IntGauge,
+    rotation_failing: IntGauge,
     tls_last_success: IntGaugeVec,
     connections_open: IntGaugeVec,
     connections_accepted: IntCounterVec,
@@ -166,6 +167,10 @@ impl Metrics {
             "key_reload_failing_clusters",
             "Clusters whose last key-set reload failed (their previous keys keep serving).",
         ))?;
+        let rotation_failing = IntGauge::with_opts(opts(
+            "key_rotation_failing_clusters",
+            "Clusters whose last rotation step failed (a full disk, a refused write): their current keys keep serving.",
+        ))?;
         let tls_last_success = IntGaugeVec::new(
             opts(
                 "tls_reload_last_success_timestamp_seconds",
@@ -216,6 +221,7 @@ impl Metrics {
         }
         registry.register(Box::new(reload_last_success.clone()))?;
         registry.register(Box::new(reload_failing.clone()))?;
+        registry.register(Box::new(rotation_failing.clone()))?;
         let request_cells = Route::ALL
             .iter()
             .map(|_| (0..STATUS_SPAN).map(|_| OnceLock::new()).collect())
@@ -231,6 +237,7 @@ impl Metrics {
             next_rotation,
             reload_last_success,
             reload_failing,
+            rotation_failing,
             tls_last_success,
             connections_open,
             connections_accepted,
@@ -310,6 +317,13 @@ impl Metrics {
             .set(health.reload.last_good.load(Ordering::Relaxed) as i64);
         self.reload_failing
             .set(health.reload.failing.lock().map_or(0, |f| f.len() as i64));
+        self.rotation_failing.set(
+            health
+                .reload
+                .rotation_failing
+                .lock()
+                .map_or(0, |f| f.len() as i64),
+        );
         for l in health.listeners() {
             let open = l.stats.open.load(Ordering::Relaxed);
             self.connections_open

@@ -33,12 +33,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("a background task failed: {0}")]
     Join(String),
-    #[error(
-        "signing key files are readable by group or others: {}; chmod 600 them (and check \
-         how they came to be so), or set allow_insecure_key_permissions = true",
-        .0.join(", ")
-    )]
-    KeyPermissions(Vec<String>),
+    #[error("keys dir: {0}")]
+    Store(crate::keys::store::StoreError),
     #[error("cluster \"{cluster}\": {source}")]
     Rotation {
         cluster: String,
@@ -46,47 +42,57 @@ pub enum StartError {
     },
 }
 
+/// The key store of a configuration, with its permission policy.
+pub fn key_store(config: &Config) -> KeyStore {
+    KeyStore::new(&config.keys_dir)
+        .allow_insecure_permissions(config.allow_insecure_key_permissions)
+}
+
 /// Loads or creates every cluster's keys and the API clients.
 pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
-    let store = KeyStore::new(&config.keys_dir);
+    let store = key_store(config);
     let settings = config.clusters.clone();
     let rotate = config.rotation.enabled;
     // Key generation (RSA especially) and file reads block: keep them off the
     // async workers.
-    let clusters = tokio::task::spawn_blocking(move || {
+    let issuers = tokio::task::spawn_blocking(move || {
+        // Someone else able to write the keys dir could plant a key.
+        store.check_dirs(None).map_err(StartError::Store)?;
         let mut clusters = Vec::with_capacity(settings.len());
-        let mut exposed = Vec::new();
         for c in settings {
             let keys_err = |source| StartError::Keys {
                 cluster: c.id.clone(),
                 source,
             };
+            // Each set carries the stamp of the manifest taken before it was
+            // read: the background task compares against that, so a change
+            // made while the server starts is picked up.
             let keys = if rotate {
                 // Catch up on whatever fell due while the server was down;
                 // a cluster with nothing due is loaded without the lock.
                 let now = SystemTime::now();
-                let on_disk = store.read_manifest(&c.id).map_err(keys_err)?;
-                let due = on_disk
-                    .as_ref()
-                    .is_none_or(|m| rotation::next_due(&m.keys, c.key_spec, &c.rotation) <= now);
-                let manifest = if due {
+                let loaded = store.load(&c.id, None).map_err(keys_err)?;
+                let due = loaded.as_ref().is_none_or(|set| {
+                    let records: Vec<_> = set.keys().iter().map(|k| k.record.clone()).collect();
+                    rotation::next_due(&records, c.key_spec, &c.rotation) <= now
+                });
+                let loaded = if due {
                     let transitions = rotation::apply_policy(&store, &c.id, c.key_spec, &c.rotation, now)
                         .map_err(|source| StartError::Rotation {
                             cluster: c.id.clone(),
                             source,
                         })?;
                     rotation::log_transitions(&c.id, &transitions);
-                    store.read_manifest(&c.id).map_err(keys_err)?
+                    store.load(&c.id, loaded.as_ref()).map_err(keys_err)?
                 } else {
-                    on_disk
+                    loaded
                 };
-                let manifest = manifest.ok_or_else(|| {
+                loaded.ok_or_else(|| {
                     keys_err(crate::keys::store::StoreError::Manifest {
                         path: store.manifest_path(&c.id),
                         reason: "missing after the rotation step".into(),
                     })
-                })?;
-                store.load_set(&manifest).map_err(keys_err)?
+                })?
             } else {
                 let (keys, created) = store
                     .load_or_create(&c.id, c.key_spec, SystemTime::now())
@@ -107,24 +113,13 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
                     "the configured key type differs from the current key's; the current key keeps signing until a rotation brings in the new type"
                 );
             }
-            exposed.extend(exposed_key_files(&store, &c.id, &keys));
             clusters.push((c, Arc::new(keys)));
         }
         // Builds every cluster's documents: CPU work, kept off the workers.
-        Ok::<_, StartError>((Issuers::new(clusters), exposed))
+        Ok::<_, StartError>(Issuers::new(clusters))
     })
     .await
     .map_err(|e| StartError::Join(e.to_string()))??;
-    let (issuers, exposed) = clusters;
-    if !exposed.is_empty() {
-        if !config.allow_insecure_key_permissions {
-            return Err(StartError::KeyPermissions(exposed));
-        }
-        tracing::warn!(
-            files = exposed.join(", "),
-            "signing key files are readable by group or others (allowed by allow_insecure_key_permissions)"
-        );
-    }
 
     let (clients, token_files) = ApiClients::load(&config.api_clients, &config.keys_dir)?;
     for f in &token_files {
@@ -141,27 +136,6 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
     })?;
     state.request_timeout = config.limits.request_timeout;
     Ok(state)
-}
-
-/// Key files of a cluster whose mode lets group or others read them, as
-/// "path (mode)".
-fn exposed_key_files(
-    store: &KeyStore,
-    cluster: &str,
-    keys: &crate::keys::store::KeySet,
-) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mut exposed = Vec::new();
-    for k in keys.keys() {
-        let path = store.key_path(cluster, &k.record.kid);
-        if let Ok(meta) = std::fs::metadata(&path) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                exposed.push(format!("{} (mode {mode:o})", path.display()));
-            }
-        }
-    }
-    exposed
 }
 
 /// The sockets the server listens on, bound beforehand (tests bind port 0).
@@ -346,7 +320,7 @@ fn start_background(config: &Config, state: &AppState) -> Result<Background, Sta
         std::sync::atomic::Ordering::Relaxed,
     );
     Ok(Background::start(
-        KeyStore::new(&config.keys_dir),
+        key_store(config),
         managed,
         loaded,
         settings,

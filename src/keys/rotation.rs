@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -110,6 +110,18 @@ pub enum Transition {
     Revoked {
         kid: String,
     },
+    /// A retired key past its retention by this clock was *not* deleted:
+    /// the clock reads `ahead_secs` past the newest time the manifest
+    /// vouches for, more than the retention, so it may have jumped.
+    Withheld {
+        kid: String,
+        ahead_secs: u64,
+    },
+    /// Listed again by `keys recover` from its key file.
+    Recovered {
+        kid: String,
+        state: KeyState,
+    },
 }
 
 impl fmt::Display for Transition {
@@ -127,6 +139,18 @@ impl fmt::Display for Transition {
             Transition::Deleted { kid } => write!(f, "key {kid} deleted after its retention"),
             Transition::Discarded { kid } => write!(f, "unused next key {kid} discarded: the configured key type changed"),
             Transition::Revoked { kid } => write!(f, "key {kid} revoked and removed from the JWKS"),
+            Transition::Withheld { kid, ahead_secs } => write!(
+                f,
+                "key {kid} is past its retention by this clock but was NOT deleted: the clock \
+                 reads {} past the newest time the manifest vouches for (its `checked`), more \
+                 than the retention, so it may have jumped ahead. It is deleted once this \
+                 process has watched its clock for a whole retention with no other replica \
+                 vouching, or by a replica whose clock agrees; check the clock (NTP)",
+                humantime::format_duration(Duration::from_secs(*ahead_secs))
+            ),
+            Transition::Recovered { kid, state } => {
+                write!(f, "key {kid} recovered from its file as {}", state.as_str())
+            }
         }
     }
 }
@@ -187,6 +211,53 @@ fn index_of(m: &Manifest, state: KeyState) -> Option<usize> {
     m.keys.iter().position(|k| k.state == state)
 }
 
+/// How far a step trusts its wall clock to delete keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockTrust {
+    /// Delete a retired key only when the clock is within the retention of
+    /// the newest time the manifest vouches for (see [`clock_ahead`]).
+    Check,
+    /// This process watched its clock stay that far ahead, with nothing new
+    /// vouched for by anyone, for a whole retention: every key retired before
+    /// it started watching has passed its retention in real time too.
+    Watched,
+}
+
+/// The newest time a manifest vouches for: its `checked`, or for a manifest
+/// written before `checked` existed, its newest key time.
+fn vouched(m: &Manifest) -> Option<SystemTime> {
+    let parse = |v: &str| humantime::parse_rfc3339(v).ok();
+    if let Some(checked) = m.checked.as_deref() {
+        return parse(checked);
+    }
+    m.keys
+        .iter()
+        .flat_map(|k| {
+            [Some(&k.published), k.activated.as_ref(), k.retired.as_ref()]
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|v| parse(v))
+        .max()
+}
+
+/// How far `now` is past what the manifest vouches for, when that is more
+/// than the retention: a clock that jumped ahead (or a process that was down
+/// longer than a retention) must not delete keys on its word alone.
+pub fn clock_ahead(m: &Manifest, now: SystemTime, retention: Duration) -> Option<Duration> {
+    let ahead = now.duration_since(vouched(m)?).ok()?;
+    (ahead > retention).then_some(ahead)
+}
+
+/// When a rotation step should next write the manifest's `checked` time so
+/// that a running server keeps vouching for its clock: a quarter of the
+/// retention after the last time.
+pub fn heartbeat_due(checked: Option<&str>, policy: &RotationPolicy) -> SystemTime {
+    checked
+        .and_then(|c| humantime::parse_rfc3339(c).ok())
+        .map_or(SystemTime::UNIX_EPOCH, |c| c + policy.retention / 4)
+}
+
 /// A change being prepared under the lock.
 struct Change<'a> {
     store: &'a KeyStore,
@@ -196,6 +267,8 @@ struct Change<'a> {
     /// Key files to remove once the manifest no longer lists them.
     remove: Vec<String>,
     now: SystemTime,
+    /// Whether this step's clock may be written as the manifest's `checked`.
+    vouch: bool,
 }
 
 impl<'a> Change<'a> {
@@ -215,6 +288,7 @@ impl<'a> Change<'a> {
             transitions: Vec::new(),
             remove: Vec::new(),
             now,
+            vouch: false,
         })
     }
 
@@ -279,9 +353,14 @@ impl<'a> Change<'a> {
         });
     }
 
+    /// Takes key `i` out of the manifest and lists it as removed, so that
+    /// its file may be deleted.
     fn drop_key(&mut self, i: usize) -> KeyRecord {
         let rec = self.manifest.keys.remove(i);
         self.remove.push(rec.kid.clone());
+        if !self.manifest.removed.contains(&rec.kid) {
+            self.manifest.removed.push(rec.kid.clone());
+        }
         rec
     }
 
@@ -306,15 +385,32 @@ impl<'a> Change<'a> {
         Ok(())
     }
 
-    /// Writes the manifest if anything changed, then removes dropped files.
-    fn commit(self) -> Result<Vec<Transition>, RotationError> {
-        if self.transitions.is_empty() {
+    /// Whether anything but a withheld deletion happened.
+    fn changed(&self) -> bool {
+        self.transitions
+            .iter()
+            .any(|t| !matches!(t, Transition::Withheld { .. }))
+    }
+
+    /// Writes the manifest if anything changed (or `heartbeat`), then
+    /// removes the files of dropped keys.
+    fn commit(mut self, heartbeat: bool) -> Result<Vec<Transition>, RotationError> {
+        let write = self.changed() || (heartbeat && self.vouch);
+        if !write {
             return Ok(self.transitions);
         }
+        if self.vouch {
+            self.manifest.checked = Some(rfc3339(self.now));
+        }
+        // A removed kid is remembered until its file is gone.
+        let (store, cluster) = (self.store, self.manifest.cluster.clone());
+        let remove = &self.remove;
+        self.manifest
+            .removed
+            .retain(|kid| remove.contains(kid) || store.key_path(&cluster, kid).exists());
         self.store.write_manifest(self.lock, &self.manifest)?;
         for kid in &self.remove {
-            self.store
-                .remove_key_file(self.lock, &self.manifest.cluster, kid)?;
+            self.store.remove_key_file(self.lock, &self.manifest, kid)?;
         }
         Ok(self.transitions)
     }
@@ -323,12 +419,14 @@ impl<'a> Change<'a> {
 /// Applies `policy` to `cluster` at `now`: one step that lands in a valid
 /// state however long the server was down.
 ///
-/// - retired keys past their retention are deleted;
+/// - retired keys past their retention are deleted, unless the clock looks to
+///   have jumped ([`clock_ahead`]; [`ClockTrust`]);
 /// - an unused next key of another type than `spec` is replaced;
 /// - with no signing key (first start, after a revoke), one is made to sign at once;
 /// - the next key is generated `publish_ahead` before the current key is due;
 /// - the current key is replaced when it is due *and* the next key has been
-///   published for `publish_ahead`; until then it keeps signing.
+///   published for `publish_ahead`; until then it keeps signing;
+/// - the manifest's `checked` is renewed when the clock can be vouched for.
 pub fn apply_policy(
     store: &KeyStore,
     cluster: &str,
@@ -336,8 +434,25 @@ pub fn apply_policy(
     policy: &RotationPolicy,
     now: SystemTime,
 ) -> Result<Vec<Transition>, RotationError> {
+    apply_policy_trusting(store, cluster, spec, policy, now, ClockTrust::Check)
+}
+
+/// [`apply_policy`] with an explicit trust in the clock.
+pub fn apply_policy_trusting(
+    store: &KeyStore,
+    cluster: &str,
+    spec: KeySpec,
+    policy: &RotationPolicy,
+    now: SystemTime,
+    trust: ClockTrust,
+) -> Result<Vec<Transition>, RotationError> {
     let lock = store.lock()?;
     let mut change = Change::begin(store, &lock, cluster, now)?;
+    let ahead = match trust {
+        ClockTrust::Check => clock_ahead(&change.manifest, now, policy.retention),
+        ClockTrust::Watched => None,
+    };
+    change.vouch = ahead.is_none();
 
     // Retired keys past retention leave the JWKS.
     let mut i = 0;
@@ -347,13 +462,22 @@ pub fn apply_policy(
             (KeyState::Retired, Some(at)) => at + policy.retention <= now,
             _ => false,
         };
-        if expired {
-            let rec = change.drop_key(i);
-            change
-                .transitions
-                .push(Transition::Deleted { kid: rec.kid });
-        } else {
-            i += 1;
+        match (expired, ahead) {
+            (true, None) => {
+                let rec = change.drop_key(i);
+                change
+                    .transitions
+                    .push(Transition::Deleted { kid: rec.kid });
+            }
+            (true, Some(ahead)) => {
+                let kid = rec.kid.clone();
+                change.transitions.push(Transition::Withheld {
+                    kid,
+                    ahead_secs: ahead.as_secs(),
+                });
+                i += 1;
+            }
+            (false, _) => i += 1,
         }
     }
 
@@ -399,8 +523,18 @@ pub fn apply_policy(
         }
     }
 
-    let transitions = change.commit()?;
-    store.remove_orphans(&lock, cluster)?;
+    let heartbeat = heartbeat_due(change.manifest.checked.as_deref(), policy) <= now;
+    let transitions = change.commit(heartbeat)?;
+    let leftovers = store.remove_leftovers(&lock, cluster)?;
+    for path in &leftovers.unlisted {
+        tracing::warn!(
+            cluster,
+            path = %path.display(),
+            "a key file the manifest does not list is kept: no manifest marked it for removal \
+             (a step that failed before writing the manifest leaves one; delete it by hand \
+             once you know it never signed)"
+        );
+    }
     Ok(transitions)
 }
 
@@ -417,6 +551,7 @@ pub fn rotate(
 ) -> Result<Vec<Transition>, RotationError> {
     let lock = store.lock()?;
     let mut change = Change::begin(store, &lock, cluster, now)?;
+    change.vouch = clock_ahead(&change.manifest, now, policy.retention).is_none();
     if change.manifest.keys.is_empty() && !force {
         return Err(RotationError::NoKeys {
             cluster: cluster.to_owned(),
@@ -445,7 +580,7 @@ pub fn rotate(
             .iter()
             .any(|t| matches!(t, Transition::Generated { .. }));
         // Keep a freshly published next key: its clock starts now.
-        change.commit()?;
+        change.commit(false)?;
         let show =
             |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
         let since = now.duration_since(published).unwrap_or_default();
@@ -468,7 +603,7 @@ pub fn rotate(
         }));
     }
     change.activate(n, ready > now);
-    let transitions = change.commit()?;
+    let transitions = change.commit(false)?;
     Ok(transitions)
 }
 
@@ -506,7 +641,107 @@ pub fn revoke(
         .transitions
         .push(Transition::Revoked { kid: rec.kid });
     change.ensure_current(spec)?;
-    change.commit()
+    change.commit(false)
+}
+
+/// `keys recover`: rebuilds a lost manifest from the key files present,
+/// keeping their kids. The key `current` names (or else the newest file of
+/// the configured type, or else the newest file) signs; every other key is
+/// published as retired from now, so the tokens it signed keep verifying for
+/// a whole retention. Refused when the cluster has a manifest.
+pub fn recover(
+    store: &KeyStore,
+    cluster: &str,
+    spec: KeySpec,
+    current: Option<&str>,
+    now: SystemTime,
+) -> Result<Vec<Transition>, RotationError> {
+    let lock = store.lock()?;
+    match store.read_manifest(cluster) {
+        Err(StoreError::ManifestMissing { .. }) => {}
+        Ok(Some(_)) => return Err(RotationError::Refused(format!(
+            "cluster \"{cluster}\" has a manifest ({}); `keys recover` only rebuilds a missing one",
+            store.manifest_path(cluster).display()
+        ))),
+        Ok(None) => {
+            return Err(RotationError::Refused(format!(
+                "cluster \"{cluster}\" has no key files in {}: nothing to recover (a new cluster \
+                 gets its first key when the server starts)",
+                store.cluster_dir(cluster).display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut found = Vec::new();
+    let files = store.key_files(cluster)?;
+    if files.is_empty() {
+        return Err(RotationError::Refused(format!(
+            "cluster \"{cluster}\" has no key files to recover; remove the broken link {} and \
+             the server makes a first key when it starts",
+            store.manifest_path(cluster).display()
+        )));
+    }
+    for name in files {
+        let kid = name.trim_end_matches(".pem");
+        let (key, _) = store.load_key(cluster, kid)?;
+        let path = store.key_path(cluster, kid);
+        let modified = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(|source| StoreError::Io { path, source })?;
+        found.push((key, modified.min(now)));
+    }
+    let signer = match current {
+        Some(kid) => found
+            .iter()
+            .position(|(k, _)| k.kid() == kid)
+            .ok_or_else(|| RotationError::UnknownKid {
+                cluster: cluster.to_owned(),
+                kid: kid.to_owned(),
+                known: found
+                    .iter()
+                    .map(|(k, _)| k.kid())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?,
+        None => {
+            let newest = |of_spec: bool| {
+                found
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (k, _))| !of_spec || k.spec() == spec)
+                    .max_by_key(|(_, (_, at))| *at)
+                    .map(|(i, _)| i)
+            };
+            newest(true).or_else(|| newest(false)).unwrap_or(0)
+        }
+    };
+    let at = rfc3339(now);
+    let mut manifest = Manifest::empty(cluster);
+    let mut transitions = Vec::new();
+    for (i, (key, modified)) in found.iter().enumerate() {
+        let state = if i == signer {
+            KeyState::Current
+        } else {
+            KeyState::Retired
+        };
+        let made = rfc3339(*modified);
+        manifest.keys.push(KeyRecord {
+            kid: key.kid().to_owned(),
+            alg: key.algorithm().as_str().to_owned(),
+            bits: key.bits(),
+            state,
+            created: made.clone(),
+            published: made,
+            activated: Some(at.clone()),
+            retired: (state == KeyState::Retired).then(|| at.clone()),
+        });
+        transitions.push(Transition::Recovered {
+            kid: key.kid().to_owned(),
+            state,
+        });
+    }
+    store.write_manifest(&lock, &manifest)?;
+    Ok(transitions)
 }
 
 /// When [`apply_policy`] will next have something to do with these keys;
@@ -588,6 +823,7 @@ pub fn log_transitions(cluster: &str, transitions: &[Transition]) {
             Transition::Activated { early: true, .. } => {
                 tracing::warn!(cluster, kid = kid_of(t), "{t}")
             }
+            Transition::Withheld { .. } => tracing::error!(cluster, kid = kid_of(t), "{t}"),
             _ => tracing::info!(cluster, kid = kid_of(t), "{t}"),
         }
     }
@@ -600,26 +836,77 @@ fn kid_of(t: &Transition) -> &str {
         | Transition::Retired { kid }
         | Transition::Deleted { kid }
         | Transition::Discarded { kid }
-        | Transition::Revoked { kid } => kid,
+        | Transition::Revoked { kid }
+        | Transition::Withheld { kid, .. }
+        | Transition::Recovered { kid, .. } => kid,
     }
+}
+
+/// What the background task keeps of one managed cluster.
+struct Tracked {
+    /// The key set being served, as last loaded.
+    set: Arc<KeySet>,
+    /// Since when (on the monotonic clock) a step has withheld deletions for
+    /// a clock that looks ahead, and the `checked` time it saw then.
+    withheld_since: Option<(Instant, Option<String>)>,
 }
 
 /// Applies the policies of the managed clusters that have something due
 /// (judged from the key sets in memory, which follow the disk). Blocking: run
-/// it off the async workers.
-pub fn apply_due(store: &KeyStore, managed: &[Managed], loaded: &[Arc<KeySet>], now: SystemTime) {
-    for (m, set) in managed.iter().zip(loaded) {
-        let records: Vec<KeyRecord> = set.keys().iter().map(|k| k.record.clone()).collect();
-        if next_due(&records, m.spec, &m.policy) > now {
+/// it off the async workers. Returns the clusters whose step failed.
+fn apply_due(
+    store: &KeyStore,
+    managed: &[Managed],
+    tracked: &mut [Tracked],
+    now: SystemTime,
+    monotonic: Instant,
+) -> Vec<(String, String)> {
+    let mut failing = Vec::new();
+    for (m, t) in managed.iter().zip(tracked.iter_mut()) {
+        let records: Vec<KeyRecord> = t.set.keys().iter().map(|k| k.record.clone()).collect();
+        let due =
+            next_due(&records, m.spec, &m.policy).min(heartbeat_due(t.set.checked(), &m.policy));
+        if due > now {
             continue;
         }
-        match apply_policy(store, &m.cluster, m.spec, &m.policy, now) {
-            Ok(t) => log_transitions(&m.cluster, &t),
+        // A clock that stayed ahead for a whole retention of this process's
+        // own (monotonic) time, while no one vouched for a newer time, has
+        // seen every key retired before then pass its retention for real.
+        let trust = match &t.withheld_since {
+            Some((since, checked))
+                if checked.as_deref() == t.set.checked()
+                    && monotonic.saturating_duration_since(*since) >= m.policy.retention =>
+            {
+                tracing::warn!(
+                    cluster = m.cluster,
+                    "the clock stayed ahead of the manifest for a whole retention of this process's \
+                     uptime with no other replica vouching: deleting the keys past retention"
+                );
+                ClockTrust::Watched
+            }
+            _ => ClockTrust::Check,
+        };
+        match apply_policy_trusting(store, &m.cluster, m.spec, &m.policy, now, trust) {
+            Ok(transitions) => {
+                log_transitions(&m.cluster, &transitions);
+                let withheld = transitions
+                    .iter()
+                    .any(|x| matches!(x, Transition::Withheld { .. }));
+                t.withheld_since = match t.withheld_since.take() {
+                    Some((since, checked)) if withheld && checked.as_deref() == t.set.checked() => {
+                        Some((since, checked))
+                    }
+                    _ if withheld => Some((monotonic, t.set.checked().map(str::to_owned))),
+                    _ => None,
+                };
+            }
             Err(e) => {
-                tracing::error!(cluster = m.cluster, error = %e, "applying the rotation policy failed")
+                tracing::error!(cluster = m.cluster, error = %e, "applying the rotation policy failed");
+                failing.push((m.cluster.clone(), e.to_string()));
             }
         }
     }
+    failing
 }
 
 /// What the background thread is told.
@@ -629,9 +916,10 @@ enum Signal {
 }
 
 /// The background thread: applies the policies every `interval` (when this
-/// replica rotates) and re-reads changed manifests every `reload_interval`,
-/// publishing each new key set. A manifest that cannot be read or loaded is
-/// logged and the last good key set keeps serving.
+/// replica rotates) and re-reads changed manifests and key files every
+/// `reload_interval`, publishing each new key set. A manifest or key file
+/// that cannot be read or loaded is logged and reported, and the last good
+/// key set keeps serving.
 pub struct Background {
     tx: std::sync::mpsc::Sender<Signal>,
     handle: Option<std::thread::JoinHandle<()>>,
@@ -645,7 +933,8 @@ pub struct BackgroundSettings {
 
 impl Background {
     /// Starts the thread. `loaded` holds each managed cluster's key set as
-    /// the server loaded it, in the order of `managed`.
+    /// the server loaded it, in the order of `managed`; each carries the
+    /// stamp of the manifest it came from, so a change made since is seen.
     pub fn start(
         store: KeyStore,
         managed: Vec<Managed>,
@@ -663,7 +952,7 @@ impl Background {
         })
     }
 
-    /// Re-reads every manifest now (SIGHUP).
+    /// Re-reads every manifest and key file now, changed or not (SIGHUP).
     pub fn reload_now(&self) {
         let _ = self.tx.send(Signal::Reload);
     }
@@ -687,13 +976,16 @@ fn background(
     rx: std::sync::mpsc::Receiver<Signal>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    use std::time::Instant;
 
-    let mut state: Vec<(Option<super::store::Stamp>, Arc<KeySet>)> = managed
-        .iter()
-        .zip(loaded)
-        .map(|(m, set)| (store.stamp(&m.cluster).ok().flatten(), set))
+    let mut tracked: Vec<Tracked> = loaded
+        .into_iter()
+        .map(|set| Tracked {
+            set,
+            withheld_since: None,
+        })
         .collect();
+    // Catch up at once on anything that changed while the server started.
+    reload(&store, &managed, &mut tracked, &status, false);
     let mut next_apply = Instant::now() + settings.interval;
     let mut next_reload = Instant::now() + settings.reload_interval;
     loop {
@@ -702,77 +994,86 @@ fn background(
         } else {
             next_reload
         };
-        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+        let force = match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Signal::Reload) => {}
-            Err(RecvTimeoutError::Timeout) => {}
-        }
+            Ok(Signal::Reload) => true,
+            Err(RecvTimeoutError::Timeout) => false,
+        };
         let now = Instant::now();
         if settings.rotate && now >= next_apply {
-            let sets: Vec<Arc<KeySet>> = state.iter().map(|(_, set)| set.clone()).collect();
-            apply_due(&store, &managed, &sets, SystemTime::now());
+            let failing = apply_due(&store, &managed, &mut tracked, SystemTime::now(), now);
+            status.set_rotation_failing(failing);
             next_apply = now + settings.interval;
         }
-        reload_changed(&store, &managed, &mut state, &status);
+        reload(&store, &managed, &mut tracked, &status, force);
         next_reload = Instant::now() + settings.reload_interval;
     }
 }
 
-fn reload_changed(
+/// Re-reads the key sets whose manifest or key files changed on disk (all of
+/// them with `force`), publishes each new set, and reports the ones that no
+/// longer load: the last good set keeps serving, but a restart would fail.
+fn reload(
     store: &KeyStore,
     managed: &[Managed],
-    state: &mut [(Option<super::store::Stamp>, Arc<KeySet>)],
+    tracked: &mut [Tracked],
     status: &ReloadStatus,
+    force: bool,
 ) {
     let mut failing = Vec::new();
-    for (m, (stamp, set)) in managed.iter().zip(state.iter_mut()) {
+    let root = store.check_dirs(None).err();
+    for (m, t) in managed.iter().zip(tracked.iter_mut()) {
         let result = (|| {
+            if let Some(e) = &root {
+                return Err(StoreError::Manifest {
+                    path: store.root().to_owned(),
+                    reason: e.to_string(),
+                });
+            }
             let fresh = store.stamp(&m.cluster)?;
-            if fresh == *stamp {
+            if !force && fresh == t.set.stamp() && !store.key_files_changed(&m.cluster, &t.set) {
                 return Ok(None);
             }
-            let manifest =
-                store
-                    .read_manifest(&m.cluster)?
-                    .ok_or_else(|| StoreError::Manifest {
-                        path: store.manifest_path(&m.cluster),
-                        reason: "the manifest is gone".into(),
-                    })?;
-            let new_set = store.load_set_reusing(&manifest, Some(set))?;
-            Ok::<_, StoreError>(Some((fresh, new_set)))
+            // Forced: parse every key file again, too.
+            let previous = (!force).then_some(&*t.set);
+            store
+                .load(&m.cluster, previous)?
+                .map(Some)
+                .ok_or_else(|| StoreError::Manifest {
+                    path: store.manifest_path(&m.cluster),
+                    reason: "the manifest is gone".into(),
+                })
         })();
         match result {
             Ok(None) => {}
-            Ok(Some((fresh, new_set))) => {
+            Ok(Some(new_set)) => {
                 let new_set = Arc::new(new_set);
-                tracing::info!(
-                    cluster = m.cluster,
-                    signing = new_set.signer().kid(),
-                    published = new_set.keys().len(),
-                    "key set reloaded"
-                );
+                let same = new_set.keys().len() == t.set.keys().len()
+                    && new_set
+                        .keys()
+                        .iter()
+                        .zip(t.set.keys())
+                        .all(|(a, b)| a.record == b.record && a.key.kid() == b.key.kid());
+                if same {
+                    tracing::debug!(cluster = m.cluster, "key set re-read, unchanged");
+                } else {
+                    tracing::info!(
+                        cluster = m.cluster,
+                        signing = new_set.signer().kid(),
+                        published = new_set.keys().len(),
+                        "key set reloaded"
+                    );
+                }
                 (m.publish)(new_set.clone());
-                *stamp = fresh;
-                *set = new_set;
+                t.set = new_set;
             }
             Err(e) => {
-                tracing::error!(cluster = m.cluster, error = %e, "cannot reload the key set; the last good one keeps serving");
+                tracing::error!(cluster = m.cluster, error = %e, "cannot reload the key set; the last good one keeps serving, but a restart would fail");
                 failing.push((m.cluster.clone(), e.to_string()));
             }
         }
     }
-    if failing.is_empty() {
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        status
-            .last_good
-            .store(secs, std::sync::atomic::Ordering::Relaxed);
-    }
-    if let Ok(mut f) = status.failing.lock() {
-        *f = failing;
-    }
+    status.set_reload_failing(failing);
 }
 
 #[cfg(test)]
@@ -817,6 +1118,25 @@ mod tests {
             .map(|k| k.kid)
     }
 
+    /// Steps hourly after `from` up to `to` (inclusive), as a running server
+    /// does, and returns every transition.
+    fn run(
+        store: &KeyStore,
+        spec: KeySpec,
+        p: &RotationPolicy,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Vec<Transition> {
+        let mut all = Vec::new();
+        let mut at = from + HOUR;
+        while at < to {
+            all.extend(apply_policy(store, "c", spec, p, at).unwrap());
+            at += HOUR;
+        }
+        all.extend(apply_policy(store, "c", spec, p, to).unwrap());
+        all
+    }
+
     #[test]
     fn a_key_lives_next_current_retired_deleted_on_schedule() {
         let dir = tempfile::tempdir().unwrap();
@@ -832,10 +1152,8 @@ mod tests {
         let first = kid_in(&store, KeyState::Current).unwrap();
 
         // Nothing to do until publish_ahead before the due time.
-        assert!(apply_policy(&store, "c", spec, &p, t0() + 28 * DAY)
-            .unwrap()
-            .is_empty());
-        let t = apply_policy(&store, "c", spec, &p, t0() + 29 * DAY).unwrap();
+        assert!(run(&store, spec, &p, t0(), t0() + 28 * DAY).is_empty());
+        let t = run(&store, spec, &p, t0() + 28 * DAY, t0() + 29 * DAY);
         assert!(
             matches!(
                 &t[..],
@@ -848,7 +1166,7 @@ mod tests {
         );
         let second = kid_in(&store, KeyState::Next).unwrap();
 
-        let t = apply_policy(&store, "c", spec, &p, t0() + 30 * DAY).unwrap();
+        let t = run(&store, spec, &p, t0() + 29 * DAY, t0() + 30 * DAY);
         assert_eq!(
             t,
             vec![
@@ -860,13 +1178,17 @@ mod tests {
             ]
         );
         // Retired, still published until its retention ends.
-        assert!(apply_policy(&store, "c", spec, &p, t0() + 30 * DAY + DAY)
-            .unwrap()
-            .is_empty());
+        assert!(run(&store, spec, &p, t0() + 30 * DAY, t0() + 31 * DAY).is_empty());
         assert!(states(&store)
             .iter()
             .any(|(k, s)| *k == first && *s == KeyState::Retired));
-        let t = apply_policy(&store, "c", spec, &p, t0() + 30 * DAY + p.retention).unwrap();
+        let t = run(
+            &store,
+            spec,
+            &p,
+            t0() + 31 * DAY,
+            t0() + 30 * DAY + p.retention,
+        );
         assert_eq!(t, vec![Transition::Deleted { kid: first.clone() }]);
         assert!(
             !store.key_path("c", &first).exists(),
@@ -909,13 +1231,17 @@ mod tests {
             "{t:?}"
         );
 
-        // The retired first key leaves once its retention is over; the next
-        // key is published ahead of the following rotation.
+        // The retired first key is past its retention, but this clock is
+        // 130 days past the last time the manifest vouched for: it could
+        // have jumped, so the key is kept. The next key is published ahead
+        // of the following rotation all the same.
         let t = apply_policy(&store, "c", spec, &p, back + 30 * DAY).unwrap();
         assert!(
-            t.contains(&Transition::Deleted { kid: first.clone() }),
+            t.iter()
+                .any(|x| matches!(x, Transition::Withheld { kid, .. } if *kid == first)),
             "{t:?}"
         );
+        assert!(manifest(&store).keys.iter().any(|k| k.kid == first));
         assert!(
             t.iter().any(|x| matches!(
                 x,
@@ -926,6 +1252,18 @@ mod tests {
             )),
             "{t:?}"
         );
+        // Once the process has watched its clock for a whole retention, the
+        // key leaves.
+        let t = apply_policy_trusting(
+            &store,
+            "c",
+            spec,
+            &p,
+            back + 30 * DAY + HOUR,
+            ClockTrust::Watched,
+        )
+        .unwrap();
+        assert_eq!(t, vec![Transition::Deleted { kid: first.clone() }]);
         // Down again for 200 days: the next key was published long ago, so
         // the overdue current key hands over in one step.
         let t = apply_policy(&store, "c", spec, &p, back + 230 * DAY).unwrap();
@@ -1092,7 +1430,9 @@ mod tests {
                 }
             }));
             let now = t0() + 3 * DAY + HOUR;
-            let result = apply_policy(&failing, "c", spec, &busy, now);
+            // (Steps a day apart: trust the clock, this test is about writes.)
+            let result =
+                apply_policy_trusting(&failing, "c", spec, &busy, now, ClockTrust::Watched);
 
             // Whatever happened, the store loads and has a signing key...
             let after = manifest(&plain);
@@ -1122,18 +1462,26 @@ mod tests {
                 );
                 break;
             }
-            // The next step repairs whatever was left half done.
-            apply_policy(&plain, "c", spec, &busy, now).unwrap();
-            let names: Vec<String> = std::fs::read_dir(plain.cluster_dir("c"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            let listed = manifest(&plain).keys.len();
-            assert_eq!(
-                names.iter().filter(|n| n.ends_with(".pem")).count(),
-                listed,
-                "fail_at {fail_at}: {names:?}"
-            );
+            // The next step repairs whatever was left half done: the files
+            // of removed keys go; a key generated by the failed step, which
+            // no manifest ever listed, is kept (no manifest said it may go).
+            apply_policy_trusting(&plain, "c", spec, &busy, now, ClockTrust::Watched).unwrap();
+            let after = manifest(&plain);
+            for name in plain.key_files("c").unwrap() {
+                let kid = name.trim_end_matches(".pem");
+                let listed = after.keys.iter().any(|k| k.kid == kid);
+                let known_before = before.keys.iter().any(|k| k.kid == kid);
+                assert!(
+                    listed || !known_before,
+                    "fail_at {fail_at}: {name} was removed from the manifest but its file stayed"
+                );
+            }
+            for kid in &after.removed {
+                assert!(
+                    !plain.key_path("c", kid).exists(),
+                    "fail_at {fail_at}: removed key {kid} still has its file"
+                );
+            }
         }
     }
 
@@ -1264,5 +1612,280 @@ mod tests {
             set = Some(loaded);
         }
         assert!(seen.len() >= 2);
+    }
+
+    fn pem_files(store: &KeyStore) -> Vec<String> {
+        store.key_files("c").unwrap()
+    }
+
+    #[test]
+    fn a_lost_or_dangling_manifest_beside_key_files_changes_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        run(&store, spec, &p, t0(), t0() + 29 * DAY);
+        let files = pem_files(&store);
+        assert_eq!(files.len(), 2, "a current and a next key");
+        let path = store.manifest_path("c");
+
+        for dangling in [false, true] {
+            let _ = std::fs::remove_file(&path);
+            if dangling {
+                std::os::unix::fs::symlink(dir.path().join("nowhere.json"), &path).unwrap();
+            }
+            let now = t0() + 29 * DAY + HOUR;
+            let steps = [
+                apply_policy(&store, "c", spec, &p, now).map(|_| ()),
+                rotate(&store, "c", spec, &p, now, true).map(|_| ()),
+                revoke(&store, "c", files[0].trim_end_matches(".pem"), spec, now).map(|_| ()),
+            ];
+            for step in steps {
+                let err = step.unwrap_err().to_string();
+                assert!(
+                    err.contains("keys recover --cluster c")
+                        && err.contains(&store.cluster_dir("c").display().to_string())
+                        && err.contains(if dangling {
+                            "symbolic link"
+                        } else {
+                            "is missing"
+                        }),
+                    "{err}"
+                );
+            }
+            assert!(store.load("c", None).is_err());
+            assert_eq!(pem_files(&store), files, "no key file was deleted or added");
+            assert_eq!(std::fs::symlink_metadata(&path).is_ok(), dangling);
+        }
+    }
+
+    #[test]
+    fn an_older_manifest_put_back_deletes_no_key_it_does_not_list_as_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        let old = std::fs::read(store.manifest_path("c")).unwrap();
+        run(&store, spec, &p, t0(), t0() + 29 * DAY);
+        let next = kid_in(&store, KeyState::Next).unwrap();
+        // A backup from before the next key was published is restored.
+        std::fs::write(store.manifest_path("c"), old).unwrap();
+        apply_policy(&store, "c", spec, &p, t0() + 29 * DAY + HOUR).unwrap();
+        assert!(
+            store.key_path("c", &next).exists(),
+            "the published next key's file was deleted because the restored manifest did not list it"
+        );
+    }
+
+    #[test]
+    fn recover_rebuilds_a_lost_manifest_keeping_every_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        let now = t0() + 30 * DAY + HOUR;
+        assert!(recover(&store, "c", spec, None, now)
+            .unwrap_err()
+            .to_string()
+            .contains("nothing to recover"));
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        run(&store, spec, &p, t0(), t0() + 30 * DAY);
+        let before = manifest(&store);
+        let signing = kid_in(&store, KeyState::Current).unwrap();
+        assert!(recover(&store, "c", spec, None, now)
+            .unwrap_err()
+            .to_string()
+            .contains("only rebuilds a missing one"));
+
+        std::fs::remove_file(store.manifest_path("c")).unwrap();
+        let err = recover(&store, "c", spec, Some("nope"), now).unwrap_err();
+        assert!(matches!(err, RotationError::UnknownKid { .. }), "{err}");
+        let t = recover(&store, "c", spec, Some(&signing), now).unwrap();
+        assert_eq!(t.len(), before.keys.len());
+        let after = manifest(&store);
+        assert_eq!(kids(&after), kids(&before), "every kid is kept");
+        assert_eq!(kid_in(&store, KeyState::Current).unwrap(), signing);
+        for k in after.keys.iter().filter(|k| k.kid != signing) {
+            assert_eq!(k.state, KeyState::Retired);
+            assert_eq!(k.retired.as_deref(), Some(rfc3339(now).as_str()));
+        }
+        let set = store.load("c", None).unwrap().unwrap();
+        assert_eq!(set.signer().kid(), signing);
+        // The other keys stay published for a whole retention from now.
+        let t = run(&store, spec, &p, now, now + p.retention - HOUR);
+        assert!(
+            !t.iter().any(|x| matches!(x, Transition::Deleted { .. })),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn a_clock_far_ahead_of_the_manifest_deletes_no_key_within_real_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        let first = kid_in(&store, KeyState::Current).unwrap();
+        let real = t0() + 30 * DAY + 2 * HOUR;
+        run(&store, spec, &p, t0(), real);
+        assert_eq!(
+            manifest(&store)
+                .keys
+                .iter()
+                .find(|k| k.kid == first)
+                .unwrap()
+                .state,
+            KeyState::Retired
+        );
+        // A running server keeps vouching for its clock.
+        let checked =
+            humantime::parse_rfc3339(manifest(&store).checked.as_deref().unwrap()).unwrap();
+        assert!(checked + p.retention / 4 + HOUR >= real, "{checked:?}");
+
+        // One replica's clock jumps 40 days ahead: every step it takes keeps
+        // the retired key, although by its clock the retention is long over.
+        let jumped = real + 40 * DAY;
+        for step in 0..3 {
+            let t = apply_policy(&store, "c", spec, &p, jumped + step * HOUR).unwrap();
+            assert!(
+                t.iter()
+                    .any(|x| matches!(x, Transition::Withheld { kid, .. } if *kid == first)),
+                "step {step}: {t:?}"
+            );
+            assert!(store.key_path("c", &first).exists());
+        }
+        let m = manifest(&store);
+        assert_eq!(
+            m.checked.as_deref(),
+            Some(rfc3339(checked).as_str()),
+            "the jumped clock vouched"
+        );
+
+        // The replicas with a good clock delete it when its retention ends.
+        assert!(run(&store, spec, &p, real, real + HOUR)
+            .iter()
+            .all(|x| !matches!(x, Transition::Deleted { .. })));
+        let t = run(&store, spec, &p, real + HOUR, t0() + 30 * DAY + p.retention);
+        assert!(t.contains(&Transition::Deleted { kid: first }), "{t:?}");
+    }
+
+    fn noop_managed(p: RotationPolicy) -> Managed {
+        Managed {
+            cluster: "c".into(),
+            spec: KeySpec::P256,
+            policy: p,
+            publish: Box::new(|_| {}),
+        }
+    }
+
+    #[test]
+    fn a_clock_ahead_is_trusted_after_this_process_watched_it_for_a_retention_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        let first = kid_in(&store, KeyState::Current).unwrap();
+        run(&store, spec, &p, t0(), t0() + 30 * DAY + 2 * HOUR);
+        let managed = [noop_managed(p)];
+        let reload = |tracked: &mut [Tracked]| {
+            tracked[0].set = Arc::new(store.load("c", None).unwrap().unwrap());
+        };
+        let mut tracked = vec![Tracked {
+            set: Arc::new(store.load("c", None).unwrap().unwrap()),
+            withheld_since: None,
+        }];
+        let jumped = t0() + 70 * DAY;
+        let i0 = Instant::now();
+        for (wall, mono) in [(jumped, i0), (jumped + HOUR, i0 + HOUR)] {
+            assert!(apply_due(&store, &managed, &mut tracked, wall, mono).is_empty());
+            reload(&mut tracked);
+            assert!(store.key_path("c", &first).exists());
+        }
+        // Another replica vouches for a (good) time meanwhile: watching
+        // starts over.
+        let before = manifest(&store).checked;
+        apply_policy(&store, "c", spec, &p, t0() + 30 * DAY + 9 * HOUR).unwrap();
+        let vouched = manifest(&store).checked;
+        assert_ne!(before, vouched);
+        reload(&mut tracked);
+        let later = i0 + p.retention + HOUR;
+        apply_due(&store, &managed, &mut tracked, jumped + p.retention, later);
+        reload(&mut tracked);
+        assert!(
+            store.key_path("c", &first).exists(),
+            "watching did not start over"
+        );
+        assert_eq!(manifest(&store).checked, vouched);
+        // Alone for a whole retention of monotonic time: the keys go.
+        apply_due(
+            &store,
+            &managed,
+            &mut tracked,
+            jumped + 2 * p.retention,
+            later + p.retention,
+        );
+        assert!(!store.key_path("c", &first).exists());
+        assert!(tracked[0].withheld_since.is_none());
+    }
+
+    #[test]
+    fn a_failing_rotation_step_is_reported_per_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&plain, "c", spec, &p, t0()).unwrap();
+        let full = KeyStore::new(dir.path())
+            .with_hook(Arc::new(|_| Err(std::io::Error::from_raw_os_error(28))));
+        let mut tracked = vec![Tracked {
+            set: Arc::new(plain.load("c", None).unwrap().unwrap()),
+            withheld_since: None,
+        }];
+        // Due: the next key is to be published.
+        let failing = apply_due(
+            &full,
+            &[noop_managed(p)],
+            &mut tracked,
+            t0() + 29 * DAY,
+            Instant::now(),
+        );
+        assert_eq!(failing.len(), 1);
+        assert_eq!(failing[0].0, "c");
+        assert!(
+            failing[0].1.contains("No space left on device"),
+            "{failing:?}"
+        );
+    }
+
+    #[test]
+    fn a_forced_reload_rereads_what_the_stamps_would_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        let old = manifest(&store);
+        rotate(&store, "c", spec, &p, t0() + HOUR, true).unwrap();
+        // Pretend the change slipped past the stamps: the set in memory is
+        // the old one, but carries the new manifest's stamp.
+        let stale = store
+            .load_set(&old)
+            .unwrap()
+            .restamped(store.stamp("c").unwrap());
+        let old_signer = stale.signer().kid().to_owned();
+        let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = published.clone();
+        let managed = [Managed {
+            publish: Box::new(move |set: Arc<KeySet>| {
+                sink.lock().unwrap().push(set.signer().kid().to_owned())
+            }),
+            ..noop_managed(p)
+        }];
+        let mut tracked = vec![Tracked {
+            set: Arc::new(stale),
+            withheld_since: None,
+        }];
+        let status = ReloadStatus::default();
+        let signing = kid_in(&store, KeyState::Current).unwrap();
+        assert_ne!(signing, old_signer);
+        reload(&store, &managed, &mut tracked, &status, true);
+        assert_eq!(*published.lock().unwrap(), vec![signing]);
     }
 }

@@ -14,6 +14,12 @@
 //! immutable [`KeySet`] that the HTTP layer reads. The JWKS bytes are built here,
 //! once per change of the set, never per request.
 //!
+//! The manifest is the only authority on a cluster's keys. A key file is
+//! removed only when a manifest lists its kid under `removed`; a missing
+//! manifest beside key files is an error, never an empty cluster. Directories
+//! and key files that someone else could write (or read) are refused, on every
+//! load, unless the operator allowed it.
+//!
 //! Depends on `keys::material`, `keys::jwk` and `fsutil`; never on `http`.
 
 use std::fs::{self, File, OpenOptions};
@@ -81,6 +87,14 @@ pub struct Manifest {
     pub version: u32,
     pub cluster: String,
     pub keys: Vec<KeyRecord>,
+    /// Kids that left the JWKS and whose key files are to be deleted: the
+    /// only key files the store ever removes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// The newest time a rotation step vouched for its clock (RFC 3339): a
+    /// clock far ahead of it deletes no key (see `keys::rotation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<String>,
 }
 
 impl Manifest {
@@ -89,6 +103,8 @@ impl Manifest {
             version: MANIFEST_VERSION,
             cluster: cluster.to_owned(),
             keys: Vec::new(),
+            removed: Vec::new(),
+            checked: None,
         }
     }
 }
@@ -105,13 +121,37 @@ pub enum WritePoint {
 /// Called before every write or removal; an error aborts it.
 pub type WriteHook = Arc<dyn Fn(WritePoint) -> io::Result<()> + Send + Sync>;
 
-/// Identifies one version of a manifest file: an atomic rename gives a new
-/// inode, so a change is seen without reading the file.
+/// Identifies one version of a file: an atomic rename gives a new inode, and
+/// an edit in place, a chmod or a chown a new ctime, so a change is seen
+/// without reading the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
     ino: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
     len: u64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt as _;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Stamp {
+            ino: meta.ino(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            len: meta.len(),
+        }
+    }
+
+    /// The stamp of the file at `path`; `None` if there is none.
+    fn read(path: &Path) -> io::Result<Option<Stamp>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(Stamp::of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +178,28 @@ pub enum StoreError {
     },
     #[error("generating a {spec} key failed: {source}")]
     Generate { spec: KeySpec, source: KeyError },
+    #[error(
+        "{dir}: the manifest of cluster \"{cluster}\" {what}, but the directory holds {} key \
+         file(s) ({}): which key signs and which are retired is unknown, so nothing was \
+         changed or deleted. Restore {MANIFEST} from a backup, or rebuild it from the key \
+         files with `workload-issuer keys recover --cluster {cluster}`",
+        .files.len(), .files.join(", ")
+    )]
+    ManifestMissing {
+        dir: PathBuf,
+        cluster: String,
+        what: &'static str,
+        files: Vec<String>,
+    },
+    #[error(
+        "{path} {problem}: {fix} (and check how it came to be so), or set \
+         allow_insecure_key_permissions = true"
+    )]
+    Insecure {
+        path: PathBuf,
+        problem: String,
+        fix: &'static str,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -156,6 +218,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub struct StoredKey {
     pub record: KeyRecord,
     pub key: Arc<SigningKey>,
+    /// The version of the key file it was loaded from.
+    file: Option<Stamp>,
 }
 
 /// A cluster's published keys and its signer, immutable once built. Rotation
@@ -166,6 +230,10 @@ pub struct KeySet {
     current: usize,
     jwks: Vec<u8>,
     algorithms: Vec<Algorithm>,
+    /// The version of the manifest it was loaded from, taken before reading.
+    stamp: Option<Stamp>,
+    /// The manifest's `checked` time.
+    checked: Option<String>,
 }
 
 impl KeySet {
@@ -192,7 +260,28 @@ impl KeySet {
             current,
             jwks,
             algorithms,
+            stamp: None,
+            checked: None,
         })
+    }
+
+    /// The version of the manifest this set was loaded from: a later change
+    /// of the file has another stamp.
+    pub fn stamp(&self) -> Option<Stamp> {
+        self.stamp
+    }
+
+    /// The same set, as if loaded from the manifest version `stamp`.
+    #[cfg(test)]
+    pub(crate) fn restamped(mut self, stamp: Option<Stamp>) -> KeySet {
+        self.stamp = stamp;
+        self
+    }
+
+    /// When a rotation step last vouched for its clock (the manifest's
+    /// `checked`), RFC 3339.
+    pub fn checked(&self) -> Option<&str> {
+        self.checked.as_deref()
     }
 
     /// The key that signs new tokens.
@@ -228,6 +317,9 @@ impl KeySet {
 pub struct KeyStore {
     root: PathBuf,
     hook: Option<WriteHook>,
+    /// Warn about files and directories others may touch instead of refusing
+    /// them (`allow_insecure_key_permissions`).
+    insecure_ok: bool,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -243,17 +335,41 @@ pub struct StoreLock {
     _file: File,
 }
 
+/// What [`KeyStore::remove_leftovers`] did and saw.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Files removed: key files the manifest lists as removed, temp files.
+    pub removed: Vec<PathBuf>,
+    /// Key files the manifest neither lists nor marks removed (a key
+    /// generated by a step that failed before its manifest was written, or a
+    /// file put there by hand): kept, since no manifest said they may go.
+    pub unlisted: Vec<PathBuf>,
+}
+
+/// The user the process runs as, whose files the store trusts.
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 impl KeyStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         KeyStore {
             root: root.into(),
             hook: None,
+            insecure_ok: false,
         }
     }
 
     /// A store that calls `hook` before each write or removal.
     pub fn with_hook(mut self, hook: WriteHook) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Accept (with a warning) directories others can write and key files
+    /// others can read: `allow_insecure_key_permissions`.
+    pub fn allow_insecure_permissions(mut self, allow: bool) -> Self {
+        self.insecure_ok = allow;
         self
     }
 
@@ -264,30 +380,93 @@ impl KeyStore {
         }
     }
 
-    /// The version of a cluster's manifest on disk; `None` if it has none.
-    pub fn stamp(&self, cluster: &str) -> Result<Option<Stamp>, StoreError> {
+    /// Refuses a file or directory owned by another user, or with any of the
+    /// `forbidden` mode bits: someone else could plant or read a key there.
+    fn check_private(
+        &self,
+        path: &Path,
+        meta: &fs::Metadata,
+        forbidden: u32,
+    ) -> Result<(), StoreError> {
         use std::os::unix::fs::MetadataExt as _;
-        let path = self.manifest_path(cluster);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some(Stamp {
-                ino: m.ino(),
-                mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-                len: m.len(),
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
+        let mode = meta.mode() & 0o7777;
+        let me = euid();
+        let (problem, fix) = if meta.uid() != me {
+            (
+                format!(
+                    "is owned by uid {}, not uid {me} that runs the server",
+                    meta.uid()
+                ),
+                "chown it to the server's user",
+            )
+        } else if mode & forbidden != 0 && meta.is_dir() {
+            (
+                format!("is writable by group or others (mode {mode:o})"),
+                "chmod 700 it",
+            )
+        } else if mode & forbidden != 0 {
+            (
+                format!("is readable or writable by group or others (mode {mode:o})"),
+                "chmod 600 it",
+            )
+        } else {
+            return Ok(());
+        };
+        if self.insecure_ok {
+            tracing::warn!(path = %path.display(), "{problem} (allowed by allow_insecure_key_permissions)");
+            return Ok(());
         }
+        Err(StoreError::Insecure {
+            path: path.to_owned(),
+            problem,
+            fix,
+        })
     }
 
-    /// Removes a key file the manifest no longer lists. Call with the lock
+    /// Checks that only this user can change the keys dir and the cluster's
+    /// directory (when they exist).
+    pub fn check_dirs(&self, cluster: Option<&str>) -> Result<(), StoreError> {
+        let dirs = std::iter::once(self.root.clone()).chain(cluster.map(|c| self.cluster_dir(c)));
+        for dir in dirs {
+            match fs::metadata(&dir) {
+                Ok(meta) => self.check_private(&dir, &meta, 0o022)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The version of a cluster's manifest on disk; `None` if it has none.
+    pub fn stamp(&self, cluster: &str) -> Result<Option<Stamp>, StoreError> {
+        let path = self.manifest_path(cluster);
+        Stamp::read(&path).map_err(io_err(&path))
+    }
+
+    /// Whether any key file of `set` changed on disk (replaced, edited,
+    /// chmod-ed or gone) since the set was loaded.
+    pub fn key_files_changed(&self, cluster: &str, set: &KeySet) -> bool {
+        set.keys.iter().any(|k| {
+            Stamp::read(&self.key_path(cluster, &k.record.kid)).map_or(true, |now| now != k.file)
+        })
+    }
+
+    /// Removes a key file the manifest lists as removed. Call with the lock
     /// held, after the manifest is written.
     pub fn remove_key_file(
         &self,
         _lock: &StoreLock,
-        cluster: &str,
+        manifest: &Manifest,
         kid: &str,
     ) -> Result<(), StoreError> {
-        let path = self.key_path(cluster, kid);
+        let path = self.key_path(&manifest.cluster, kid);
+        if !manifest.removed.iter().any(|r| r == kid) || manifest.keys.iter().any(|k| k.kid == kid)
+        {
+            return Err(StoreError::Manifest {
+                path: self.manifest_path(&manifest.cluster),
+                reason: format!("key {kid} is not listed as removed; its file is kept"),
+            });
+        }
         self.before(WritePoint::RemoveFile, &path)?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -296,38 +475,60 @@ impl KeyStore {
         }
     }
 
-    /// Removes what a crash can leave behind: key files the manifest does not
-    /// list (generated but never published, or dropped but not yet removed)
-    /// and temp files. None of them ever signed a live token.
-    pub fn remove_orphans(
+    /// The names of the `*.pem` files in a cluster's directory, sorted.
+    pub fn key_files(&self, cluster: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.cluster_dir(cluster);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(io_err(&dir))?.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".pem") && !name.starts_with('.') {
+                names.push(name.into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Finishes what a crash can leave half done: removes the key files the
+    /// manifest lists as removed and temp files. Key files it does not list
+    /// at all are kept and reported. Call with the lock held.
+    pub fn remove_leftovers(
         &self,
         lock: &StoreLock,
         cluster: &str,
-    ) -> Result<Vec<PathBuf>, StoreError> {
+    ) -> Result<Leftovers, StoreError> {
+        let mut done = Leftovers::default();
         let Some(manifest) = self.read_manifest(cluster)? else {
-            return Ok(Vec::new());
+            return Ok(done);
         };
-        let listed: std::collections::HashSet<String> = manifest
-            .keys
-            .iter()
-            .map(|k| format!("{}.pem", k.kid))
-            .collect();
         let dir = self.cluster_dir(cluster);
-        let mut removed = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let orphan_key = name.ends_with(".pem") && !listed.contains(&name);
-            let temp = name.starts_with('.') && name.contains(".tmp-");
-            if orphan_key || temp {
-                let path = entry.path();
+            let path = entry.path();
+            if name.starts_with('.') && name.contains(".tmp-") {
                 self.before(WritePoint::RemoveFile, &path)?;
                 fs::remove_file(&path).map_err(io_err(&path))?;
-                removed.push(path);
+                done.removed.push(path);
+            } else if let Some(kid) = name.strip_suffix(".pem") {
+                if manifest.keys.iter().any(|k| k.kid == kid) {
+                    continue;
+                }
+                if manifest.removed.iter().any(|r| r == kid) {
+                    self.remove_key_file(lock, &manifest, kid)?;
+                    done.removed.push(path);
+                } else {
+                    done.unlisted.push(path);
+                }
             }
         }
-        let _ = lock;
-        Ok(removed)
+        Ok(done)
     }
 
     pub fn root(&self) -> &Path {
@@ -350,6 +551,7 @@ impl KeyStore {
     /// (replicas on a shared volume, the CLI) to finish their change first.
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
         ensure_dir(&self.root, DIR_MODE).map_err(io_err(&self.root))?;
+        self.check_dirs(None)?;
         let path = self.root.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -362,12 +564,30 @@ impl KeyStore {
         Ok(StoreLock { _file: file })
     }
 
-    /// Reads a cluster's manifest; `None` if the cluster has none yet.
+    /// Reads a cluster's manifest; `None` if the cluster has no manifest and
+    /// no key files (a new cluster). A manifest gone from beside key files
+    /// is an error: treating it as empty would replace every key.
     pub fn read_manifest(&self, cluster: &str) -> Result<Option<Manifest>, StoreError> {
         let path = self.manifest_path(cluster);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dangling = fs::symlink_metadata(&path).is_ok();
+                let files = self.key_files(cluster)?;
+                if files.is_empty() && !dangling {
+                    return Ok(None);
+                }
+                return Err(StoreError::ManifestMissing {
+                    dir: self.cluster_dir(cluster),
+                    cluster: cluster.to_owned(),
+                    what: if dangling {
+                        "is a symbolic link to a missing file"
+                    } else {
+                        "is missing"
+                    },
+                    files,
+                });
+            }
             Err(e) => return Err(io_err(&path)(e)),
         };
         let manifest: Manifest =
@@ -428,22 +648,50 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// Loads one key file and checks it is the key the manifest names.
-    pub fn load_key(&self, cluster: &str, record: &KeyRecord) -> Result<SigningKey, StoreError> {
-        let path = self.key_path(cluster, &record.kid);
-        let pem = fs::read(&path).map_err(io_err(&path))?;
+    /// Loads the key file of `kid`, checking who may read it and that it
+    /// holds the key of that kid; with the file's stamp as it was read.
+    pub fn load_key(
+        &self,
+        cluster: &str,
+        kid: &str,
+    ) -> Result<(SigningKey, Option<Stamp>), StoreError> {
+        let path = self.key_path(cluster, kid);
+        let mut file = File::open(&path).map_err(io_err(&path))?;
+        let meta = file.metadata().map_err(io_err(&path))?;
+        self.check_private(&path, &meta, 0o077)?;
+        let mut pem = Vec::with_capacity(meta.len().try_into().unwrap_or(0));
+        io::Read::read_to_end(&mut file, &mut pem).map_err(io_err(&path))?;
         let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
             path: path.clone(),
             source,
         })?;
-        if key.kid() != record.kid {
+        if key.kid() != kid {
             return Err(StoreError::KidMismatch {
                 path,
-                expected: record.kid.clone(),
+                expected: kid.to_owned(),
                 actual: key.kid().to_owned(),
             });
         }
-        Ok(key)
+        Ok((key, Some(Stamp::of(&meta))))
+    }
+
+    /// Loads a cluster's key set as it is on disk now; `None` for a cluster
+    /// with no manifest and no keys. The set carries the manifest's stamp
+    /// taken *before* reading it, so a change made while it loads is seen
+    /// as a change by the next comparison. Keys whose files did not change
+    /// are taken from `previous` instead of being read and parsed again.
+    pub fn load(
+        &self,
+        cluster: &str,
+        previous: Option<&KeySet>,
+    ) -> Result<Option<KeySet>, StoreError> {
+        let stamp = self.stamp(cluster)?;
+        let Some(manifest) = self.read_manifest(cluster)? else {
+            return Ok(None);
+        };
+        let mut set = self.load_set_reusing(&manifest, previous)?;
+        set.stamp = stamp;
+        Ok(Some(set))
     }
 
     /// Loads every key a manifest lists into a [`KeySet`].
@@ -452,27 +700,40 @@ impl KeyStore {
     }
 
     /// Like [`load_set`](Self::load_set), but takes keys already parsed in
-    /// `previous` by kid instead of reading and parsing their files again.
+    /// `previous` by kid, when their files did not change, instead of
+    /// reading and parsing them again.
     pub fn load_set_reusing(
         &self,
         manifest: &Manifest,
         previous: Option<&KeySet>,
     ) -> Result<KeySet, StoreError> {
+        let cluster = &manifest.cluster;
+        self.check_dirs(Some(cluster))?;
         let mut keys = Vec::with_capacity(manifest.keys.len());
         for record in &manifest.keys {
-            let key = match previous.and_then(|p| p.find(&record.kid)) {
-                Some(k) => k.clone(),
-                None => Arc::new(self.load_key(&manifest.cluster, record)?),
+            let path = self.key_path(cluster, &record.kid);
+            let reusable = previous
+                .and_then(|p| p.keys.iter().find(|k| k.record.kid == record.kid))
+                .filter(|k| Stamp::read(&path).ok().flatten() == k.file);
+            let (key, file) = match reusable {
+                Some(k) => (k.key.clone(), k.file),
+                None => {
+                    let (key, file) = self.load_key(cluster, &record.kid)?;
+                    (Arc::new(key), file)
+                }
             };
             keys.push(StoredKey {
                 record: record.clone(),
                 key,
+                file,
             });
         }
-        KeySet::new(keys).map_err(|reason| StoreError::Manifest {
-            path: self.manifest_path(&manifest.cluster),
+        let mut set = KeySet::new(keys).map_err(|reason| StoreError::Manifest {
+            path: self.manifest_path(cluster),
             reason,
-        })
+        })?;
+        set.checked = manifest.checked.clone();
+        Ok(set)
     }
 
     /// Loads a cluster's keys, creating its first signing key if it has none.
@@ -484,32 +745,35 @@ impl KeyStore {
         spec: KeySpec,
         now: SystemTime,
     ) -> Result<(KeySet, bool), StoreError> {
-        if let Some(manifest) = self.read_manifest(cluster)? {
-            return Ok((self.load_set(&manifest)?, false));
+        if let Some(set) = self.load(cluster, None)? {
+            return Ok((set, false));
         }
         let lock = self.lock()?;
         // Another process may have created it while we waited for the lock.
-        if let Some(manifest) = self.read_manifest(cluster)? {
-            return Ok((self.load_set(&manifest)?, false));
+        if let Some(set) = self.load(cluster, None)? {
+            return Ok((set, false));
         }
         let key = self.generate_key(&lock, cluster, spec)?;
         let at = rfc3339(now);
-        let manifest = Manifest {
-            version: MANIFEST_VERSION,
-            cluster: cluster.to_owned(),
-            keys: vec![KeyRecord {
-                kid: key.kid().to_owned(),
-                alg: key.algorithm().as_str().to_owned(),
-                bits: key.bits(),
-                state: KeyState::Current,
-                created: at.clone(),
-                published: at.clone(),
-                activated: Some(at),
-                retired: None,
-            }],
-        };
+        let mut manifest = Manifest::empty(cluster);
+        manifest.keys.push(KeyRecord {
+            kid: key.kid().to_owned(),
+            alg: key.algorithm().as_str().to_owned(),
+            bits: key.bits(),
+            state: KeyState::Current,
+            created: at.clone(),
+            published: at.clone(),
+            activated: Some(at),
+            retired: None,
+        });
         self.write_manifest(&lock, &manifest)?;
-        Ok((self.load_set(&manifest)?, true))
+        let set = self
+            .load(cluster, None)?
+            .ok_or_else(|| StoreError::Manifest {
+                path: self.manifest_path(cluster),
+                reason: "gone right after it was written".into(),
+            })?;
+        Ok((set, true))
     }
 }
 
@@ -589,5 +853,79 @@ mod tests {
             assert!(keys[0].get(private).is_none());
         }
         assert_eq!(set.algorithms(), &[Algorithm::Es256]);
+    }
+
+    fn mode(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn directories_others_can_write_and_keys_others_can_read_are_refused_on_every_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (set, _) = store
+            .load_or_create("demo", KeySpec::P256, SystemTime::now())
+            .unwrap();
+        let set = Arc::new(set);
+        let key = store.key_path("demo", set.signer().kid());
+        let cases: [(&Path, u32, &str); 3] = [
+            (
+                dir.path(),
+                0o777,
+                "is writable by group or others (mode 777)",
+            ),
+            (
+                &store.cluster_dir("demo"),
+                0o770,
+                "is writable by group or others (mode 770)",
+            ),
+            (
+                &key,
+                0o640,
+                "is readable or writable by group or others (mode 640)",
+            ),
+        ];
+        for (path, bad, says) in cases {
+            let good = fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+            mode(path, bad);
+            // A reload that reuses the parsed keys checks them too.
+            for previous in [None, Some(&*set)] {
+                let err = store.load("demo", previous).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("{} {says}", path.display()))
+                        && err.contains("allow_insecure_key_permissions"),
+                    "{err}"
+                );
+            }
+            let lenient = KeyStore::new(dir.path()).allow_insecure_permissions(true);
+            assert!(lenient.load("demo", Some(&set)).is_ok());
+            mode(path, good);
+            assert!(store.load("demo", Some(&set)).is_ok());
+        }
+        // A planted key changes no key set while the keys dir is open to all.
+        mode(dir.path(), 0o777);
+        assert!(store.lock().is_err());
+        mode(dir.path(), 0o700);
+    }
+
+    #[test]
+    fn a_keys_dir_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("keys");
+        fs::create_dir(&root).unwrap();
+        mode(&root, 0o700);
+        let store = KeyStore::new(&root);
+        let other = euid().wrapping_add(4242);
+        if std::os::unix::fs::chown(&root, Some(other), None).is_err() {
+            // Only root can give a directory away; nothing to check here.
+            return;
+        }
+        assert_eq!(fs::metadata(&root).unwrap().uid(), other);
+        let err = store.check_dirs(None).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("is owned by uid {other}, not uid {}", euid())),
+            "{err}"
+        );
     }
 }

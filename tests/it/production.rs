@@ -262,7 +262,7 @@ async fn health_and_metrics_describe_the_server() {
         v["problems"][0]
             .as_str()
             .unwrap()
-            .contains("cluster \"demo\": the last key reload failed"),
+            .contains("cluster \"demo\": its keys on disk no longer load"),
         "{v}"
     );
     let text = metrics(&c, &s.base).await;

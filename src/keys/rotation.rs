@@ -659,10 +659,12 @@ pub fn recover(
     let lock = store.lock()?;
     match store.read_manifest(cluster) {
         Err(StoreError::ManifestMissing { .. }) => {}
-        Ok(Some(_)) => return Err(RotationError::Refused(format!(
+        Ok(Some(_)) => {
+            return Err(RotationError::Refused(format!(
             "cluster \"{cluster}\" has a manifest ({}); `keys recover` only rebuilds a missing one",
             store.manifest_path(cluster).display()
-        ))),
+        )))
+        }
         Ok(None) => {
             return Err(RotationError::Refused(format!(
                 "cluster \"{cluster}\" has no key files in {}: nothing to recover (a new cluster \

@@ -391,3 +391,19 @@ pub fn tls_client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest:
         .build()
         .unwrap()
 }
+
+/// Polls `check` every 100 ms for up to `limit`; whether it came true.
+pub async fn eventually<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}

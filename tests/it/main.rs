@@ -7,6 +7,7 @@ mod documents;
 mod errors;
 mod harness;
 mod interop;
+mod key_safety;
 mod keys;
 mod kubectl;
 mod minting;

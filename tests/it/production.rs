@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    default_clusters, make_tls, tls_client, tls_client_config, token_sha256, verify_with_jwks,
-    write_config, ClientCa, ClientName, Options, Server,
+    default_clusters, eventually, make_tls, tls_client, tls_client_config, token_sha256,
+    verify_with_jwks, write_config, ClientCa, ClientName, Options, Server,
 };
 
 fn options(keys: &std::path::Path) -> Options<'_> {
@@ -43,22 +43,6 @@ async fn metrics(client: &reqwest::Client, base: &str) -> String {
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Polls `check` every 100 ms for up to `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

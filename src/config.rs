@@ -435,6 +435,10 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
 
     let mut api_clients = Vec::new();
     let mut names = HashSet::new();
+    // One token, one client: with two, whichever is checked last would
+    // decide the scope, and nothing in the config would say so.
+    let mut digests: HashMap<[u8; 32], String> = HashMap::new();
+    let mut token_files: HashMap<PathBuf, String> = HashMap::new();
     for (i, a) in file.api_clients.into_iter().enumerate() {
         let at = format!("api_clients[{i}]");
         if !names.insert(a.name.clone()) {
@@ -443,9 +447,34 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
                 a.name
             ));
         }
-        if let Some(client) = validate_client(&at, a, &ids, client_ca, problems) {
-            api_clients.push(client);
+        let Some(client) = validate_client(&at, a, &ids, client_ca, problems) else {
+            continue;
+        };
+        let name = &client.name;
+        match &client.credential {
+            Some(Credential::Sha256(d)) => {
+                if let Some(first) = digests.insert(*d, name.clone()) {
+                    problems.push(format!(
+                        "{at}.token_sha256: the same token is given to both \"{first}\" and \
+                         \"{name}\"; a token must identify one client, give each its own"
+                    ));
+                }
+            }
+            // Compared as paths, so "./a.token" is "a.token". Two paths to one
+            // file (a link) are not seen here; the start refuses that too,
+            // once the files are read.
+            Some(Credential::File { path, .. }) => {
+                if let Some(first) = token_files.insert(file.keys_dir.join(path), name.clone()) {
+                    problems.push(format!(
+                        "{at}.token_file: \"{}\" is the token file of both \"{first}\" and \
+                         \"{name}\"; a token must identify one client, give each its own file",
+                        path.display()
+                    ));
+                }
+            }
+            None => {}
         }
+        api_clients.push(client);
     }
 
     let mut seen_names: HashMap<&str, &str> = HashMap::new();

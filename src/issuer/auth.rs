@@ -78,6 +78,11 @@ pub enum AuthConfigError {
     },
     #[error("API client \"{client}\": token file {path} is empty")]
     Empty { client: String, path: PathBuf },
+    #[error(
+        "API clients \"{first}\" and \"{second}\" hold the same bearer token; a token must \
+         identify one client, give each its own"
+    )]
+    SharedToken { first: String, second: String },
 }
 
 /// A token file that was created at start, to tell the operator where it is.
@@ -157,6 +162,17 @@ impl ApiClients {
                     Some(sha256(token.as_bytes()))
                 }
             };
+            // The configuration refuses one digest or one path twice; two
+            // files holding the same token (or a file holding a token also
+            // given as a digest) are only seen here.
+            if let Some(d) = &digest {
+                if let Some(first) = clients.iter().find(|k: &&ApiClient| k.digest == Some(*d)) {
+                    return Err(AuthConfigError::SharedToken {
+                        first: first.name.clone(),
+                        second: c.name.clone(),
+                    });
+                }
+            }
             clients.push(ApiClient {
                 name: c.name.clone(),
                 digest,
@@ -342,6 +358,27 @@ mod tests {
         assert_eq!(
             fs::read_to_string(dir.path().join("admin.token")).unwrap(),
             token
+        );
+    }
+
+    #[test]
+    fn two_clients_holding_one_token_are_refused_with_both_names() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("ci.token"), "tok-a\n").unwrap();
+        let mut from_file = client("from-file", "unused", None, None);
+        from_file.credential = Some(Credential::File {
+            path: "ci.token".into(),
+            generate: false,
+        });
+        let err = ApiClients::load(
+            &[client("digest", "tok-a", Some(&["edge"]), None), from_file],
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "API clients \"digest\" and \"from-file\" hold the same bearer token; a token \
+             must identify one client, give each its own"
         );
     }
 

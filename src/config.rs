@@ -139,6 +139,8 @@ struct FileApiClient {
     #[serde(default)]
     certificate_names: Vec<String>,
     #[serde(default)]
+    allow_common_name: bool,
+    #[serde(default)]
     rate_limit: Option<String>,
     #[serde(default)]
     burst: Option<u32>,
@@ -256,9 +258,13 @@ pub struct ApiClientConfig {
     pub name: String,
     /// The bearer token, if this client uses one.
     pub credential: Option<Credential>,
-    /// Names (DNS or URI subject alternative names, or the subject CN when
-    /// there are none) of client certificates that authenticate as this client.
+    /// DNS or URI subject alternative names of client certificates that
+    /// authenticate as this client.
     pub certificate_names: Vec<String>,
+    /// Also match `certificate_names` against the subject CN of a
+    /// certificate without SANs. Unsafe with name-constrained CAs: the
+    /// constraints bind the SANs, and such a CA may write any CN.
+    pub allow_common_name: bool,
     /// Mints allowed, refilled continuously; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
     /// `None`: every cluster.
@@ -1037,6 +1043,11 @@ fn validate_client(
             None
         }
     };
+    if a.allow_common_name && a.certificate_names.is_empty() {
+        problems.push(format!(
+            "{at}.allow_common_name: only applies with certificate_names"
+        ));
+    }
     if !a.certificate_names.is_empty() && !client_ca {
         problems.push(format!(
             "{at}.certificate_names: client certificates are only accepted with api.client_ca set"
@@ -1109,6 +1120,7 @@ fn validate_client(
         name: a.name,
         credential,
         certificate_names: a.certificate_names,
+        allow_common_name: a.allow_common_name,
         rate_limit,
         clusters: (!all_clusters).then_some(a.clusters),
         namespaces: a.namespaces,
@@ -1431,6 +1443,16 @@ clusters = ["nope"]
         // The public listener does not ask for client certificates.
         assert!(c.tls.unwrap().client_ca.is_none());
         assert!(c.api_clients[0].credential.is_none());
+        // Common names count only when a client asks for them.
+        assert!(!c.api_clients[0].allow_common_name);
+        let p = problems_of(&format!(
+            "{BASE}{CLUSTER}[[api_clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nallow_common_name = true\nclusters = [\"*\"]\n",
+            "0".repeat(64)
+        ));
+        assert_eq!(
+            p,
+            ["api_clients[0].allow_common_name: only applies with certificate_names"]
+        );
 
         let p = problems_of(&format!("{BASE}{CLUSTER}[api]\nlisten = \"127.0.0.1:8080\"\nclient_ca = \"ca.pem\"\n[[api_clients]]\nname = \"ci\"\ncertificate_names = [\"ci.internal\"]\nclusters = [\"*\"]\n"));
         assert!(

@@ -41,12 +41,17 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The names a verified client certificate carries: its DNS and URI subject
-/// alternative names, or its subject common name when it has none. Put in
-/// every request's extensions on a connection that presented one.
+/// The names a verified client certificate carries. Put in every request's
+/// extensions on a connection that presented one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerCertificate {
+    /// Its DNS and URI subject alternative names.
     pub names: Vec<String>,
+    /// Its subject common names, only when it has no subject alternative
+    /// name extension. A CA's name constraints bind the SANs, not the CN
+    /// (rustls does not check a CN against them), so a CN only counts for a
+    /// client that opts in.
+    pub common_names: Vec<String>,
 }
 
 fn read(path: &Path, err: impl Fn(String) -> TlsError) -> Result<Vec<u8>, TlsError> {
@@ -393,9 +398,7 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
                         .1
                         .peer_certificates()
                         .and_then(|chain| chain.first())
-                        .map(|cert| PeerCertificate {
-                            names: certificate_names(cert.as_ref()),
-                        });
+                        .map(|cert| peer_certificate(cert.as_ref()));
                     match identity {
                         None => conn.serve(TokioIo::new(tls), app, peer).await,
                         Some(identity) => {
@@ -509,18 +512,23 @@ impl Connection {
     }
 }
 
-/// The DNS and URI subject alternative names of a certificate, or its
-/// subject common names when it has no subject alternative name extension. Empty when it cannot be parsed
-/// (rustls has verified it already, so that does not happen in practice).
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
+/// The DNS and URI subject alternative names of a certificate, and its
+/// subject common names when it has no subject alternative name extension.
+/// No names when it cannot be parsed (rustls has verified it already, so
+/// that does not happen in practice).
+pub fn peer_certificate(der: &[u8]) -> PeerCertificate {
     use x509_cert::der::Decode as _;
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::SubjectAltName;
+    let mut names = Vec::new();
+    let mut common_names = Vec::new();
     let Ok(cert) = x509_cert::Certificate::from_der(der) else {
-        return Vec::new();
+        return PeerCertificate {
+            names,
+            common_names,
+        };
     };
     let tbs = &cert.tbs_certificate;
-    let mut names = Vec::new();
     let mut has_san = false;
     for ext in tbs.extensions.iter().flatten() {
         if ext.extn_id != const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME {
@@ -537,25 +545,27 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
             }
         }
     }
-    // The CN only when there is no SAN extension at all: a CA's name
-    // constraints bind the SANs, not the CN.
+    // The CN only when there is no SAN extension at all (RFC 6125 §6.4.4).
     if !has_san {
         for rdn in tbs.subject.0.iter() {
             for atv in rdn.0.iter() {
                 if atv.oid == const_oid::db::rfc4519::CN {
                     if let Ok(s) = atv.value.decode_as::<String>() {
-                        names.push(s);
+                        common_names.push(s);
                     } else if let Ok(s) = atv
                         .value
                         .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
                     {
-                        names.push(s.as_str().to_owned());
+                        common_names.push(s.as_str().to_owned());
                     }
                 }
             }
         }
     }
-    names
+    PeerCertificate {
+        names,
+        common_names,
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is

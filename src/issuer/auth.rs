@@ -24,6 +24,8 @@ pub struct ApiClient {
     /// authenticates with a certificate.
     digest: Option<[u8; 32]>,
     certificate_names: Vec<String>,
+    /// Whether a certificate without SANs may name this client by its CN.
+    allow_common_name: bool,
     clusters: Option<Vec<String>>,
     namespaces: Option<Vec<String>>,
     limiter: Option<Limiter>,
@@ -177,6 +179,7 @@ impl ApiClients {
                 name: c.name.clone(),
                 digest,
                 certificate_names: c.certificate_names.clone(),
+                allow_common_name: c.allow_common_name,
                 clusters: c.clusters.clone(),
                 namespaces: c.namespaces.clone(),
                 limiter: c.rate_limit.map(Limiter::new),
@@ -204,12 +207,16 @@ impl ApiClients {
     }
 
     /// The client a verified client certificate names, if any. `names` are
-    /// the certificate's DNS and URI subject alternative names (or its
-    /// subject CN when it has none).
-    pub fn by_certificate(&self, names: &[String]) -> Option<&ApiClient> {
-        self.clients
-            .iter()
-            .find(|c| c.certificate_names.iter().any(|n| names.contains(n)))
+    /// the certificate's DNS and URI subject alternative names;
+    /// `common_names` its subject CNs, given only when it has no SANs, and
+    /// matched only for clients with `allow_common_name`: a name-constrained
+    /// CA is held to its constraints in the SANs, but may write any CN.
+    pub fn by_certificate(&self, names: &[String], common_names: &[String]) -> Option<&ApiClient> {
+        self.clients.iter().find(|c| {
+            c.certificate_names
+                .iter()
+                .any(|n| names.contains(n) || (c.allow_common_name && common_names.contains(n)))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -286,6 +293,7 @@ mod tests {
             name: name.into(),
             credential: Some(Credential::Sha256(sha256(token.as_bytes()))),
             certificate_names: Vec::new(),
+            allow_common_name: false,
             rate_limit: None,
             clusters: clusters.map(|c| c.iter().map(|s| s.to_string()).collect()),
             namespaces: ns.map(|c| c.iter().map(|s| s.to_string()).collect()),
@@ -340,6 +348,7 @@ mod tests {
                 generate: true,
             }),
             certificate_names: Vec::new(),
+            allow_common_name: false,
             rate_limit: None,
             clusters: None,
             namespaces: None,
@@ -392,8 +401,37 @@ mod tests {
         assert!(clients.authenticate("").is_none());
         assert!(clients.authenticate("unused").is_none());
         let names = vec!["other".to_string(), "ci.internal".to_string()];
-        assert_eq!(clients.by_certificate(&names).unwrap().name, "cert");
-        assert!(clients.by_certificate(&["x".to_string()]).is_none());
+        assert_eq!(clients.by_certificate(&names, &[]).unwrap().name, "cert");
+        assert!(clients.by_certificate(&["x".to_string()], &[]).is_none());
+    }
+
+    #[test]
+    fn a_common_name_names_only_a_client_that_allows_it() {
+        let mut strict = client("strict", "a", None, None);
+        strict.credential = None;
+        strict.certificate_names = vec!["strict.internal".into()];
+        let mut legacy = client("legacy", "b", None, None);
+        legacy.credential = None;
+        legacy.certificate_names = vec!["legacy-runner".into()];
+        legacy.allow_common_name = true;
+        let (clients, _) = ApiClients::load(&[strict, legacy], Path::new(".")).unwrap();
+        assert!(clients
+            .by_certificate(&[], &["strict.internal".to_string()])
+            .is_none());
+        assert_eq!(
+            clients
+                .by_certificate(&[], &["legacy-runner".to_string()])
+                .unwrap()
+                .name,
+            "legacy"
+        );
+        assert_eq!(
+            clients
+                .by_certificate(&["legacy-runner".to_string()], &[])
+                .unwrap()
+                .name,
+            "legacy"
+        );
     }
 
     #[test]

@@ -4,6 +4,11 @@
 
 use std::process::Command;
 
+use serde_json::json;
+
+use crate::harness::{make_tls, tls_client, ClientCa, ClientName, Options, Server};
+use crate::production::{options, token_path};
+
 const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
 
 #[test]
@@ -66,4 +71,126 @@ clusters = ["*"]
         ),
         "{stderr}"
     );
+}
+
+/// POSTs an empty TokenRequest with `client` (its certificate, if any, is the
+/// only credential) and returns the status and body; `Err` when the TLS
+/// handshake or the request failed.
+async fn mint_as(
+    client: &reqwest::Client,
+    s: &Server,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let r = client
+        .post(format!("{}{path}", s.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await.unwrap_or_default()))
+}
+
+/// A TLS server whose API clients authenticate with certificates from `ca`.
+async fn server_with_client_ca(
+    keys: &std::path::Path,
+    tls: &crate::harness::Tls,
+    ca: &ClientCa,
+    clients: &str,
+) -> Server {
+    Server::start(Options {
+        tls: Some(tls),
+        extra: format!(
+            "[api]\nclient_ca = {:?}\n{clients}",
+            ca.path.display().to_string()
+        ),
+        ..options(keys)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_sans_does_not_authenticate_by_its_common_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls(dir.path());
+    let root = ClientCa::new(dir.path());
+    let s = server_with_client_ca(
+        &dir.path().join("keys"),
+        &tls,
+        &root,
+        "[[api_clients]]\nname = \"cert-admin\"\ncertificate_names = [\"admin.platform.internal\"]\nclusters = [\"*\"]\n",
+    )
+    .await;
+    let path = token_path("demo", "ns", "sa");
+    // A tenant's sub-CA may only issue names under tenant.example: rustls
+    // holds its SANs to that, so it cannot claim the admin's name there...
+    let tenant = root.constrained_sub_ca("tenant.example");
+    let by_san = tls_client(
+        &tls.ca_pem,
+        Some(&tenant.issue(ClientName::Dns("admin.platform.internal"))),
+    );
+    assert!(
+        mint_as(&by_san, &s, &path).await.is_err(),
+        "a SAN outside the sub-CA's name constraints was accepted"
+    );
+    let own = tls_client(
+        &tls.ca_pem,
+        Some(&tenant.issue(ClientName::Dns("ci.tenant.example"))),
+    );
+    assert_eq!(mint_as(&own, &s, &path).await.unwrap().0, 401);
+    // ...but a common name is not held to the constraints: without SANs, it
+    // must not name a client.
+    let by_cn = tls_client(
+        &tls.ca_pem,
+        Some(&tenant.issue(ClientName::CommonName("admin.platform.internal"))),
+    );
+    let (status, body) = mint_as(&by_cn, &s, &path).await.unwrap();
+    assert_eq!(
+        status, 401,
+        "a SAN-less certificate authenticated by its CN: {body}"
+    );
+    // Nor one from the root itself, unless the client opts in.
+    let root_cn = tls_client(
+        &tls.ca_pem,
+        Some(&root.issue(ClientName::CommonName("admin.platform.internal"))),
+    );
+    assert_eq!(mint_as(&root_cn, &s, &path).await.unwrap().0, 401);
+    let root_san = tls_client(
+        &tls.ca_pem,
+        Some(&root.issue(ClientName::Dns("admin.platform.internal"))),
+    );
+    let (status, body) = mint_as(&root_san, &s, &path).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_may_opt_in_to_its_common_name_for_certificates_without_sans() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls(dir.path());
+    let root = ClientCa::new(dir.path());
+    let s = server_with_client_ca(
+        &dir.path().join("keys"),
+        &tls,
+        &root,
+        "[[api_clients]]\nname = \"legacy\"\ncertificate_names = [\"legacy-runner\"]\nallow_common_name = true\nclusters = [\"*\"]\n",
+    )
+    .await;
+    let path = token_path("demo", "ns", "sa");
+    let by_cn = tls_client(
+        &tls.ca_pem,
+        Some(&root.issue(ClientName::CommonName("legacy-runner"))),
+    );
+    let (status, body) = mint_as(&by_cn, &s, &path).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    // With SANs, the CN is not looked at even then (RFC 6125 §6.4.4).
+    let with_san = tls_client(
+        &tls.ca_pem,
+        Some(&root.issue(ClientName::DnsAndCommonName(
+            "other.platform.internal",
+            "legacy-runner",
+        ))),
+    );
+    assert_eq!(mint_as(&with_san, &s, &path).await.unwrap().0, 401);
+    s.stop().await;
 }

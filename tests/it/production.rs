@@ -14,7 +14,7 @@ use crate::harness::{
     write_config, ClientCa, ClientName, Options, Server,
 };
 
-fn options(keys: &std::path::Path) -> Options<'_> {
+pub(crate) fn options(keys: &std::path::Path) -> Options<'_> {
     Options {
         listen: None,
         keys_dir: keys,
@@ -25,11 +25,11 @@ fn options(keys: &std::path::Path) -> Options<'_> {
     }
 }
 
-fn token_path(cluster: &str, ns: &str, sa: &str) -> String {
+pub(crate) fn token_path(cluster: &str, ns: &str, sa: &str) -> String {
     format!("/c/{cluster}/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token")
 }
 
-async fn metrics(client: &reqwest::Client, base: &str) -> String {
+pub(crate) async fn metrics(client: &reqwest::Client, base: &str) -> String {
     let r = client.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -40,13 +40,13 @@ async fn metrics(client: &reqwest::Client, base: &str) -> String {
 }
 
 /// The value of the sample whose line starts with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Polls `check` every 100 ms for up to `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+pub(crate) async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -3,6 +3,9 @@
 //! Bearer tokens are held only as SHA-256 digests; a presented token is hashed
 //! and compared with every client's digest in constant time, so neither the
 //! comparison nor which client matched shows in the timing.
+//!
+//! Uses `keys::store` only for the keys dir's lock, under which a generated
+//! token file is created, as replicas sharing the dir may start together.
 
 use std::fs;
 use std::io;
@@ -16,6 +19,7 @@ use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
 use crate::config::{ApiClientConfig, Credential, RateLimit};
 use crate::fsutil::write_atomic;
+use crate::keys::store::KeyStore;
 
 #[derive(Debug)]
 pub struct ApiClient {
@@ -78,6 +82,14 @@ pub enum AuthConfigError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error(
+        "API client \"{client}\": cannot lock the keys dir to create its token file {path}: {source}"
+    )]
+    Lock {
+        client: String,
+        path: PathBuf,
+        source: crate::keys::store::StoreError,
+    },
     #[error("API client \"{client}\": token file {path} is empty")]
     Empty { client: String, path: PathBuf },
     #[error(
@@ -138,14 +150,29 @@ impl ApiClients {
                         source,
                     };
                     let mut generated = false;
-                    if *generate && !path.exists() {
-                        let token = new_token().map_err(io_err)?;
-                        if let Some(dir) = path.parent() {
-                            crate::fsutil::ensure_dir(dir, 0o700).map_err(io_err)?;
+                    if *generate && !path.try_exists().map_err(io_err)? {
+                        // Replicas sharing the keys dir may start together:
+                        // one creates the token, under the dir's lock, and
+                        // every one reads what is in the file after. Without
+                        // the lock each wrote its own and all but the last
+                        // held a token the file no longer had.
+                        let lock = KeyStore::new(keys_dir).lock().map_err(|source| {
+                            AuthConfigError::Lock {
+                                client: c.name.clone(),
+                                path: path.clone(),
+                                source,
+                            }
+                        })?;
+                        if !path.try_exists().map_err(io_err)? {
+                            let token = new_token().map_err(io_err)?;
+                            if let Some(dir) = path.parent() {
+                                crate::fsutil::ensure_dir(dir, 0o700).map_err(io_err)?;
+                            }
+                            write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+                                .map_err(io_err)?;
+                            generated = true;
                         }
-                        write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
-                            .map_err(io_err)?;
-                        generated = true;
+                        drop(lock);
                     }
                     warn_if_exposed(&c.name, &path);
                     let text = fs::read_to_string(&path).map_err(io_err)?;

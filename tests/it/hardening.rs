@@ -6,6 +6,7 @@ use std::process::Command;
 
 use serde_json::json;
 
+use crate::cli::spawn_serve;
 use crate::harness::{make_tls, tls_client, ClientCa, ClientName, Options, Server};
 use crate::production::{options, token_path};
 
@@ -193,4 +194,56 @@ async fn a_client_may_opt_in_to_its_common_name_for_certificates_without_sans() 
     );
     assert_eq!(mint_as(&with_san, &s, &path).await.unwrap().0, 401);
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_a_fresh_keys_dir_all_accept_the_generated_token() {
+    const REPLICAS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    // The embedded default: one RS256 cluster, and an admin client whose
+    // token is generated into <keys dir>/admin.token at the first start.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(REPLICAS));
+    let starts: Vec<_> = (0..REPLICAS)
+        .map(|_| {
+            let keys = keys.display().to_string();
+            let barrier = barrier.clone();
+            tokio::task::spawn_blocking(move || {
+                barrier.wait();
+                spawn_serve(&["--listen", "127.0.0.1:0", "--keys-dir", &keys], &[])
+            })
+        })
+        .collect();
+    let mut replicas = Vec::new();
+    for start in starts {
+        replicas.push(start.await.unwrap());
+    }
+    let token = std::fs::read_to_string(keys.join("admin.token")).unwrap();
+    let client = workload_issuer::client::http_client(None).unwrap();
+    for (i, (_, addr, _)) in replicas.iter().enumerate() {
+        let r = client
+            .post(format!("http://{addr}{}", token_path("demo", "ns", "sa")))
+            .bearer_auth(token.trim())
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert_eq!(
+            status,
+            201,
+            "replica {i} refused the token in admin.token: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    let generated = replicas
+        .iter()
+        .filter(|(_, _, lines)| {
+            lines
+                .iter()
+                .any(|l| l.contains("generated its bearer token"))
+        })
+        .count();
+    assert_eq!(generated, 1, "replicas that generated a token");
+    // Each process is killed and waited for as `replicas` is dropped.
 }

@@ -197,8 +197,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line and headers).
     pub max_header_bytes: usize,
-    /// How long a client may take to send a request head, also between
-    /// requests on a kept-alive connection.
+    /// How long a client may take to finish the TLS handshake and to send a
+    /// request head, also between requests on a kept-alive connection; and
+    /// how long an HTTP/2 connection may stay without an open stream.
     pub header_read_timeout: Duration,
     /// How long a request may take from its head to the answer.
     pub request_timeout: Duration,

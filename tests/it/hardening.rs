@@ -3,12 +3,15 @@
 //! concurrent starts, and connections that hold a slot without a request.
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::cli::spawn_serve;
 use crate::harness::{make_tls, tls_client, ClientCa, ClientName, Options, Server};
-use crate::production::{options, token_path};
+use crate::production::{eventually, metrics, options, sample, tls_connect, token_path};
 
 const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
 
@@ -246,4 +249,196 @@ async fn replicas_starting_together_on_a_fresh_keys_dir_all_accept_the_generated
         .count();
     assert_eq!(generated, 1, "replicas that generated a token");
     // Each process is killed and waited for as `replicas` is dropped.
+}
+
+/// Connection slots of each listener in the idle-connection tests.
+const SLOTS: usize = 4;
+/// Small limits: one second to send something, and a few slots to fill.
+const SMALL_LIMITS: &str =
+    "[limits]\nmax_connections = 4\nheader_read_timeout = \"1s\"\nrequest_timeout = \"30s\"\n";
+/// How long a connection the server should close after header_read_timeout
+/// (1 s) may stay open before the test calls it held: far above 1 s, below
+/// the 10 s TLS handshake timeout the server had.
+const HELD: Duration = Duration::from_secs(6);
+
+/// A client connection that holds a slot without asking anything; `closed`
+/// finishes when the server ends the connection.
+struct Holder {
+    what: String,
+    closed: tokio::task::JoinHandle<()>,
+}
+
+/// An HTTP/2 client connection that has sent the preface and its SETTINGS
+/// and opens no stream; its driver answers the server's PINGs, as a real
+/// client does, until the server closes the connection.
+async fn idle_h2<T>(what: String, io: T) -> Holder
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (requests, connection) = h2::client::handshake(io).await.unwrap();
+    let closed = tokio::spawn(async move {
+        // Dropping every request handle would make the client leave by
+        // itself: keep one until the server ends the connection.
+        let _requests = requests;
+        let _ = connection.await;
+    });
+    Holder { what, closed }
+}
+
+/// A connection that sends nothing at all (over TLS: not even the
+/// ClientHello, or nothing after the handshake).
+fn silent<T>(what: String, mut io: T) -> Holder
+where
+    T: AsyncRead + Unpin + Send + 'static,
+{
+    let closed = tokio::spawn(async move {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    Holder { what, closed }
+}
+
+/// With every public slot taken by `holders`: each connection must be closed
+/// by the server within [`HELD`], and a discovery request waiting for a slot
+/// must then be answered.
+async fn holders_give_their_slots_back(s: &Server, holders: Vec<Holder>) {
+    let c = s.client();
+    let api = s.api_base.clone().unwrap();
+    let open = r#"workload_issuer_connections_open{listener="public"}"#;
+    let full = eventually(Duration::from_secs(5), || async {
+        sample(&metrics(&c, &api).await, open) == Some(SLOTS as f64)
+    })
+    .await;
+    assert!(full, "the holders did not take every public slot");
+    let url = format!("{}/c/demo/.well-known/openid-configuration", s.base);
+    let waiting = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.get(url)
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    let deadline = tokio::time::Instant::now() + HELD;
+    let mut held = Vec::new();
+    for h in holders {
+        if tokio::time::timeout_at(deadline, h.closed).await.is_err() {
+            held.push(h.what);
+        }
+    }
+    assert!(
+        held.is_empty(),
+        "still open {HELD:?} on, with header_read_timeout = 1s: {held:?}"
+    );
+    let status = waiting.await.unwrap().expect("discovery was not answered");
+    assert_eq!(status, 200);
+    let text = metrics(&c, &api).await;
+    assert!(
+        sample(
+            &text,
+            r#"workload_issuer_connections_limited_total{listener="public"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the connection cap was never reached:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_give_their_slots_back_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(Options {
+        api_listener: true,
+        extra: SMALL_LIMITS.into(),
+        ..options(dir.path())
+    })
+    .await;
+    let public = s.base.trim_start_matches("http://").to_owned();
+    let mut holders = Vec::new();
+    for i in 0..SLOTS {
+        // HTTP/2 with prior knowledge (h2c): the preface, then no stream.
+        let tcp = TcpStream::connect(&public).await.unwrap();
+        holders.push(idle_h2(format!("idle h2c #{i}"), tcp).await);
+    }
+    holders_give_their_slots_back(&s, holders).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_clients_and_idle_http2_over_tls_give_their_slots_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls(dir.path());
+    let s = Server::start(Options {
+        tls: Some(&tls),
+        api_listener: true,
+        extra: SMALL_LIMITS.into(),
+        ..options(dir.path())
+    })
+    .await;
+    let public = s.base.trim_start_matches("https://").to_owned();
+    let mut holders = vec![silent(
+        "TLS, no ClientHello".into(),
+        TcpStream::connect(&public).await.unwrap(),
+    )];
+    let (quiet, _, alpn) = tls_connect(&s.base, &tls.ca_pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    holders.push(silent("TLS handshake done, nothing sent".into(), quiet));
+    for i in 2..SLOTS {
+        let (stream, _, alpn) = tls_connect(&s.base, &tls.ca_pem, &[b"h2"]).await.unwrap();
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        holders.push(idle_h2(format!("idle h2 over TLS #{i}"), stream).await);
+    }
+    holders_give_their_slots_back(&s, holders).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_is_not_closed_as_idle_while_a_stream_is_open() {
+    use axum::http::Request;
+    use bytes::Bytes;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(Options {
+        extra: SMALL_LIMITS.into(),
+        ..options(dir.path())
+    })
+    .await;
+    let tcp = TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (requests, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut requests = requests.ready().await.unwrap();
+    let request = Request::post(s.token_url("demo", "ns", "sa"))
+        .header("authorization", format!("Bearer {}", s.admin_token))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (response, mut body) = requests.send_request(request, false).unwrap();
+    // The request body comes slowly, for three header timeouts: the stream
+    // is open all along, so the connection is not idle.
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        body.send_data(Bytes::from_static(b" "), false).unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    body.send_data(Bytes::from_static(b"{}"), true).unwrap();
+    let response = response.await.expect("the stream was cut");
+    assert_eq!(response.status(), 201);
+    // And the connection still takes new streams.
+    let mut requests = requests.ready().await.expect("the connection was closed");
+    let request = Request::get(format!("{}/openid/v1/jwks", s.issuer("demo")))
+        .body(())
+        .unwrap();
+    let (response, _) = requests.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    drop(requests);
+    driver.abort();
+    s.stop().await;
 }

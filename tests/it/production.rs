@@ -397,7 +397,7 @@ clusters = ["*"]
 
 /// Opens a TLS connection and returns the stream, the server's leaf
 /// certificate and the negotiated ALPN protocol.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     base: &str,
     ca_pem: &str,
     alpn: &[&[u8]],

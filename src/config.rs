@@ -139,6 +139,8 @@ struct FileApiClient {
     #[serde(default)]
     certificate_names: Vec<String>,
     #[serde(default)]
+    allow_common_name: bool,
+    #[serde(default)]
     rate_limit: Option<String>,
     #[serde(default)]
     burst: Option<u32>,
@@ -195,8 +197,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line and headers).
     pub max_header_bytes: usize,
-    /// How long a client may take to send a request head, also between
-    /// requests on a kept-alive connection.
+    /// How long a client may take to finish the TLS handshake and to send a
+    /// request head, also between requests on a kept-alive connection; and
+    /// how long an HTTP/2 connection may stay without an open stream.
     pub header_read_timeout: Duration,
     /// How long a request may take from its head to the answer.
     pub request_timeout: Duration,
@@ -256,9 +259,13 @@ pub struct ApiClientConfig {
     pub name: String,
     /// The bearer token, if this client uses one.
     pub credential: Option<Credential>,
-    /// Names (DNS or URI subject alternative names, or the subject CN when
-    /// there are none) of client certificates that authenticate as this client.
+    /// DNS or URI subject alternative names of client certificates that
+    /// authenticate as this client.
     pub certificate_names: Vec<String>,
+    /// Also match `certificate_names` against the subject CN of a
+    /// certificate without SANs. Unsafe with name-constrained CAs: the
+    /// constraints bind the SANs, and such a CA may write any CN.
+    pub allow_common_name: bool,
     /// Mints allowed, refilled continuously; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
     /// `None`: every cluster.
@@ -435,6 +442,10 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
 
     let mut api_clients = Vec::new();
     let mut names = HashSet::new();
+    // One token, one client: with two, whichever is checked last would
+    // decide the scope, and nothing in the config would say so.
+    let mut digests: HashMap<[u8; 32], String> = HashMap::new();
+    let mut token_files: HashMap<PathBuf, String> = HashMap::new();
     for (i, a) in file.api_clients.into_iter().enumerate() {
         let at = format!("api_clients[{i}]");
         if !names.insert(a.name.clone()) {
@@ -443,9 +454,34 @@ fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<Config> {
                 a.name
             ));
         }
-        if let Some(client) = validate_client(&at, a, &ids, client_ca, problems) {
-            api_clients.push(client);
+        let Some(client) = validate_client(&at, a, &ids, client_ca, problems) else {
+            continue;
+        };
+        let name = &client.name;
+        match &client.credential {
+            Some(Credential::Sha256(d)) => {
+                if let Some(first) = digests.insert(*d, name.clone()) {
+                    problems.push(format!(
+                        "{at}.token_sha256: the same token is given to both \"{first}\" and \
+                         \"{name}\"; a token must identify one client, give each its own"
+                    ));
+                }
+            }
+            // Compared as paths, so "./a.token" is "a.token". Two paths to one
+            // file (a link) are not seen here; the start refuses that too,
+            // once the files are read.
+            Some(Credential::File { path, .. }) => {
+                if let Some(first) = token_files.insert(file.keys_dir.join(path), name.clone()) {
+                    problems.push(format!(
+                        "{at}.token_file: \"{}\" is the token file of both \"{first}\" and \
+                         \"{name}\"; a token must identify one client, give each its own file",
+                        path.display()
+                    ));
+                }
+            }
+            None => {}
         }
+        api_clients.push(client);
     }
 
     let mut seen_names: HashMap<&str, &str> = HashMap::new();
@@ -1008,6 +1044,11 @@ fn validate_client(
             None
         }
     };
+    if a.allow_common_name && a.certificate_names.is_empty() {
+        problems.push(format!(
+            "{at}.allow_common_name: only applies with certificate_names"
+        ));
+    }
     if !a.certificate_names.is_empty() && !client_ca {
         problems.push(format!(
             "{at}.certificate_names: client certificates are only accepted with api.client_ca set"
@@ -1080,6 +1121,7 @@ fn validate_client(
         name: a.name,
         credential,
         certificate_names: a.certificate_names,
+        allow_common_name: a.allow_common_name,
         rate_limit,
         clusters: (!all_clusters).then_some(a.clusters),
         namespaces: a.namespaces,
@@ -1402,6 +1444,16 @@ clusters = ["nope"]
         // The public listener does not ask for client certificates.
         assert!(c.tls.unwrap().client_ca.is_none());
         assert!(c.api_clients[0].credential.is_none());
+        // Common names count only when a client asks for them.
+        assert!(!c.api_clients[0].allow_common_name);
+        let p = problems_of(&format!(
+            "{BASE}{CLUSTER}[[api_clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nallow_common_name = true\nclusters = [\"*\"]\n",
+            "0".repeat(64)
+        ));
+        assert_eq!(
+            p,
+            ["api_clients[0].allow_common_name: only applies with certificate_names"]
+        );
 
         let p = problems_of(&format!("{BASE}{CLUSTER}[api]\nlisten = \"127.0.0.1:8080\"\nclient_ca = \"ca.pem\"\n[[api_clients]]\nname = \"ci\"\ncertificate_names = [\"ci.internal\"]\nclusters = [\"*\"]\n"));
         assert!(

@@ -121,7 +121,12 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
     .await
     .map_err(|e| StartError::Join(e.to_string()))??;
 
-    let (clients, token_files) = ApiClients::load(&config.api_clients, &config.keys_dir)?;
+    // Generating a token file waits for the keys dir's lock: off the workers.
+    let (api_clients, keys_dir) = (config.api_clients.clone(), config.keys_dir.clone());
+    let (clients, token_files) =
+        tokio::task::spawn_blocking(move || ApiClients::load(&api_clients, &keys_dir))
+            .await
+            .map_err(|e| StartError::Join(e.to_string()))??;
     for f in &token_files {
         let verb = if f.generated { "generated" } else { "reads" };
         tracing::info!(client = f.client, path = %f.path.display(), "API client {:?} {verb} its bearer token at {}", f.client, f.path.display());

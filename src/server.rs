@@ -1,6 +1,7 @@
 //! Listeners: the accept loop for plain HTTP and for TLS (rustls, TLS 1.2 and
-//! 1.3 only), HTTP/1.1 and HTTP/2, connection and header limits, TLS files
-//! reloaded when they change, client certificates, and graceful shutdown.
+//! 1.3 only), HTTP/1.1 and HTTP/2, connection and header limits, the idle
+//! timeout of HTTP/2 connections, TLS files reloaded when they change, client
+//! certificates, and graceful shutdown.
 //!
 //! Knows the router only as a tower service; depends on nothing else here
 //! but the validated configuration types.
@@ -8,26 +9,27 @@
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use axum::Router;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, TlsFiles};
 
 /// How long in-flight requests get to finish after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -41,12 +43,17 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The names a verified client certificate carries: its DNS and URI subject
-/// alternative names, or its subject common name when it has none. Put in
-/// every request's extensions on a connection that presented one.
+/// The names a verified client certificate carries. Put in every request's
+/// extensions on a connection that presented one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerCertificate {
+    /// Its DNS and URI subject alternative names.
     pub names: Vec<String>,
+    /// Its subject common names, only when it has no subject alternative
+    /// name extension. A CA's name constraints bind the SANs, not the CN
+    /// (rustls does not check a CN against them), so a CN only counts for a
+    /// client that opts in.
+    pub common_names: Vec<String>,
 }
 
 fn read(path: &Path, err: impl Fn(String) -> TlsError) -> Result<Vec<u8>, TlsError> {
@@ -281,19 +288,25 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
         limits,
         stats,
     } = listener;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // Shutdown is announced to every connection through this channel, and
+    // waited for until the last connection has dropped its receiver.
+    let (stop, stopped) = watch::channel(());
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
+    let builders = Arc::new(Builders {
+        http1,
+        http2,
+        idle_timeout: limits.header_read_timeout,
+    });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     stats.up.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
@@ -343,8 +356,9 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
         let conn = Connection {
-            builder: builder.clone(),
-            watcher: graceful.watcher(),
+            builders: builders.clone(),
+            stop: stopped.clone(),
+            peer,
             _slot: Slot {
                 stats: stats.clone(),
                 _permit: permit,
@@ -352,52 +366,45 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
         };
         let app = app.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
+        // Whatever comes first on a connection (a request head, the HTTP/2
+        // preface, a ClientHello) must come within the head timeout: a client
+        // that connects and sends nothing must not keep its slot.
         let first_bytes = limits.header_read_timeout;
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    // Which protocol, decided within the head timeout: a
-                    // client that connects and sends nothing (or part of the
-                    // HTTP/2 preface) must not keep its slot.
                     let Some(protocol) = sniff(&stream, first_bytes).await else {
                         tracing::debug!(%peer, "no request within the header timeout");
                         return;
                     };
-                    conn.only(protocol)
-                        .serve(TokioIo::new(stream), app, peer)
-                        .await
+                    conn.serve(protocol, TokioIo::new(stream), app).await
                 }
                 Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let tls = match tokio::time::timeout(first_bytes, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     // RFC 9113 §3.2: over TLS, HTTP/2 is chosen by ALPN.
                     let protocol = match tls.get_ref().1.alpn_protocol() {
                         Some(b"h2") => Protocol::Http2,
                         _ => Protocol::Http1,
                     };
-                    let conn = conn.only(protocol);
                     let identity = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|chain| chain.first())
-                        .map(|cert| PeerCertificate {
-                            names: certificate_names(cert.as_ref()),
-                        });
+                        .map(|cert| peer_certificate(cert.as_ref()));
                     match identity {
-                        None => conn.serve(TokioIo::new(tls), app, peer).await,
+                        None => conn.serve(protocol, TokioIo::new(tls), app).await,
                         Some(identity) => {
                             let service = tower::ServiceExt::map_request(
                                 app,
@@ -406,7 +413,7 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
                                     request
                                 },
                             );
-                            conn.serve(TokioIo::new(tls), service, peer).await
+                            conn.serve(protocol, TokioIo::new(tls), service).await
                         }
                     }
                 }
@@ -415,18 +422,30 @@ pub async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output
     }
     stats.up.store(false, Ordering::Relaxed);
     drop(socket);
+    drop(stopped);
+    stop.send_replace(());
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = stop.closed() => {}
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!(listener = name, "shutdown grace period over; closing open connections");
         }
     }
 }
 
+/// How one listener serves its connections.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// An HTTP/2 connection without an open stream for this long is closed.
+    idle_timeout: Duration,
+}
+
 /// One accepted connection; gives its slot back when dropped.
 struct Connection {
-    builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    builders: Arc<Builders>,
+    /// Changes when the listener shuts down.
+    stop: watch::Receiver<()>,
+    peer: std::net::SocketAddr,
     _slot: Slot,
 }
 
@@ -479,17 +498,9 @@ async fn sniff(stream: &tokio::net::TcpStream, limit: Duration) -> Option<Protoc
 }
 
 impl Connection {
-    /// Serves only `protocol`, without hyper's own detection (whose read
-    /// has no timeout).
-    fn only(mut self, protocol: Protocol) -> Self {
-        self.builder = match protocol {
-            Protocol::Http1 => self.builder.http1_only(),
-            Protocol::Http2 => self.builder.http2_only(),
-        };
-        self
-    }
-
-    async fn serve<I, S>(self, io: I, service: S, peer: std::net::SocketAddr)
+    /// Serves `protocol`, as the first bytes (or ALPN) said, with hyper's
+    /// builder for it: hyper's own detection reads without a timeout.
+    async fn serve<I, S>(self, protocol: Protocol, io: I, service: S)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
         S: tower::Service<
@@ -501,26 +512,219 @@ impl Connection {
             + 'static,
         S::Future: Send + 'static,
     {
-        let service = TowerToHyperService::new(service);
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = self.watcher.watch(conn).await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let Connection {
+            builders,
+            stop,
+            peer,
+            _slot,
+        } = self;
+        let result = match protocol {
+            // HTTP/1.1: the header timeout covers idle kept-alive connections.
+            Protocol::Http1 => {
+                let service = TowerToHyperService::new(service);
+                let conn = builders.http1.serve_connection(io, service).with_upgrades();
+                until_stopped(conn, |c| c.graceful_shutdown(), stop, None).await
+            }
+            // HTTP/2 has no such timeout in hyper: the streams are counted
+            // here, and a connection without one is closed.
+            Protocol::Http2 => {
+                let streams = Arc::new(Streams::default());
+                let service = TowerToHyperService::new(counted(service, &streams));
+                let conn = builders.http2.serve_connection(io, service);
+                let idle = Some((streams, builders.idle_timeout));
+                until_stopped(conn, |c| c.graceful_shutdown(), stop, idle).await
+            }
+        };
+        match result {
+            Ok(Ended::Served) => {}
+            Ok(Ended::Idle) => tracing::debug!(
+                %peer,
+                "HTTP/2 connection without a stream for the header timeout; closed"
+            ),
+            Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
         }
     }
 }
 
-/// The DNS and URI subject alternative names of a certificate, or its
-/// subject common names when it has no subject alternative name extension. Empty when it cannot be parsed
-/// (rustls has verified it already, so that does not happen in practice).
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
+enum Ended {
+    Served,
+    /// An HTTP/2 connection closed for having no stream open.
+    Idle,
+}
+
+/// Drives `conn` to its end. When the listener stops, or (with `idle`) when
+/// an HTTP/2 connection has had no stream open for a whole period, `shutdown`
+/// asks it to finish gracefully: HTTP/2 sends GOAWAY and lets open streams
+/// complete. A connection still there a period after an idle GOAWAY with no
+/// stream open (a client that does not read) is dropped.
+async fn until_stopped<C>(
+    conn: C,
+    mut shutdown: impl FnMut(Pin<&mut C>),
+    mut stop: watch::Receiver<()>,
+    idle: Option<(Arc<Streams>, Duration)>,
+) -> Result<Ended, hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
+    let mut stopping = false;
+    let Some((streams, period)) = idle else {
+        tokio::select! {
+            r = conn.as_mut() => return r.map(|()| Ended::Served),
+            _ = stop.changed() => shutdown(conn.as_mut()),
+        }
+        return conn.await.map(|()| Ended::Served);
+    };
+    let check = tokio::time::sleep(period);
+    tokio::pin!(check);
+    let mut seen = streams.snapshot();
+    let mut went_away = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                return r.map(|()| if went_away { Ended::Idle } else { Ended::Served });
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                shutdown(conn.as_mut());
+            }
+            () = check.as_mut() => {
+                let now = streams.snapshot();
+                // No stream started since the last check and none open now:
+                // none was open for the whole period.
+                if now == seen && Streams::open(now) == 0 {
+                    if went_away {
+                        return Ok(Ended::Idle);
+                    }
+                    went_away = true;
+                    if !stopping {
+                        stopping = true;
+                        shutdown(conn.as_mut());
+                    }
+                }
+                seen = now;
+                check.as_mut().reset(tokio::time::Instant::now() + period);
+            }
+        }
+    }
+}
+
+/// The streams of one HTTP/2 connection: open ones in the low 32 bits, the
+/// number ever started (wrapping) in the high 32, so that a stream opened
+/// and finished between two checks is seen. What the idle timeout costs a
+/// stream: one atomic add when it starts, one subtraction when its response
+/// is done, and the reference its guard holds; nothing is allocated, and
+/// HTTP/1.1 connections (the bulk of JWKS traffic) do not pay it at all.
+#[derive(Debug, Default)]
+struct Streams(AtomicU64);
+
+const STREAM_OPEN: u64 = 1;
+const STREAM_STARTED: u64 = 1 << 32;
+
+impl Streams {
+    fn start(self: &Arc<Self>) -> OpenStream {
+        // Wraps on overflow, carrying out of the high half only.
+        self.0
+            .fetch_add(STREAM_STARTED + STREAM_OPEN, Ordering::Relaxed);
+        OpenStream(self.clone())
+    }
+
+    fn snapshot(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn open(snapshot: u64) -> u64 {
+        snapshot & (STREAM_STARTED - 1)
+    }
+}
+
+/// One open stream, from the call of the service until its response body
+/// has been sent (or the stream reset).
+struct OpenStream(Arc<Streams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(STREAM_OPEN, Ordering::Relaxed);
+    }
+}
+
+/// `service`, counting its streams in `streams`.
+fn counted<S>(
+    service: S,
+    streams: &Arc<Streams>,
+) -> impl tower::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<CountedBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<hyper::Response<CountedBody>, std::convert::Infallible>>
+                 + Send
+                 + 'static,
+> + Clone
+       + Send
+       + 'static
+where
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let streams = streams.clone();
+    tower::ServiceExt::map_future(service, move |response: S::Future| {
+        let open = streams.start();
+        async move {
+            let response = response.await?;
+            Ok(response.map(|body| CountedBody { body, _open: open }))
+        }
+    })
+}
+
+/// A response body that holds its stream open until it is dropped.
+struct CountedBody {
+    body: axum::body::Body,
+    _open: OpenStream,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The DNS and URI subject alternative names of a certificate, and its
+/// subject common names when it has no subject alternative name extension.
+/// No names when it cannot be parsed (rustls has verified it already, so
+/// that does not happen in practice).
+pub fn peer_certificate(der: &[u8]) -> PeerCertificate {
     use x509_cert::der::Decode as _;
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::SubjectAltName;
+    let mut names = Vec::new();
+    let mut common_names = Vec::new();
     let Ok(cert) = x509_cert::Certificate::from_der(der) else {
-        return Vec::new();
+        return PeerCertificate {
+            names,
+            common_names,
+        };
     };
     let tbs = &cert.tbs_certificate;
-    let mut names = Vec::new();
     let mut has_san = false;
     for ext in tbs.extensions.iter().flatten() {
         if ext.extn_id != const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME {
@@ -537,25 +741,27 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
             }
         }
     }
-    // The CN only when there is no SAN extension at all: a CA's name
-    // constraints bind the SANs, not the CN.
+    // The CN only when there is no SAN extension at all (RFC 6125 §6.4.4).
     if !has_san {
         for rdn in tbs.subject.0.iter() {
             for atv in rdn.0.iter() {
                 if atv.oid == const_oid::db::rfc4519::CN {
                     if let Ok(s) = atv.value.decode_as::<String>() {
-                        names.push(s);
+                        common_names.push(s);
                     } else if let Ok(s) = atv
                         .value
                         .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
                     {
-                        names.push(s.as_str().to_owned());
+                        common_names.push(s.as_str().to_owned());
                     }
                 }
             }
         }
     }
-    names
+    PeerCertificate {
+        names,
+        common_names,
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is

@@ -106,10 +106,18 @@ pub(super) fn authenticate<'s>(
     let headers = &parts.headers;
     if !headers.contains_key(header::AUTHORIZATION) {
         if let Some(peer) = parts.extensions.get::<PeerCertificate>() {
-            return state.clients.by_certificate(&peer.names).ok_or_else(|| {
-                tracing::info!(names = ?peer.names, "request refused: the client certificate names no API client");
-                unauthorized()
-            });
+            return state
+                .clients
+                .by_certificate(&peer.names, &peer.common_names)
+                .ok_or_else(|| {
+                    tracing::info!(
+                        names = ?peer.names,
+                        common_names = ?peer.common_names,
+                        "request refused: the client certificate names no API client \
+                         (a common name counts only for a client with allow_common_name)"
+                    );
+                    unauthorized()
+                });
         }
     }
     let token = bearer(headers).map_err(|why| {

@@ -3,6 +3,9 @@
 //! Bearer tokens are held only as SHA-256 digests; a presented token is hashed
 //! and compared with every client's digest in constant time, so neither the
 //! comparison nor which client matched shows in the timing.
+//!
+//! Uses `keys::store` only for the keys dir's lock, under which a generated
+//! token file is created, as replicas sharing the dir may start together.
 
 use std::fs;
 use std::io;
@@ -16,6 +19,7 @@ use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
 use crate::config::{ApiClientConfig, Credential, RateLimit};
 use crate::fsutil::write_atomic;
+use crate::keys::store::KeyStore;
 
 #[derive(Debug)]
 pub struct ApiClient {
@@ -24,6 +28,8 @@ pub struct ApiClient {
     /// authenticates with a certificate.
     digest: Option<[u8; 32]>,
     certificate_names: Vec<String>,
+    /// Whether a certificate without SANs may name this client by its CN.
+    allow_common_name: bool,
     clusters: Option<Vec<String>>,
     namespaces: Option<Vec<String>>,
     limiter: Option<Limiter>,
@@ -76,8 +82,21 @@ pub enum AuthConfigError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error(
+        "API client \"{client}\": cannot lock the keys dir to create its token file {path}: {source}"
+    )]
+    Lock {
+        client: String,
+        path: PathBuf,
+        source: Box<crate::keys::store::StoreError>,
+    },
     #[error("API client \"{client}\": token file {path} is empty")]
     Empty { client: String, path: PathBuf },
+    #[error(
+        "API clients \"{first}\" and \"{second}\" hold the same bearer token; a token must \
+         identify one client, give each its own"
+    )]
+    SharedToken { first: String, second: String },
 }
 
 /// A token file that was created at start, to tell the operator where it is.
@@ -131,14 +150,29 @@ impl ApiClients {
                         source,
                     };
                     let mut generated = false;
-                    if *generate && !path.exists() {
-                        let token = new_token().map_err(io_err)?;
-                        if let Some(dir) = path.parent() {
-                            crate::fsutil::ensure_dir(dir, 0o700).map_err(io_err)?;
+                    if *generate && !path.try_exists().map_err(io_err)? {
+                        // Replicas sharing the keys dir may start together:
+                        // one creates the token, under the dir's lock, and
+                        // every one reads what is in the file after. Without
+                        // the lock each wrote its own and all but the last
+                        // held a token the file no longer had.
+                        let lock = KeyStore::new(keys_dir).lock().map_err(|source| {
+                            AuthConfigError::Lock {
+                                client: c.name.clone(),
+                                path: path.clone(),
+                                source: Box::new(source),
+                            }
+                        })?;
+                        if !path.try_exists().map_err(io_err)? {
+                            let token = new_token().map_err(io_err)?;
+                            if let Some(dir) = path.parent() {
+                                crate::fsutil::ensure_dir(dir, 0o700).map_err(io_err)?;
+                            }
+                            write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+                                .map_err(io_err)?;
+                            generated = true;
                         }
-                        write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
-                            .map_err(io_err)?;
-                        generated = true;
+                        drop(lock);
                     }
                     warn_if_exposed(&c.name, &path);
                     let text = fs::read_to_string(&path).map_err(io_err)?;
@@ -157,10 +191,22 @@ impl ApiClients {
                     Some(sha256(token.as_bytes()))
                 }
             };
+            // The configuration refuses one digest or one path twice; two
+            // files holding the same token (or a file holding a token also
+            // given as a digest) are only seen here.
+            if let Some(d) = &digest {
+                if let Some(first) = clients.iter().find(|k: &&ApiClient| k.digest == Some(*d)) {
+                    return Err(AuthConfigError::SharedToken {
+                        first: first.name.clone(),
+                        second: c.name.clone(),
+                    });
+                }
+            }
             clients.push(ApiClient {
                 name: c.name.clone(),
                 digest,
                 certificate_names: c.certificate_names.clone(),
+                allow_common_name: c.allow_common_name,
                 clusters: c.clusters.clone(),
                 namespaces: c.namespaces.clone(),
                 limiter: c.rate_limit.map(Limiter::new),
@@ -188,12 +234,16 @@ impl ApiClients {
     }
 
     /// The client a verified client certificate names, if any. `names` are
-    /// the certificate's DNS and URI subject alternative names (or its
-    /// subject CN when it has none).
-    pub fn by_certificate(&self, names: &[String]) -> Option<&ApiClient> {
-        self.clients
-            .iter()
-            .find(|c| c.certificate_names.iter().any(|n| names.contains(n)))
+    /// the certificate's DNS and URI subject alternative names;
+    /// `common_names` its subject CNs, given only when it has no SANs, and
+    /// matched only for clients with `allow_common_name`: a name-constrained
+    /// CA is held to its constraints in the SANs, but may write any CN.
+    pub fn by_certificate(&self, names: &[String], common_names: &[String]) -> Option<&ApiClient> {
+        self.clients.iter().find(|c| {
+            c.certificate_names
+                .iter()
+                .any(|n| names.contains(n) || (c.allow_common_name && common_names.contains(n)))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -270,6 +320,7 @@ mod tests {
             name: name.into(),
             credential: Some(Credential::Sha256(sha256(token.as_bytes()))),
             certificate_names: Vec::new(),
+            allow_common_name: false,
             rate_limit: None,
             clusters: clusters.map(|c| c.iter().map(|s| s.to_string()).collect()),
             namespaces: ns.map(|c| c.iter().map(|s| s.to_string()).collect()),
@@ -324,6 +375,7 @@ mod tests {
                 generate: true,
             }),
             certificate_names: Vec::new(),
+            allow_common_name: false,
             rate_limit: None,
             clusters: None,
             namespaces: None,
@@ -346,6 +398,27 @@ mod tests {
     }
 
     #[test]
+    fn two_clients_holding_one_token_are_refused_with_both_names() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("ci.token"), "tok-a\n").unwrap();
+        let mut from_file = client("from-file", "unused", None, None);
+        from_file.credential = Some(Credential::File {
+            path: "ci.token".into(),
+            generate: false,
+        });
+        let err = ApiClients::load(
+            &[client("digest", "tok-a", Some(&["edge"]), None), from_file],
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "API clients \"digest\" and \"from-file\" hold the same bearer token; a token \
+             must identify one client, give each its own"
+        );
+    }
+
+    #[test]
     fn certificate_clients_have_no_bearer_token() {
         let mut cfg = client("cert", "unused", None, None);
         cfg.credential = None;
@@ -355,8 +428,37 @@ mod tests {
         assert!(clients.authenticate("").is_none());
         assert!(clients.authenticate("unused").is_none());
         let names = vec!["other".to_string(), "ci.internal".to_string()];
-        assert_eq!(clients.by_certificate(&names).unwrap().name, "cert");
-        assert!(clients.by_certificate(&["x".to_string()]).is_none());
+        assert_eq!(clients.by_certificate(&names, &[]).unwrap().name, "cert");
+        assert!(clients.by_certificate(&["x".to_string()], &[]).is_none());
+    }
+
+    #[test]
+    fn a_common_name_names_only_a_client_that_allows_it() {
+        let mut strict = client("strict", "a", None, None);
+        strict.credential = None;
+        strict.certificate_names = vec!["strict.internal".into()];
+        let mut legacy = client("legacy", "b", None, None);
+        legacy.credential = None;
+        legacy.certificate_names = vec!["legacy-runner".into()];
+        legacy.allow_common_name = true;
+        let (clients, _) = ApiClients::load(&[strict, legacy], Path::new(".")).unwrap();
+        assert!(clients
+            .by_certificate(&[], &["strict.internal".to_string()])
+            .is_none());
+        assert_eq!(
+            clients
+                .by_certificate(&[], &["legacy-runner".to_string()])
+                .unwrap()
+                .name,
+            "legacy"
+        );
+        assert_eq!(
+            clients
+                .by_certificate(&["legacy-runner".to_string()], &[])
+                .unwrap()
+                .name,
+            "legacy"
+        );
     }
 
     #[test]

@@ -299,8 +299,12 @@ pub fn decode_part(token: &str, index: usize) -> serde_json::Value {
 /// A CA for client certificates, written to `dir/client-ca.crt`, that issues
 /// client certificates on request.
 pub struct ClientCa {
+    /// The root the server trusts (`api.client_ca`).
     pub path: PathBuf,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// PEM of the CA certificates between this issuer and the root, sent
+    /// after every leaf it issues.
+    intermediates: String,
 }
 
 /// What a client certificate names.
@@ -309,6 +313,8 @@ pub enum ClientName<'a> {
     Uri(&'a str),
     /// Only a subject common name, no alternative names.
     CommonName(&'a str),
+    /// A DNS subject alternative name and a different common name.
+    DnsAndCommonName(&'a str, &'a str),
 }
 
 impl ClientCa {
@@ -326,6 +332,32 @@ impl ClientCa {
         ClientCa {
             path,
             issuer: Issuer::new(params, key),
+            intermediates: String::new(),
+        }
+    }
+
+    /// A sub-CA of this one whose name constraints permit only DNS names
+    /// under `permitted` (RFC 5280 §4.2.1.10), as a tenant's CA would be.
+    pub fn constrained_sub_ca(&self, permitted: &str) -> ClientCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, GeneralSubtree, IsCa, Issuer, KeyPair,
+            NameConstraints,
+        };
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("sub-CA for {permitted}"));
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName(permitted.to_owned())],
+            excluded_subtrees: Vec::new(),
+        });
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        ClientCa {
+            path: self.path.clone(),
+            issuer: Issuer::new(params, key),
+            intermediates: format!("{}{}", cert.pem(), self.intermediates),
         }
     }
 
@@ -345,9 +377,20 @@ impl ClientCa {
             ClientName::CommonName(n) => {
                 params.distinguished_name.push(rcgen::DnType::CommonName, n)
             }
+            ClientName::DnsAndCommonName(dns, cn) => {
+                params
+                    .subject_alt_names
+                    .push(SanType::DnsName(dns.try_into().unwrap()));
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, cn)
+            }
         }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
+        (
+            format!("{}{}", cert.pem(), self.intermediates),
+            key.serialize_pem(),
+        )
     }
 }
 

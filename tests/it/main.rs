@@ -5,6 +5,7 @@ mod cli;
 mod delivery;
 mod documents;
 mod errors;
+mod hardening;
 mod harness;
 mod interop;
 mod key_safety;

@@ -14,7 +14,7 @@ use crate::harness::{
     verify_with_jwks, write_config, ClientCa, ClientName, Options, Server,
 };
 
-fn options(keys: &std::path::Path) -> Options<'_> {
+pub(crate) fn options(keys: &std::path::Path) -> Options<'_> {
     Options {
         listen: None,
         keys_dir: keys,
@@ -25,11 +25,11 @@ fn options(keys: &std::path::Path) -> Options<'_> {
     }
 }
 
-fn token_path(cluster: &str, ns: &str, sa: &str) -> String {
+pub(crate) fn token_path(cluster: &str, ns: &str, sa: &str) -> String {
     format!("/c/{cluster}/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token")
 }
 
-async fn metrics(client: &reqwest::Client, base: &str) -> String {
+pub(crate) async fn metrics(client: &reqwest::Client, base: &str) -> String {
     let r = client.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -40,7 +40,7 @@ async fn metrics(client: &reqwest::Client, base: &str) -> String {
 }
 
 /// The value of the sample whose line starts with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
@@ -381,7 +381,7 @@ clusters = ["*"]
 
 /// Opens a TLS connection and returns the stream, the server's leaf
 /// certificate and the negotiated ALPN protocol.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     base: &str,
     ca_pem: &str,
     alpn: &[&[u8]],

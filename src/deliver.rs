@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -75,7 +75,11 @@ impl Identity {
         let mut params = self.params.clone();
         params.bearer = self.bearer()?;
         params.audiences = audiences.to_vec();
-        client::mint(&self.client, &params).await
+        let issued = client::mint(&self.client, &params).await?;
+        if let Some(warning) = issued.clock_warning() {
+            tracing::warn!("{warning}");
+        }
+        Ok(issued)
     }
 }
 
@@ -134,12 +138,67 @@ fn write_out(identity: &Identity, args: &TokenArgs, issued: &Issued) -> Result<(
     }
 }
 
-/// Up to ±5 % of `life`, so a fleet started together does not renew together.
+/// Up to 5 % of `life`, so a fleet started together does not renew together.
 fn jitter(life: Duration) -> Duration {
     let mut b = [0u8; 2];
     let _ = aws_lc_rs::rand::fill(&mut b);
     let r = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX); // 0..=1
     life.mul_f64(0.05 * r)
+}
+
+/// No token is renewed sooner than this after it was minted, however short
+/// it lives: a token too short to renew in time must not become a tight loop.
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Delays between attempts that failed, or that gave a token too short to
+/// renew in time: 1 s, doubling to 30 s.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn step(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// When `token --refresh` mints again after writing `issued`.
+#[derive(Debug, PartialEq, Eq)]
+enum Renewal {
+    /// At 80 % of the token's life less `jitter`, this long from now.
+    In(Duration),
+    /// The token lives too short for that: after this backoff instead.
+    TooShort(Duration),
+}
+
+fn renewal(issued: &Issued, jitter: Duration, now: Instant, backoff: &mut Backoff) -> Renewal {
+    let at = issued.renew_at().checked_sub(jitter).unwrap_or(now);
+    let wait = at.saturating_duration_since(now);
+    if wait < MIN_RENEWAL_INTERVAL {
+        Renewal::TooShort(backoff.step().max(MIN_RENEWAL_INTERVAL))
+    } else {
+        backoff.reset();
+        Renewal::In(wait)
+    }
+}
+
+/// A duration in whole seconds, to log.
+fn seconds(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs()))
 }
 
 /// Keeps `--out` holding a valid token: rewritten at 80 % of each token's
@@ -157,42 +216,55 @@ async fn refresh(identity: &Identity, args: &TokenArgs) -> ExitCode {
             )))
         }
     };
-    let mut backoff = Duration::from_secs(1);
-    let mut valid_until: Option<SystemTime> = None;
+    let mut backoff = Backoff::new();
+    let mut written: Option<Issued> = None;
     loop {
         let wait = match identity.mint(&args.audiences).await {
             Ok(issued) => match write_out(identity, args, &issued) {
                 Ok(()) => {
-                    backoff = Duration::from_secs(1);
-                    valid_until = Some(issued.expires_at);
-                    let at = issued.renew_at() - jitter(issued.lifetime());
+                    let wait = match renewal(
+                        &issued,
+                        jitter(issued.life),
+                        Instant::now(),
+                        &mut backoff,
+                    ) {
+                        Renewal::In(wait) => wait,
+                        Renewal::TooShort(wait) => {
+                            tracing::warn!(
+                                life = %humantime::format_duration(issued.life),
+                                "the token lives too short to renew before it expires; minting again after a backoff"
+                            );
+                            wait
+                        }
+                    };
                     tracing::info!(
                         out = %out.display(),
                         expires = %humantime::format_rfc3339_seconds(issued.expires_at),
-                        renews = %humantime::format_rfc3339_seconds(at),
+                        renews_in = %seconds(wait),
                         "token written"
                     );
-                    at.duration_since(SystemTime::now()).unwrap_or_default()
+                    written = Some(issued);
+                    wait
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot write the token; the old file is left as it was");
-                    backoff
+                    backoff.step()
                 }
             },
             Err(e) => {
-                let left = valid_until.and_then(|v| v.duration_since(SystemTime::now()).ok());
+                let wait = backoff.step();
+                let left = written
+                    .as_ref()
+                    .map(|w| w.expires().saturating_duration_since(Instant::now()));
                 tracing::warn!(
                     error = %e,
-                    retry_in = %humantime::format_duration(backoff),
-                    current_token_valid_for = %left.map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()).unwrap_or_else(|| "-".into()),
+                    retry_in = %seconds(wait),
+                    current_token_valid_for = %left.map(|d| seconds(d).to_string()).unwrap_or_else(|| "-".into()),
                     "renewal failed; the old file is left as it was"
                 );
-                backoff
+                wait
             }
         };
-        if wait == backoff {
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = term.recv() => {
@@ -243,7 +315,9 @@ impl Agent {
         let slot = self.slot(audience);
         let mut held = slot.lock().await;
         if let Some(issued) = held.as_ref() {
-            if SystemTime::now() < issued.renew_at() {
+            let now = Instant::now();
+            let renew_at = issued.renew_at().max(issued.since + MIN_RENEWAL_INTERVAL);
+            if now < renew_at && now < issued.expires() {
                 return Ok(issued.clone());
             }
         }
@@ -398,6 +472,60 @@ pub async fn agent(args: AgentArgs) -> ExitCode {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    fn issued(life: Duration, since: Instant) -> Issued {
+        Issued {
+            token: "a.b.c".into(),
+            expires_at: SystemTime::UNIX_EPOCH,
+            life,
+            since,
+            clock_ahead: None,
+        }
+    }
+
+    #[test]
+    fn refresh_renews_at_80_percent_of_the_life_counted_from_the_mint() {
+        let since = Instant::now();
+        let mut backoff = Backoff::new();
+        let token = issued(Duration::from_secs(100), since);
+        let later = since + Duration::from_secs(10);
+        assert_eq!(
+            renewal(&token, Duration::from_secs(2), later, &mut backoff),
+            Renewal::In(Duration::from_secs(68))
+        );
+    }
+
+    #[test]
+    fn refresh_waits_at_least_a_second_and_backs_off_on_tokens_too_short_to_renew() {
+        let since = Instant::now();
+        let mut backoff = Backoff::new();
+        let waits: Vec<_> = (0..7)
+            .map(|_| {
+                renewal(
+                    &issued(Duration::ZERO, since),
+                    Duration::ZERO,
+                    since,
+                    &mut backoff,
+                )
+            })
+            .collect();
+        let expected = [1, 2, 4, 8, 16, 30, 30].map(|s| Renewal::TooShort(Duration::from_secs(s)));
+        assert_eq!(waits, expected);
+        // Past the renewal time (a slow write): the same.
+        let token = issued(Duration::from_secs(10), since);
+        let late = since + Duration::from_secs(20);
+        assert_eq!(
+            renewal(&token, Duration::ZERO, late, &mut backoff),
+            Renewal::TooShort(Duration::from_secs(30))
+        );
+        // A token that lives long enough ends the backoff.
+        let token = issued(Duration::from_secs(10), since);
+        assert_eq!(
+            renewal(&token, Duration::ZERO, since, &mut backoff),
+            Renewal::In(Duration::from_secs(8))
+        );
+        assert_eq!(backoff.step(), Duration::from_secs(1));
+    }
 
     #[tokio::test]
     async fn the_socket_gets_its_mode_and_nothing_is_left_beside_it() {

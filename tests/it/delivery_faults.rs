@@ -1,14 +1,39 @@
 //! The client side when something around it goes wrong: the client's clock
-//! is skewed (the binary under libfaketime), the issuer is down, or a local
-//! user watches the directory the agent's socket goes into (the binary under
-//! strace, umask 000). Red-team review, issue #11, findings 6 and 7 and the
-//! stale-token finding.
+//! is skewed (the binary under libfaketime), or a local user watches the
+//! directory the agent's socket goes into (the binary under strace, umask
+//! 000). Red-team review, issue #11, findings 6 and 7.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::delivery::{short_lived, unix_get_with_headers, BIN};
-use crate::harness::{Options, Server};
+use crate::harness::{decode_part, Options, Server};
+
+/// libfaketime's multi-threaded build (Debian package `faketime`), preloaded
+/// into the binary to skew its wall clock.
+fn libfaketime() -> PathBuf {
+    let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime is not installed: apt-get install faketime (.ci/run does)")
+}
+
+/// The binary with its wall clock moved by `offset` (libfaketime's syntax:
+/// "+2h", "-50m"). The monotonic clock stays real, as on a host whose NTP
+/// is off.
+fn skewed(offset: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true);
+    cmd
+}
 
 async fn short_lived_server(keys: &Path, listen: Option<std::net::SocketAddr>) -> Server {
     Server::start(Options {
@@ -22,12 +47,162 @@ async fn short_lived_server(keys: &Path, listen: Option<std::net::SocketAddr>) -
     .await
 }
 
+/// Seconds since the epoch, on the clock the in-process server also reads.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 async fn wait_for(path: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
         assert!(Instant::now() < deadline, "no {what} at {}", path.display());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn terminate(child: &mut tokio::process::Child) -> String {
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().unwrap().to_string())
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the child ends on SIGTERM")
+        .unwrap();
+    assert!(out.success(), "{out}");
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        use tokio::io::AsyncReadExt as _;
+        stderr.read_to_string(&mut err).await.unwrap();
+    }
+    err
+}
+
+fn refresh_args<'a>(issuer: &'a str, keys: &'a Path, duration: &'a str) -> Vec<String> {
+    [
+        "token",
+        "--server",
+        issuer,
+        "--token-file",
+        keys.join("admin.token").to_str().unwrap(),
+        "-n",
+        "ns",
+        "--service-account",
+        "sa",
+        "--audience",
+        "skew",
+        "--duration",
+        duration,
+        "--refresh",
+        "--out",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_with_a_clock_two_hours_ahead_mints_once_per_lifetime_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let s = short_lived_server(&keys, None).await;
+    let issuer = s.issuer("s");
+    let out = dir.path().join("token");
+    let mut child = skewed("+2h")
+        .args(refresh_args(&issuer, &keys, "1h"))
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&out, "token file").await;
+    let first = std::fs::read_to_string(&out).unwrap();
+    // A 1h token is renewed after ~48 minutes; any second mint within this
+    // window is the fault (it minted thousands of times in 5 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = terminate(&mut child).await;
+    let writes = log.matches("token written").count();
+    assert_eq!(
+        writes,
+        1,
+        "a 1h token rewritten {writes} times in 2 s under a clock 2h ahead; log tail: {}",
+        &log[log.len().saturating_sub(600)..]
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), first);
+    assert!(
+        log.contains("the local clock is 2h") && log.contains("ahead of the issuer's"),
+        "{log}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_with_a_clock_50_minutes_behind_renews_before_the_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let s = short_lived_server(&keys, None).await;
+    let issuer = s.issuer("s");
+    let out = dir.path().join("token");
+    let mut child = skewed("-50m")
+        .args(refresh_args(&issuer, &keys, "10s"))
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&out, "token file").await;
+    let first = std::fs::read_to_string(&out).unwrap();
+    let exp = decode_part(&first, 1)["exp"].as_i64().unwrap();
+    // The server's clock is this process's: the first token expires at exp.
+    loop {
+        let now = std::fs::read_to_string(&out).unwrap();
+        if now != first {
+            break;
+        }
+        assert!(
+            unix_now() < exp as f64,
+            "under a clock 50 min behind, the token expiring at {exp} was not renewed before it expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = terminate(&mut child).await;
+    assert!(
+        log.contains("the local clock is 49m 59s behind the issuer's")
+            || log.contains("the local clock is 50m behind the issuer's"),
+        "{log}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_with_a_clock_two_hours_ahead_serves_its_cached_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let s = short_lived_server(&keys, None).await;
+    let socket = dir.path().join("agent.sock");
+    let mut child = skewed("+2h")
+        .args(["agent", "--server", &s.issuer("s"), "--token-file"])
+        .arg(keys.join("admin.token"))
+        .args(["-n", "ns", "--service-account", "sa", "--duration", "1h"])
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&socket, "agent socket").await;
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = unix_get_with_headers(&socket, "/v1/token?audience=a").await;
+        assert_eq!(status, 200, "{body}");
+        tokens.push(body);
+    }
+    assert!(
+        tokens.iter().all(|t| *t == tokens[0]),
+        "under a clock 2h ahead the agent minted a new 1h token for each request"
+    );
+    terminate(&mut child).await;
+    s.stop().await;
 }
 
 /// Runs the agent under strace with umask 000 (the worst case the review
@@ -59,6 +234,7 @@ async fn trace_agent_start(dir: &Path, issuer: &str, keys: &Path) -> (String, Pa
         .arg(keys.join("admin.token"))
         .args(["-n", "ns", "--service-account", "sa", "--socket"])
         .arg(&socket)
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("strace on PATH (apt-get install strace; .ci/run does)");

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -281,18 +281,80 @@ async fn refresh(identity: &Identity, args: &TokenArgs) -> ExitCode {
 /// Most audiences the agent keeps tokens for; beyond it the stalest goes.
 const MAX_CACHED_AUDIENCES: usize = 64;
 
-type Slot = Arc<tokio::sync::Mutex<Option<Issued>>>;
+/// What the agent holds for one audience.
+struct Held {
+    issued: Option<Issued>,
+    /// After a renewal failed while the token was still good: not before this.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+}
+
+/// What a request for one audience gets, by what is held.
+#[derive(Debug)]
+enum Plan<'a> {
+    /// The held token, with most of its life left.
+    Cached(&'a Issued),
+    /// The held token, unexpired, while renewals fail and back off.
+    Stale(&'a Issued),
+    /// A renewal: nothing is held, it has expired, or 80 % of its life is gone.
+    Renew,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            issued: None,
+            retry_at: None,
+            backoff: Backoff::new(),
+        }
+    }
+
+    fn plan(&self, now: Instant) -> Plan<'_> {
+        let Some(issued) = self.issued.as_ref().filter(|i| now < i.expires()) else {
+            return Plan::Renew;
+        };
+        match self.retry_at {
+            Some(at) if now < at => Plan::Stale(issued),
+            Some(_) => Plan::Renew,
+            None if now < issued.renew_at().max(issued.since + MIN_RENEWAL_INTERVAL) => {
+                Plan::Cached(issued)
+            }
+            None => Plan::Renew,
+        }
+    }
+
+    fn renewed(&mut self, issued: Issued) {
+        self.issued = Some(issued);
+        self.retry_at = None;
+        self.backoff.reset();
+    }
+
+    /// A renewal failed at `now` with an error worth retrying: the held
+    /// token, while unexpired, is served until the next try.
+    fn failed(&mut self, now: Instant) -> Option<&Issued> {
+        self.retry_at = Some(now + self.backoff.step());
+        self.issued.as_ref().filter(|i| now < i.expires())
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Held>>;
+
+/// A token to answer, and whether its renewal failed.
+struct Served {
+    issued: Issued,
+    stale: bool,
+}
 
 #[derive(Clone)]
 struct Agent {
     identity: Arc<Identity>,
-    cache: Arc<std::sync::Mutex<HashMap<String, (Slot, SystemTime)>>>,
+    cache: Arc<std::sync::Mutex<HashMap<String, (Slot, Instant)>>>,
 }
 
 impl Agent {
     fn slot(&self, audience: &str) -> Slot {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let now = SystemTime::now();
+        let now = Instant::now();
         if !cache.contains_key(audience) && cache.len() >= MAX_CACHED_AUDIENCES {
             if let Some(stalest) = cache
                 .iter()
@@ -304,26 +366,48 @@ impl Agent {
         }
         let entry = cache
             .entry(audience.to_owned())
-            .or_insert_with(|| (Arc::new(tokio::sync::Mutex::new(None)), now));
+            .or_insert_with(|| (Arc::new(tokio::sync::Mutex::new(Held::new())), now));
         entry.1 = now;
         entry.0.clone()
     }
 
     /// The cached token for `audience`, renewed once 80 % of its life is
-    /// gone. Concurrent requests for one audience share one renewal.
-    async fn token(&self, audience: &str) -> Result<Issued, ClientError> {
+    /// gone. Concurrent requests for one audience share one renewal. While
+    /// the issuer is down (or busy) the cached token is served until it
+    /// expires, marked stale, and renewal is retried with backoff.
+    async fn token(&self, audience: &str) -> Result<Served, ClientError> {
         let slot = self.slot(audience);
         let mut held = slot.lock().await;
-        if let Some(issued) = held.as_ref() {
-            let now = Instant::now();
-            let renew_at = issued.renew_at().max(issued.since + MIN_RENEWAL_INTERVAL);
-            if now < renew_at && now < issued.expires() {
-                return Ok(issued.clone());
-            }
-        }
-        let issued = self.identity.mint(&[audience.to_owned()]).await?;
-        *held = Some(issued.clone());
-        Ok(issued)
+        let (issued, stale) = match held.plan(Instant::now()) {
+            Plan::Cached(issued) => (issued, false),
+            Plan::Stale(issued) => (issued, true),
+            Plan::Renew => match self.identity.mint(&[audience.to_owned()]).await {
+                Ok(issued) => {
+                    held.renewed(issued.clone());
+                    return Ok(Served {
+                        issued,
+                        stale: false,
+                    });
+                }
+                Err(e) if e.is_transient() => match held.failed(Instant::now()) {
+                    Some(issued) => {
+                        tracing::warn!(
+                            error = %e,
+                            audience,
+                            expires = %humantime::format_rfc3339_seconds(issued.expires_at),
+                            "renewal failed; serving the cached token, marked stale, until it expires"
+                        );
+                        (issued, true)
+                    }
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Served {
+            issued: issued.clone(),
+            stale,
+        })
     }
 }
 
@@ -364,17 +448,29 @@ async fn get_token(
         return agent_error(StatusCode::BAD_REQUEST, format!("audience {}", why));
     }
     match agent.token(audience).await {
-        Ok(issued) => {
+        Ok(Served { issued, stale }) => {
             let expires = humantime::format_rfc3339_seconds(issued.expires_at).to_string();
-            (
+            let mut response = (
                 [
                     (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
                     (header::CACHE_CONTROL, "no-store".to_owned()),
                     (header::HeaderName::from_static("x-token-expires"), expires),
                 ],
-                issued.token,
+                issued.token.clone(),
             )
-                .into_response()
+                .into_response();
+            if stale {
+                // Counted on the monotonic clock: right even when the
+                // workload's wall clock is off.
+                let left = issued.expires().saturating_duration_since(Instant::now());
+                let value = format!("renewal failed; expires in {}s", left.as_secs());
+                if let Ok(value) = header::HeaderValue::from_str(&value) {
+                    response
+                        .headers_mut()
+                        .insert(header::HeaderName::from_static("x-token-stale"), value);
+                }
+            }
+            response
         }
         Err(e @ ClientError::Refused { .. }) => agent_error(StatusCode::BAD_GATEWAY, e.to_string()),
         Err(e) => agent_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -472,6 +568,7 @@ pub async fn agent(args: AgentArgs) -> ExitCode {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+    use std::time::SystemTime;
 
     fn issued(life: Duration, since: Instant) -> Issued {
         Issued {
@@ -525,6 +622,53 @@ mod tests {
             Renewal::In(Duration::from_secs(8))
         );
         assert_eq!(backoff.step(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_agent_serves_a_token_stale_while_renewals_fail_until_it_expires() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut held = Held::new();
+        assert!(matches!(held.plan(t0), Plan::Renew));
+        held.renewed(issued(Duration::from_secs(100), t0));
+        assert!(matches!(held.plan(at(79)), Plan::Cached(_)));
+        assert!(matches!(held.plan(at(80)), Plan::Renew));
+        // The issuer is down at 80 s: stale until the retry 1 s later...
+        assert!(held.failed(at(80)).is_some());
+        assert!(matches!(held.plan(at(80)), Plan::Stale(_)));
+        assert!(matches!(held.plan(at(81)), Plan::Renew));
+        // ...then 2 s, 4 s, 8 s later.
+        assert!(held.failed(at(81)).is_some());
+        assert!(matches!(held.plan(at(82)), Plan::Stale(_)));
+        assert!(matches!(held.plan(at(83)), Plan::Renew));
+        assert!(held.failed(at(83)).is_some());
+        assert!(matches!(held.plan(at(86)), Plan::Stale(_)));
+        assert!(matches!(held.plan(at(87)), Plan::Renew));
+        assert!(held.failed(at(97)).is_some());
+        assert!(matches!(held.plan(at(99)), Plan::Stale(_)));
+        // Expired: never served, whatever the backoff says.
+        assert!(matches!(held.plan(at(100)), Plan::Renew));
+        assert!(held.failed(at(100)).is_none());
+        // Back: fresh again, and the backoff starts over.
+        held.renewed(issued(Duration::from_secs(100), at(101)));
+        assert!(matches!(held.plan(at(102)), Plan::Cached(_)));
+        assert_eq!(held.backoff.step(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_agent_does_not_renew_within_a_second_of_a_mint() {
+        let t0 = Instant::now();
+        let mut held = Held::new();
+        held.renewed(issued(Duration::from_millis(1100), t0));
+        // 80 % of 1.1 s is gone at 0.88 s; the minimum interval holds it to 1 s.
+        assert!(matches!(
+            held.plan(t0 + Duration::from_millis(950)),
+            Plan::Cached(_)
+        ));
+        assert!(matches!(
+            held.plan(t0 + Duration::from_millis(1000)),
+            Plan::Renew
+        ));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The client side when something around it goes wrong: the client's clock
-//! is skewed (the binary under libfaketime), or a local user watches the
-//! directory the agent's socket goes into (the binary under strace, umask
-//! 000). Red-team review, issue #11, findings 6 and 7.
+//! is skewed (the binary under libfaketime), the issuer is down, or a local
+//! user watches the directory the agent's socket goes into (the binary under
+//! strace, umask 000). Red-team review, issue #11: findings 6 and 7 and the
+//! agent's stale token.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -201,6 +202,85 @@ async fn the_agent_with_a_clock_two_hours_ahead_serves_its_cached_token() {
         tokens.iter().all(|t| *t == tokens[0]),
         "under a clock 2h ahead the agent minted a new 1h token for each request"
     );
+    terminate(&mut child).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_cached_token_until_expiry_while_the_issuer_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let s = short_lived_server(&keys, None).await;
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    let issuer = s.issuer("s");
+    let socket = dir.path().join("agent.sock");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["agent", "--server", &issuer, "--token-file"])
+        .arg(keys.join("admin.token"))
+        .args(["-n", "ns", "--service-account", "sa", "--duration", "20s"])
+        .arg("--socket")
+        .arg(&socket)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for(&socket, "agent socket").await;
+    let url = "/v1/token?audience=a";
+    let (status, headers, cached) = unix_get_with_headers(&socket, url).await;
+    assert_eq!(status, 200, "{cached}");
+    assert!(!headers.contains_key("x-token-stale"), "{headers:?}");
+    let expires = headers["x-token-expires"].clone();
+    let exp = decode_part(&cached, 1)["exp"].as_i64().unwrap();
+    s.stop().await;
+
+    // While its token is unexpired the agent answers it, saying once the
+    // renewal has failed that it is stale; then it answers an error. (It
+    // used to answer the error from 80 % of the life on, 4 s before exp.)
+    let exp = exp as f64;
+    let mut stale = 0;
+    let mut last_served = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the agent still answers after its token expired"
+        );
+        // Before the request: the agent decided later than this.
+        let asked = unix_now();
+        let (status, headers, body) = unix_get_with_headers(&socket, url).await;
+        if status != 200 {
+            break (status, body);
+        }
+        assert!(
+            asked < exp,
+            "the agent served a token that expired at {exp}"
+        );
+        assert_eq!(body, cached, "a token while the issuer is down");
+        assert_eq!(headers["x-token-expires"], expires);
+        if let Some(why) = headers.get("x-token-stale") {
+            assert!(why.starts_with("renewal failed; expires in "), "{why}");
+            stale += 1;
+        }
+        last_served = asked;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // exp is whole seconds, so the agent counts the life 1 s short.
+    assert!(
+        last_served > exp - 2.5,
+        "the agent stopped serving its token {:.1} s before it expired, then answered {status}: {body}",
+        exp - last_served
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cannot reach"), "{body}");
+    assert!(stale > 0, "no answer said the token was stale");
+
+    // The issuer back: a fresh token, not stale.
+    let s = short_lived_server(&keys, Some(addr)).await;
+    let (status, headers, fresh) = unix_get_with_headers(&socket, url).await;
+    assert_eq!(status, 200, "{fresh}");
+    assert_ne!(fresh, cached);
+    assert!(!headers.contains_key("x-token-stale"), "{headers:?}");
     terminate(&mut child).await;
     s.stop().await;
 }

@@ -31,8 +31,7 @@ fn skewed(offset: &str) -> tokio::process::Command {
     cmd.env("LD_PRELOAD", libfaketime())
         .env("FAKETIME", offset)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .env("NO_COLOR", "1")
-        .kill_on_drop(true);
+        .env("NO_COLOR", "1");
     cmd
 }
 
@@ -64,23 +63,44 @@ async fn wait_for(path: &Path, what: &str) {
     }
 }
 
-async fn terminate(child: &mut tokio::process::Child) -> String {
+/// A child started with its standard error read as it comes, so a chatty
+/// child (the old tight loop logged thousands of lines) never blocks on a
+/// full pipe.
+struct Logged {
+    child: tokio::process::Child,
+    log: tokio::task::JoinHandle<String>,
+}
+
+fn start_logged(cmd: &mut tokio::process::Command) -> Logged {
+    use tokio::io::AsyncReadExt as _;
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    Logged { child, log }
+}
+
+/// Sends SIGTERM, checks the child ends with 0, and returns its log.
+async fn terminate(mut logged: Logged) -> String {
     std::process::Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
+        .arg(logged.child.id().unwrap().to_string())
         .status()
         .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let out = tokio::time::timeout(Duration::from_secs(10), logged.child.wait())
         .await
         .expect("the child ends on SIGTERM")
         .unwrap();
-    assert!(out.success(), "{out}");
-    let mut err = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        use tokio::io::AsyncReadExt as _;
-        stderr.read_to_string(&mut err).await.unwrap();
-    }
-    err
+    let log = logged.log.await.unwrap();
+    assert!(out.success(), "{out}: {log}");
+    log
 }
 
 fn refresh_args<'a>(issuer: &'a str, keys: &'a Path, duration: &'a str) -> Vec<String> {
@@ -112,18 +132,17 @@ async fn refresh_with_a_clock_two_hours_ahead_mints_once_per_lifetime_and_warns(
     let s = short_lived_server(&keys, None).await;
     let issuer = s.issuer("s");
     let out = dir.path().join("token");
-    let mut child = skewed("+2h")
-        .args(refresh_args(&issuer, &keys, "1h"))
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_logged(
+        skewed("+2h")
+            .args(refresh_args(&issuer, &keys, "1h"))
+            .arg(&out),
+    );
     wait_for(&out, "token file").await;
     let first = std::fs::read_to_string(&out).unwrap();
     // A 1h token is renewed after ~48 minutes; any second mint within this
     // window is the fault (it minted thousands of times in 5 s).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let log = terminate(&mut child).await;
+    let log = terminate(child).await;
     let writes = log.matches("token written").count();
     assert_eq!(
         writes,
@@ -146,12 +165,11 @@ async fn refresh_with_a_clock_50_minutes_behind_renews_before_the_token_expires(
     let s = short_lived_server(&keys, None).await;
     let issuer = s.issuer("s");
     let out = dir.path().join("token");
-    let mut child = skewed("-50m")
-        .args(refresh_args(&issuer, &keys, "10s"))
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_logged(
+        skewed("-50m")
+            .args(refresh_args(&issuer, &keys, "10s"))
+            .arg(&out),
+    );
     wait_for(&out, "token file").await;
     let first = std::fs::read_to_string(&out).unwrap();
     let exp = decode_part(&first, 1)["exp"].as_i64().unwrap();
@@ -167,7 +185,7 @@ async fn refresh_with_a_clock_50_minutes_behind_renews_before_the_token_expires(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let log = terminate(&mut child).await;
+    let log = terminate(child).await;
     assert!(
         log.contains("the local clock is 49m 59s behind the issuer's")
             || log.contains("the local clock is 50m behind the issuer's"),
@@ -182,15 +200,14 @@ async fn the_agent_with_a_clock_two_hours_ahead_serves_its_cached_token() {
     let keys = dir.path().join("keys");
     let s = short_lived_server(&keys, None).await;
     let socket = dir.path().join("agent.sock");
-    let mut child = skewed("+2h")
-        .args(["agent", "--server", &s.issuer("s"), "--token-file"])
-        .arg(keys.join("admin.token"))
-        .args(["-n", "ns", "--service-account", "sa", "--duration", "1h"])
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_logged(
+        skewed("+2h")
+            .args(["agent", "--server", &s.issuer("s"), "--token-file"])
+            .arg(keys.join("admin.token"))
+            .args(["-n", "ns", "--service-account", "sa", "--duration", "1h"])
+            .arg("--socket")
+            .arg(&socket),
+    );
     wait_for(&socket, "agent socket").await;
     let mut tokens = Vec::new();
     for _ in 0..3 {
@@ -202,7 +219,7 @@ async fn the_agent_with_a_clock_two_hours_ahead_serves_its_cached_token() {
         tokens.iter().all(|t| *t == tokens[0]),
         "under a clock 2h ahead the agent minted a new 1h token for each request"
     );
-    terminate(&mut child).await;
+    terminate(child).await;
     s.stop().await;
 }
 
@@ -214,17 +231,15 @@ async fn the_agent_serves_its_cached_token_until_expiry_while_the_issuer_is_down
     let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
     let issuer = s.issuer("s");
     let socket = dir.path().join("agent.sock");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["agent", "--server", &issuer, "--token-file"])
-        .arg(keys.join("admin.token"))
-        .args(["-n", "ns", "--service-account", "sa", "--duration", "20s"])
-        .arg("--socket")
-        .arg(&socket)
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = start_logged(
+        tokio::process::Command::new(BIN)
+            .args(["agent", "--server", &issuer, "--token-file"])
+            .arg(keys.join("admin.token"))
+            .args(["-n", "ns", "--service-account", "sa", "--duration", "20s"])
+            .arg("--socket")
+            .arg(&socket)
+            .env("NO_COLOR", "1"),
+    );
     wait_for(&socket, "agent socket").await;
     let url = "/v1/token?audience=a";
     let (status, headers, cached) = unix_get_with_headers(&socket, url).await;
@@ -281,7 +296,7 @@ async fn the_agent_serves_its_cached_token_until_expiry_while_the_issuer_is_down
     assert_eq!(status, 200, "{fresh}");
     assert_ne!(fresh, cached);
     assert!(!headers.contains_key("x-token-stale"), "{headers:?}");
-    terminate(&mut child).await;
+    terminate(child).await;
     s.stop().await;
 }
 

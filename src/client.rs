@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -101,24 +101,99 @@ pub struct MintParams {
 }
 
 /// A minted token and its lifetime.
+///
+/// The schedule is kept on the local monotonic clock, from the token's own
+/// lifetime (`exp - iat`): the local wall clock may be hours off the
+/// issuer's, and mixing the two renewed a token thousands of times a second
+/// (clock ahead) or after it had expired (clock behind).
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub token: String,
-    pub issued_at: SystemTime,
+    /// The issuer's `status.expirationTimestamp`, on its clock: to show.
     pub expires_at: SystemTime,
+    /// How long the token is good for, counted from `since`: `exp - iat`
+    /// less 1 s, as `iat` is whole seconds and may be up to 1 s old.
+    pub life: Duration,
+    /// When the request was sent, on the local monotonic clock. The issuer
+    /// stamped `iat` after this, so counting `life` from here is never late.
+    pub since: Instant,
+    /// How many seconds the local wall clock was ahead of the issuer's when
+    /// the answer arrived (negative: behind), by `iat`; `None` without `iat`.
+    pub clock_ahead: Option<i64>,
 }
 
+/// How far the clocks may differ before `clock_warning` says so.
+const CLOCK_TOLERANCE: i64 = 60;
+
 impl Issued {
-    pub fn lifetime(&self) -> Duration {
-        self.expires_at
-            .duration_since(self.issued_at)
-            .unwrap_or_default()
+    /// The answer to a request sent at `sent` (monotonic), arrived at
+    /// `arrived` (local wall clock). A token without numeric `iat` and `exp`
+    /// (not one of ours, nor a Kubernetes one) is timed by
+    /// `expires_at - arrived`, the best that is left.
+    pub fn from_answer(
+        token: String,
+        expires_at: SystemTime,
+        sent: Instant,
+        arrived: SystemTime,
+    ) -> Issued {
+        let claims = unverified_claims(&token);
+        let number = |name: &str| {
+            claims
+                .as_ref()
+                .and_then(|c| c.get(name))
+                .and_then(serde_json::Value::as_f64)
+        };
+        let (life, clock_ahead) = match (number("iat"), number("exp")) {
+            (Some(iat), Some(exp)) => (
+                Duration::try_from_secs_f64(exp - iat)
+                    .unwrap_or_default()
+                    .saturating_sub(Duration::from_secs(1)),
+                Some((unix_seconds(arrived) - iat).round() as i64),
+            ),
+            _ => (expires_at.duration_since(arrived).unwrap_or_default(), None),
+        };
+        Issued {
+            token,
+            expires_at,
+            life,
+            since: sent,
+            clock_ahead,
+        }
     }
 
     /// When to renew: at 80 % of the token's life, as kubelet and the DOCA
     /// credential request do.
-    pub fn renew_at(&self) -> SystemTime {
-        self.issued_at + self.lifetime().mul_f64(0.8)
+    pub fn renew_at(&self) -> Instant {
+        self.since + self.life.mul_f64(0.8)
+    }
+
+    /// When the token has expired, at the latest, on the local monotonic clock.
+    pub fn expires(&self) -> Instant {
+        self.since + self.life
+    }
+
+    /// A warning when the local clock and the issuer's differ by more than a
+    /// minute: renewal does not depend on it, but the workload's own checks
+    /// of `nbf` and `exp` (and TLS) do.
+    pub fn clock_warning(&self) -> Option<String> {
+        let ahead = self.clock_ahead?;
+        if ahead.abs() <= CLOCK_TOLERANCE {
+            return None;
+        }
+        Some(format!(
+            "the local clock is {} {} the issuer's (by the token's iat); \
+             renewal is timed on the token's own lifetime, but check the host's time synchronization",
+            humantime::format_duration(Duration::from_secs(ahead.unsigned_abs())),
+            if ahead > 0 { "ahead of" } else { "behind" }
+        ))
+    }
+}
+
+/// Seconds since the epoch, negative before it (a badly set clock can be).
+fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
     }
 }
 
@@ -160,7 +235,7 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         "kind": "TokenRequest",
         "spec": spec,
     });
-    let sent = SystemTime::now();
+    let sent = Instant::now();
     let response = client
         .post(&url)
         .bearer_auth(&p.bearer)
@@ -203,11 +278,12 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         .as_deref()
         .and_then(|t| humantime::parse_rfc3339(t).ok())
         .ok_or_else(|| ClientError::Answer("no valid status.expirationTimestamp".into()))?;
-    Ok(Issued {
+    Ok(Issued::from_answer(
         token,
-        issued_at: sent,
         expires_at,
-    })
+        sent,
+        SystemTime::now(),
+    ))
 }
 
 /// The error and its causes, so "connection refused" is not hidden behind
@@ -307,19 +383,74 @@ pub fn unverified_claims(token: &str) -> Option<serde_json::Value> {
 mod tests {
     use super::*;
 
+    /// A JWT-shaped token with these claims; the signature is not looked at.
+    fn jwt(iat: i64, exp: i64) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = serde_json::json!({"iat": iat, "exp": exp});
+        format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
     fn issued() -> Issued {
         let t = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
         Issued {
             token: "a.b.c".into(),
-            issued_at: t,
             expires_at: t + Duration::from_secs(3600),
+            life: Duration::from_secs(3599),
+            since: Instant::now(),
+            clock_ahead: Some(0),
         }
     }
 
     #[test]
     fn renewal_is_at_80_percent_of_the_life() {
         let i = issued();
-        assert_eq!(i.renew_at(), i.issued_at + Duration::from_secs(2880));
+        assert_eq!(i.renew_at(), i.since + Duration::from_millis(2_879_200));
+        assert_eq!(i.expires(), i.since + Duration::from_secs(3599));
+    }
+
+    #[test]
+    fn a_skewed_local_clock_changes_neither_renewal_nor_expiry_but_is_reported() {
+        let iat = 1_767_225_600; // 2026-01-01T00:00:00Z
+        let server_now = UNIX_EPOCH + Duration::from_secs(iat as u64);
+        let expires_at = server_now + Duration::from_secs(3600);
+        let sent = Instant::now();
+        for (local, warning) in [
+            (server_now, None),
+            (server_now + Duration::from_secs(59), None),
+            (
+                server_now + Duration::from_secs(7200),
+                Some("the local clock is 2h ahead of the issuer's"),
+            ),
+            (
+                server_now - Duration::from_secs(3000),
+                Some("the local clock is 50m behind the issuer's"),
+            ),
+        ] {
+            let i = Issued::from_answer(jwt(iat, iat + 3600), expires_at, sent, local);
+            assert_eq!(i.renew_at(), sent + Duration::from_millis(2_879_200));
+            assert_eq!(i.expires(), sent + Duration::from_secs(3599));
+            assert_eq!(i.expires_at, expires_at);
+            let said = i.clock_warning();
+            match warning {
+                None => assert_eq!(said, None),
+                Some(w) => assert!(
+                    said.as_deref().is_some_and(|s| s.starts_with(w)),
+                    "{said:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_without_iat_is_timed_by_its_expiry_on_the_local_clock() {
+        let now = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let sent = Instant::now();
+        let i = Issued::from_answer("opaque".into(), now + Duration::from_secs(600), sent, now);
+        assert_eq!(i.expires(), sent + Duration::from_secs(600));
+        assert_eq!(i.clock_warning(), None);
+        // exp before iat: no life at all, not a panic.
+        let i = Issued::from_answer(jwt(100, 50), now, sent, now);
+        assert_eq!(i.life, Duration::ZERO);
     }
 
     #[test]

@@ -10,10 +10,10 @@ use serde_json::json;
 
 use crate::harness::{default_clusters, make_tls, verify_with_jwks, Options, Server};
 
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
 
 /// A cluster whose tokens live seconds, so refresh can be watched.
-fn short_lived() -> String {
+pub(crate) fn short_lived() -> String {
     r#"
 [[clusters]]
 id = "s"
@@ -409,6 +409,16 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
 }
 
 async fn unix_get(socket: &Path, path: &str) -> (u16, String) {
+    let (status, _, body) = unix_get_with_headers(socket, path).await;
+    (status, body)
+}
+
+/// GETs `path` from the agent on `socket`: the status, the headers (names
+/// lowercased) and the body.
+pub(crate) async fn unix_get_with_headers(
+    socket: &Path,
+    path: &str,
+) -> (u16, std::collections::HashMap<String, String>, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
     stream
@@ -420,11 +430,14 @@ async fn unix_get(socket: &Path, path: &str) -> (u16, String) {
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     let status = raw[9..12].parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

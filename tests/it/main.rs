@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod delivery;
+mod delivery_faults;
 mod documents;
 mod errors;
 mod hardening;

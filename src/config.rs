@@ -17,7 +17,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::keys::material::{KeySpec, RSA_BITS};
-use crate::keys::rotation::RotationPolicy;
 
 /// The configuration used when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -236,6 +235,22 @@ pub struct TlsFiles {
     /// CA whose client certificates authenticate API clients (mTLS); a
     /// client certificate is optional on the connection.
     pub client_ca: Option<PathBuf>,
+}
+
+/// AWS accepts at most 100 RSA and 100 EC keys in one JWKS (spire#4699).
+pub const MAX_KEYS_PER_TYPE: usize = 100;
+
+/// How one cluster's keys rotate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// How long a key signs before the next one takes over.
+    pub rotate_every: Duration,
+    /// How long the next key is published before it may sign: at least the
+    /// JWKS max-age, so every relying party's cache has it first.
+    pub publish_ahead: Duration,
+    /// How long a retired key stays published: at least the longest token it
+    /// may have signed + the JWKS max-age + clock skew.
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -920,7 +935,7 @@ fn validate_policy(
     // steady state the JWKS holds the current and next keys and the retired
     // ones still within retention.
     let published = 2 + retention.as_secs().div_ceil(rotate_every.as_secs().max(1));
-    if published > crate::keys::rotation::MAX_KEYS_PER_TYPE as u64 {
+    if published > MAX_KEYS_PER_TYPE as u64 {
         problems.push(format!(
             "{at}.rotate_every: rotating every {} with retention {} publishes up to {published} \
              keys; AWS accepts at most 100 of a type, so rotate less often",

@@ -1,47 +1,15 @@
 //! What the server knows about its own state: listeners, key reloads, TLS
-//! reloads. Read by `/readyz` and `/metrics`; written by `serve` and the
-//! key-rotation thread.
+//! reloads. Read by `/readyz` and `/metrics`. It reads the key-rotation
+//! task's report (`keys::rotation::ReloadStatus`); rotation imports nothing
+//! of this module.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::issuer::Issuers;
+use crate::keys::rotation::ReloadStatus;
 use crate::server::{ListenerStats, TlsSource};
-
-/// What the background thread reports, for health checks.
-#[derive(Debug, Default)]
-pub struct ReloadStatus {
-    /// Clusters whose keys on disk no longer load, with the reason: the last
-    /// good set keeps serving, but a restart would fail.
-    pub failing: std::sync::Mutex<Vec<(String, String)>>,
-    /// Clusters whose last rotation step failed (a full disk, a permission
-    /// refused), with the reason.
-    pub rotation_failing: std::sync::Mutex<Vec<(String, String)>>,
-    /// Seconds since the epoch of the last pass that loaded every cluster.
-    pub last_good: std::sync::atomic::AtomicU64,
-}
-
-impl ReloadStatus {
-    /// Records a reload pass: the clusters that failed (none: a good pass).
-    pub fn set_reload_failing(&self, failing: Vec<(String, String)>) {
-        if failing.is_empty() {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            self.last_good.store(secs, Ordering::Relaxed);
-        }
-        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing;
-    }
-
-    /// Records a rotation pass: the clusters whose step failed.
-    pub fn set_rotation_failing(&self, failing: Vec<(String, String)>) {
-        *self
-            .rotation_failing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = failing;
-    }
-}
 
 /// One listener as health checks and metrics see it.
 pub struct ListenerInfo {

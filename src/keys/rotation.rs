@@ -27,23 +27,7 @@ use super::material::KeySpec;
 use super::store::{
     rfc3339, KeyRecord, KeySet, KeyState, KeyStore, Manifest, StoreError, StoreLock,
 };
-use crate::health::ReloadStatus;
-
-/// AWS accepts at most 100 RSA and 100 EC keys in one JWKS (spire#4699).
-pub const MAX_KEYS_PER_TYPE: usize = 100;
-
-/// How one cluster's keys rotate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RotationPolicy {
-    /// How long a key signs before the next one takes over.
-    pub rotate_every: Duration,
-    /// How long the next key is published before it may sign: at least the
-    /// JWKS max-age, so every relying party's cache has it first.
-    pub publish_ahead: Duration,
-    /// How long a retired key stays published: at least the longest token it
-    /// may have signed + the JWKS max-age + clock skew.
-    pub retention: Duration,
-}
+pub use crate::config::{RotationPolicy, MAX_KEYS_PER_TYPE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
@@ -808,6 +792,43 @@ pub fn kids(m: &Manifest) -> HashSet<&str> {
 }
 
 // ---- the background task ---------------------------------------------------
+
+/// What the background task reports of the key sets it keeps, for health
+/// checks and metrics to read (they import this module; it imports none of
+/// theirs).
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    /// Clusters whose keys on disk no longer load, with the reason: the last
+    /// good set keeps serving, but a restart would fail.
+    pub failing: std::sync::Mutex<Vec<(String, String)>>,
+    /// Clusters whose last rotation step failed (a full disk, a permission
+    /// refused), with the reason.
+    pub rotation_failing: std::sync::Mutex<Vec<(String, String)>>,
+    /// Seconds since the epoch of the last pass that loaded every cluster.
+    pub last_good: std::sync::atomic::AtomicU64,
+}
+
+impl ReloadStatus {
+    /// Records a reload pass: the clusters that failed (none: a good pass).
+    pub fn set_reload_failing(&self, failing: Vec<(String, String)>) {
+        if failing.is_empty() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_good
+                .store(secs, std::sync::atomic::Ordering::Relaxed);
+        }
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing;
+    }
+
+    /// Records a rotation pass: the clusters whose step failed.
+    pub fn set_rotation_failing(&self, failing: Vec<(String, String)>) {
+        *self
+            .rotation_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = failing;
+    }
+}
 
 /// One cluster as the background task sees it.
 pub struct Managed {

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::cli::{ConfigArgs, KeysCommand};
 use crate::config::{ClusterConfig, Config, Overrides};
-use crate::keys::rotation::{self, next_transition, RotationError};
+use crate::keys::policy::{next_transition, RotationError, Transition};
+use crate::keys::steps;
 use crate::keys::store::{KeyRecord, KeyState, KeyStore};
 
 pub fn check_config(file: &std::path::Path) -> ExitCode {
@@ -81,7 +82,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                rotation::rotate(
+                steps::rotate(
                     &store,
                     &id,
                     c.key_spec,
@@ -101,7 +102,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                rotation::revoke(&store, &id, &kid, c.key_spec, SystemTime::now()),
+                steps::revoke(&store, &id, &kid, c.key_spec, SystemTime::now()),
             )
         }
         KeysCommand::Recover {
@@ -114,7 +115,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                rotation::recover(
+                steps::recover(
                     &store,
                     &id,
                     c.key_spec,
@@ -128,7 +129,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
 
 fn report(
     cluster: &str,
-    result: Result<Vec<rotation::Transition>, RotationError>,
+    result: Result<Vec<Transition>, RotationError>,
 ) -> Result<ExitCode, ExitCode> {
     match result {
         Ok(transitions) => {

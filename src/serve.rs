@@ -20,11 +20,6 @@ use crate::server::{self, ListenerStats, TlsSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cluster \"{cluster}\": {source}")]
-    Keys {
-        cluster: String,
-        source: crate::keys::store::StoreError,
-    },
     #[error(transparent)]
     Auth(#[from] crate::issuer::auth::AuthConfigError),
     #[error(transparent)]
@@ -38,7 +33,7 @@ pub enum StartError {
     #[error("cluster \"{cluster}\": {source}")]
     Rotation {
         cluster: String,
-        source: crate::keys::rotation::RotationError,
+        source: crate::keys::policy::RotationError,
     },
 }
 
@@ -60,49 +55,18 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
         store.check_dirs(None).map_err(StartError::Store)?;
         let mut clusters = Vec::with_capacity(settings.len());
         for c in settings {
-            let keys_err = |source| StartError::Keys {
+            let keys = rotation::load_at_start(
+                &store,
+                &c.id,
+                c.key_spec,
+                &c.rotation,
+                rotate,
+                SystemTime::now(),
+            )
+            .map_err(|source| StartError::Rotation {
                 cluster: c.id.clone(),
                 source,
-            };
-            // Each set carries the stamp of the manifest taken before it was
-            // read: the background task compares against that, so a change
-            // made while the server starts is picked up.
-            let keys = if rotate {
-                // Catch up on whatever fell due while the server was down;
-                // a cluster with nothing due is loaded without the lock.
-                let now = SystemTime::now();
-                let loaded = store.load(&c.id, None).map_err(keys_err)?;
-                let due = loaded.as_ref().is_none_or(|set| {
-                    let records: Vec<_> = set.keys().iter().map(|k| k.record.clone()).collect();
-                    rotation::next_due(&records, c.key_spec, &c.rotation) <= now
-                });
-                let loaded = if due {
-                    let transitions = rotation::apply_policy(&store, &c.id, c.key_spec, &c.rotation, now)
-                        .map_err(|source| StartError::Rotation {
-                            cluster: c.id.clone(),
-                            source,
-                        })?;
-                    rotation::log_transitions(&c.id, &transitions);
-                    store.load(&c.id, loaded.as_ref()).map_err(keys_err)?
-                } else {
-                    loaded
-                };
-                loaded.ok_or_else(|| {
-                    keys_err(crate::keys::store::StoreError::Manifest {
-                        path: store.manifest_path(&c.id),
-                        reason: "missing after the rotation step".into(),
-                    })
-                })?
-            } else {
-                let (keys, created) = store
-                    .load_or_create(&c.id, c.key_spec, SystemTime::now())
-                    .map_err(keys_err)?;
-                if created {
-                    let signer = keys.signer();
-                    tracing::info!(cluster = c.id, kid = signer.kid(), alg = %signer.algorithm(), "generated the first signing key");
-                }
-                keys
-            };
+            })?;
             let signer = keys.signer();
             if signer.spec() != c.key_spec {
                 tracing::warn!(
@@ -137,7 +101,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
         );
     }
     let mut state = AppState::new(issuers, clients, |records, c| {
-        rotation::next_due(records, c.key_spec, &c.rotation)
+        crate::keys::policy::next_due(records, c.key_spec, &c.rotation)
     })?;
     state.request_timeout = config.limits.request_timeout;
     Ok(state)

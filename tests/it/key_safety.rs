@@ -215,7 +215,7 @@ async fn a_key_revoked_while_the_server_starts_leaves_the_jwks_within_the_reload
     let manifest = store.read_manifest("demo").unwrap().unwrap();
     let revoked = manifest.keys[0].kid.clone();
     let c = &config.clusters[0];
-    workload_issuer::keys::rotation::revoke(
+    workload_issuer::keys::steps::revoke(
         &store,
         "demo",
         &revoked,

@@ -6,6 +6,8 @@
 //! `rotation` runs them in the background.
 
 pub mod jwk;
+pub mod keyset;
+pub mod manifest;
 pub mod material;
 pub mod policy;
 pub mod rotation;

@@ -11,8 +11,9 @@
 //! A cluster has a *set* of keys: every key in the manifest is published in the
 //! JWKS, exactly one (`current`) signs. The rotation module moves keys through
 //! their states; this module only loads, creates and writes, and builds the
-//! immutable [`KeySet`] that the HTTP layer reads. The JWKS bytes are built here,
-//! once per change of the set, never per request.
+//! immutable [`KeySet`] (`keys::keyset`) that the HTTP layer reads; the
+//! manifest's shape is `keys::manifest`, re-exported here as the store's
+//! vocabulary.
 //!
 //! The manifest is the only authority on a cluster's keys. A key file is
 //! removed only when a manifest lists its kid under `removed`; a missing
@@ -20,7 +21,8 @@
 //! and key files that someone else could write (or read) are refused, on every
 //! load, unless the operator allowed it.
 //!
-//! Depends on `keys::material`, `keys::jwk` and `fsutil`; never on `http`.
+//! Depends on `keys::material`, `keys::keyset`, `keys::manifest` and `fsutil`;
+//! never on anything above `keys`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -29,85 +31,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
-use super::jwk::{jwks_json, PublicJwk};
-use super::material::{Algorithm, KeyError, KeySpec, SigningKey};
+pub use super::keyset::{KeySet, Stamp, StoredKey};
+use super::manifest::MANIFEST_VERSION;
+pub use super::manifest::{rfc3339, KeyRecord, KeyState, Manifest, MANIFEST};
+use super::material::{KeyError, KeySpec, SigningKey};
 use crate::fsutil::{ensure_dir, write_atomic};
 
-pub const MANIFEST: &str = "manifest.json";
-const MANIFEST_VERSION: u32 = 1;
 const LOCK_FILE: &str = ".lock";
 const KEY_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
-
-/// Where a key is in its life (REFERENCE §5):
-/// `next` (published, not signing) -> `current` (signing) -> `retired` (published).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyState {
-    Next,
-    Current,
-    Retired,
-}
-
-impl KeyState {
-    /// The name used in manifests, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Next => "next",
-            KeyState::Current => "current",
-            KeyState::Retired => "retired",
-        }
-    }
-}
-
-/// One key's entry in a cluster's manifest. Times are RFC 3339 UTC.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyRecord {
-    pub kid: String,
-    pub alg: String,
-    pub bits: u32,
-    pub state: KeyState,
-    pub created: String,
-    /// When the key first appeared in the JWKS.
-    pub published: String,
-    /// When it started signing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub activated: Option<String>,
-    /// When it stopped signing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retired: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub version: u32,
-    pub cluster: String,
-    pub keys: Vec<KeyRecord>,
-    /// Kids that left the JWKS and whose key files are to be deleted: the
-    /// only key files the store ever removes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<String>,
-    /// The newest time a rotation step vouched for its clock (RFC 3339): a
-    /// clock far ahead of it deletes no key (see `keys::rotation`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checked: Option<String>,
-}
-
-impl Manifest {
-    pub fn empty(cluster: &str) -> Self {
-        Manifest {
-            version: MANIFEST_VERSION,
-            cluster: cluster.to_owned(),
-            keys: Vec::new(),
-            removed: Vec::new(),
-            checked: None,
-        }
-    }
-}
 
 /// Where the store is about to write or remove something; a [`WriteHook`]
 /// sees each point first (tests inject failures there).
@@ -120,39 +52,6 @@ pub enum WritePoint {
 
 /// Called before every write or removal; an error aborts it.
 pub type WriteHook = Arc<dyn Fn(WritePoint) -> io::Result<()> + Send + Sync>;
-
-/// Identifies one version of a file: an atomic rename gives a new inode, and
-/// an edit in place, a chmod or a chown a new ctime, so a change is seen
-/// without reading the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stamp {
-    ino: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    len: u64,
-}
-
-impl Stamp {
-    fn of(meta: &fs::Metadata) -> Stamp {
-        use std::os::unix::fs::MetadataExt as _;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Stamp {
-            ino: meta.ino(),
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-            len: meta.len(),
-        }
-    }
-
-    /// The stamp of the file at `path`; `None` if there is none.
-    fn read(path: &Path) -> io::Result<Option<Stamp>> {
-        match fs::metadata(path) {
-            Ok(m) => Ok(Some(Stamp::of(&m))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -206,109 +105,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
-    }
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// A key with its manifest record.
-#[derive(Debug)]
-pub struct StoredKey {
-    pub record: KeyRecord,
-    pub key: Arc<SigningKey>,
-    /// The version of the key file it was loaded from.
-    file: Option<Stamp>,
-}
-
-/// A cluster's published keys and its signer, immutable once built. Rotation
-/// and reload build a new one and swap it in whole.
-#[derive(Debug)]
-pub struct KeySet {
-    keys: Vec<StoredKey>,
-    current: usize,
-    jwks: Vec<u8>,
-    algorithms: Vec<Algorithm>,
-    /// The version of the manifest it was loaded from, taken before reading.
-    stamp: Option<Stamp>,
-    /// The manifest's `checked` time.
-    checked: Option<String>,
-}
-
-impl KeySet {
-    /// Builds the set from loaded keys; exactly one must be `current`.
-    pub fn new(keys: Vec<StoredKey>) -> Result<KeySet, String> {
-        let currents: Vec<usize> = keys
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| k.record.state == KeyState::Current)
-            .map(|(i, _)| i)
-            .collect();
-        let current = match currents.as_slice() {
-            [one] => *one,
-            [] => return Err("no key is in state \"current\"".into()),
-            _ => return Err(format!("{} keys are in state \"current\"", currents.len())),
-        };
-        let public: Vec<&PublicJwk> = keys.iter().map(|k| k.key.public_jwk()).collect();
-        let jwks = jwks_json(&public);
-        let mut algorithms: Vec<Algorithm> = keys.iter().map(|k| k.key.algorithm()).collect();
-        algorithms.sort();
-        algorithms.dedup();
-        Ok(KeySet {
-            keys,
-            current,
-            jwks,
-            algorithms,
-            stamp: None,
-            checked: None,
-        })
-    }
-
-    /// The version of the manifest this set was loaded from: a later change
-    /// of the file has another stamp.
-    pub fn stamp(&self) -> Option<Stamp> {
-        self.stamp
-    }
-
-    /// The same set, as if loaded from the manifest version `stamp`.
-    #[cfg(test)]
-    pub(crate) fn restamped(mut self, stamp: Option<Stamp>) -> KeySet {
-        self.stamp = stamp;
-        self
-    }
-
-    /// When a rotation step last vouched for its clock (the manifest's
-    /// `checked`), RFC 3339.
-    pub fn checked(&self) -> Option<&str> {
-        self.checked.as_deref()
-    }
-
-    /// The key that signs new tokens.
-    pub fn signer(&self) -> &Arc<SigningKey> {
-        &self.keys[self.current].key
-    }
-
-    /// The JWK Set document, serialized once.
-    pub fn jwks_json(&self) -> &[u8] {
-        &self.jwks
-    }
-
-    /// Sorted, unique algorithms of the published keys.
-    pub fn algorithms(&self) -> &[Algorithm] {
-        &self.algorithms
-    }
-
-    pub fn keys(&self) -> &[StoredKey] {
-        &self.keys
-    }
-
-    /// Finds a published key by kid.
-    pub fn find(&self, kid: &str) -> Option<&Arc<SigningKey>> {
-        self.keys
-            .iter()
-            .find(|k| k.key.kid() == kid)
-            .map(|k| &k.key)
     }
 }
 
@@ -851,7 +647,7 @@ mod tests {
         for private in ["d", "p", "q", "dp", "dq", "qi"] {
             assert!(keys[0].get(private).is_none());
         }
-        assert_eq!(set.algorithms(), &[Algorithm::Es256]);
+        assert_eq!(set.algorithms(), &[crate::keys::material::Algorithm::Es256]);
     }
 
     fn mode(path: &Path, mode: u32) {

@@ -1,0 +1,144 @@
+//! A cluster's key set in memory: the published keys and the one that
+//! signs, with the JWKS serialized once; immutable, swapped whole. Each key
+//! and the set remember the version ([`Stamp`]) of the file they came from.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::jwk::{jwks_json, PublicJwk};
+use super::manifest::{KeyRecord, KeyState};
+use super::material::{Algorithm, SigningKey};
+
+/// Identifies one version of a file: an atomic rename gives a new inode, and
+/// an edit in place, a chmod or a chown a new ctime, so a change is seen
+/// without reading the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    len: u64,
+}
+
+impl Stamp {
+    pub(crate) fn of(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt as _;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Stamp {
+            ino: meta.ino(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            len: meta.len(),
+        }
+    }
+
+    /// The stamp of the file at `path`; `None` if there is none.
+    pub(crate) fn read(path: &Path) -> io::Result<Option<Stamp>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(Stamp::of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A key with its manifest record.
+#[derive(Debug)]
+pub struct StoredKey {
+    pub record: KeyRecord,
+    pub key: Arc<SigningKey>,
+    /// The version of the key file it was loaded from.
+    pub(crate) file: Option<Stamp>,
+}
+
+/// A cluster's published keys and its signer, immutable once built. Rotation
+/// and reload build a new one and swap it in whole.
+#[derive(Debug)]
+pub struct KeySet {
+    pub(crate) keys: Vec<StoredKey>,
+    current: usize,
+    jwks: Vec<u8>,
+    algorithms: Vec<Algorithm>,
+    /// The version of the manifest it was loaded from, taken before reading.
+    pub(crate) stamp: Option<Stamp>,
+    /// The manifest's `checked` time.
+    pub(crate) checked: Option<String>,
+}
+
+impl KeySet {
+    /// Builds the set from loaded keys; exactly one must be `current`.
+    pub fn new(keys: Vec<StoredKey>) -> Result<KeySet, String> {
+        let currents: Vec<usize> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.record.state == KeyState::Current)
+            .map(|(i, _)| i)
+            .collect();
+        let current = match currents.as_slice() {
+            [one] => *one,
+            [] => return Err("no key is in state \"current\"".into()),
+            _ => return Err(format!("{} keys are in state \"current\"", currents.len())),
+        };
+        let public: Vec<&PublicJwk> = keys.iter().map(|k| k.key.public_jwk()).collect();
+        let jwks = jwks_json(&public);
+        let mut algorithms: Vec<Algorithm> = keys.iter().map(|k| k.key.algorithm()).collect();
+        algorithms.sort();
+        algorithms.dedup();
+        Ok(KeySet {
+            keys,
+            current,
+            jwks,
+            algorithms,
+            stamp: None,
+            checked: None,
+        })
+    }
+
+    /// The version of the manifest this set was loaded from: a later change
+    /// of the file has another stamp.
+    pub fn stamp(&self) -> Option<Stamp> {
+        self.stamp
+    }
+
+    /// The same set, as if loaded from the manifest version `stamp`.
+    #[cfg(test)]
+    pub(crate) fn restamped(mut self, stamp: Option<Stamp>) -> KeySet {
+        self.stamp = stamp;
+        self
+    }
+
+    /// When a rotation step last vouched for its clock (the manifest's
+    /// `checked`), RFC 3339.
+    pub fn checked(&self) -> Option<&str> {
+        self.checked.as_deref()
+    }
+
+    /// The key that signs new tokens.
+    pub fn signer(&self) -> &Arc<SigningKey> {
+        &self.keys[self.current].key
+    }
+
+    /// The JWK Set document, serialized once.
+    pub fn jwks_json(&self) -> &[u8] {
+        &self.jwks
+    }
+
+    /// Sorted, unique algorithms of the published keys.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    pub fn keys(&self) -> &[StoredKey] {
+        &self.keys
+    }
+
+    /// Finds a published key by kid.
+    pub fn find(&self, kid: &str) -> Option<&Arc<SigningKey>> {
+        self.keys
+            .iter()
+            .find(|k| k.key.kid() == kid)
+            .map(|k| &k.key)
+    }
+}

@@ -1,8 +1,8 @@
 //! The one-shot commands: `check-config` and `keys list|rotate|revoke|recover`.
 //! Each returns the process exit code: 0 done, 1 refused or failed, 2 bad input.
 
+use crate::clock::{Clock as _, SystemClock};
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -87,7 +87,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
                     &id,
                     c.key_spec,
                     &c.rotation,
-                    SystemTime::now(),
+                    SystemClock::new().now(),
                     force,
                 ),
             )
@@ -102,7 +102,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                steps::revoke(&store, &id, &kid, c.key_spec, SystemTime::now()),
+                steps::revoke(&store, &id, &kid, c.key_spec, SystemClock::new().now()),
             )
         }
         KeysCommand::Recover {
@@ -120,7 +120,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
                     &id,
                     c.key_spec,
                     current.as_deref(),
-                    SystemTime::now(),
+                    SystemClock::new().now(),
                 ),
             )
         }

@@ -276,9 +276,8 @@ impl Metrics {
     }
 
     /// The exposition text, with the state gauges computed now.
-    pub fn render(&self, issuers: &Issuers, health: &Health) -> Vec<u8> {
+    pub fn render(&self, issuers: &Issuers, health: &Health, now: SystemTime) -> Vec<u8> {
         let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
-        let now = SystemTime::now();
         let secs = |t: SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
             Ok(d) => d.as_secs() as i64,
             Err(e) => -(e.duration().as_secs() as i64),

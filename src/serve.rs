@@ -5,10 +5,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 
+use crate::clock::{unix_seconds, SharedClock, SystemClock};
 use crate::config::Config;
 use crate::health::ListenerInfo;
 use crate::http::{app_for, AppState, Face};
@@ -43,9 +43,11 @@ pub fn key_store(config: &Config) -> KeyStore {
         .allow_insecure_permissions(config.allow_insecure_key_permissions)
 }
 
-/// Loads or creates every cluster's keys and the API clients.
-pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
+/// Loads or creates every cluster's keys and the API clients; `clock` is
+/// the time the server stamps tokens and keys with.
+pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, StartError> {
     let store = key_store(config);
+    let now = clock.now();
     let settings = config.clusters.clone();
     let rotate = config.rotation.enabled;
     // Key generation (RSA especially) and file reads block: keep them off the
@@ -61,7 +63,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
                 c.key_spec,
                 &c.rotation,
                 rotate,
-                SystemTime::now(),
+                now,
             )
             .map_err(|source| StartError::Rotation {
                 cluster: c.id.clone(),
@@ -100,9 +102,12 @@ pub async fn prepare(config: &Config) -> Result<AppState, StartError> {
             "no API clients are configured: minting is disabled, discovery and JWKS are served"
         );
     }
-    let mut state = AppState::new(issuers, clients, |records, c| {
-        crate::keys::policy::next_due(records, c.key_spec, &c.rotation)
-    })?;
+    let mut state = AppState::new(
+        issuers,
+        clients,
+        |records, c| crate::keys::policy::next_due(records, c.key_spec, &c.rotation),
+        clock,
+    )?;
     state.request_timeout = config.limits.request_timeout;
     Ok(state)
 }
@@ -149,7 +154,7 @@ pub async fn run(
     for (name, socket, face, files) in planned {
         let tls = match &files {
             Some(files) => {
-                let source = TlsSource::load(files)?;
+                let source = TlsSource::load(files, state.clock.clone())?;
                 watchers.push(tokio::spawn(
                     source.clone().watch(config.tls_reload_interval),
                 ));
@@ -191,8 +196,8 @@ pub async fn run(
         ));
     }
     state.health.set_listeners(infos);
-    let background = Arc::new(start_background(config, &state)?);
-    let hup = background.clone();
+    let background = start_background(config, &state);
+    let hup = background.reload_handle();
     let sighup = tokio::spawn(async move {
         let mut signal = match reloads.0 {
             Ok(signal) => signal,
@@ -235,7 +240,7 @@ pub async fn run(
         w.abort();
     }
     sighup.abort();
-    drop(background);
+    background.stop().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -262,9 +267,9 @@ fn log_clusters(state: &AppState) {
     }
 }
 
-/// Starts the thread that applies rotation policies (when this replica
+/// Starts the task that applies rotation policies (when this replica
 /// rotates) and follows key-set changes made by other replicas or the CLI.
-fn start_background(config: &Config, state: &AppState) -> Result<Background, StartError> {
+fn start_background(config: &Config, state: &AppState) -> Background {
     let mut managed = Vec::new();
     let mut loaded = Vec::new();
     for cluster in state.issuers.all() {
@@ -283,18 +288,17 @@ fn start_background(config: &Config, state: &AppState) -> Result<Background, Sta
         reload_interval: config.rotation.reload_interval,
     };
     state.health.reload.last_good.store(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        unix_seconds(state.clock.now()),
         std::sync::atomic::Ordering::Relaxed,
     );
-    Ok(Background::start(
+    Background::start(
         key_store(config),
         managed,
         loaded,
         settings,
         state.health.reload.clone(),
-    )?)
+        state.clock.clone(),
+    )
 }
 
 /// `workload-issuer serve`: prepare, bind the configured address, serve until
@@ -306,7 +310,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // instead of killing it by the signal's default action.
     let shutdown = server::shutdown_signal();
     let reloads = reload_signal();
-    let state = prepare(&config).await?;
+    let state = prepare(&config, SystemClock::shared()).await?;
     let sockets = Sockets::bind(&config).await?;
     run(&config, state, sockets, shutdown, reloads).await
 }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::clock::{unix_seconds, SharedClock};
 use crate::config::{Limits, TlsFiles};
 
 /// How long in-flight requests get to finish after shutdown starts.
@@ -156,24 +157,21 @@ pub struct TlsSource {
     pub last_good: AtomicU64,
     /// Why the files last seen could not be used, if they could not.
     pub failing: Mutex<Option<String>>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    clock: SharedClock,
 }
 
 impl TlsSource {
-    pub fn load(files: &TlsFiles) -> Result<Arc<TlsSource>, TlsError> {
+    /// Loads the files; `clock` stamps each successful (re)load.
+    pub fn load(files: &TlsFiles, clock: SharedClock) -> Result<Arc<TlsSource>, TlsError> {
         let pem = TlsPem::read(files)?;
         let config = pem.build(files)?;
         Ok(Arc::new(TlsSource {
             files: files.clone(),
             current: ArcSwap::from_pointee(config),
             seen: Mutex::new((pem, true)),
-            last_good: AtomicU64::new(unix_now()),
+            last_good: AtomicU64::new(unix_seconds(clock.now())),
             failing: Mutex::new(None),
+            clock,
         }))
     }
 
@@ -200,7 +198,8 @@ impl TlsSource {
             if seen.1 {
                 // The files in use are readable again, unchanged.
                 self.set_failing(None);
-                self.last_good.store(unix_now(), Ordering::Relaxed);
+                self.last_good
+                    .store(unix_seconds(self.clock.now()), Ordering::Relaxed);
             }
             return Ok(false);
         }
@@ -210,7 +209,8 @@ impl TlsSource {
         match built {
             Ok(config) => {
                 self.current.store(Arc::new(config));
-                self.last_good.store(unix_now(), Ordering::Relaxed);
+                self.last_good
+                    .store(unix_seconds(self.clock.now()), Ordering::Relaxed);
                 self.set_failing(None);
                 Ok(true)
             }

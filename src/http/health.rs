@@ -82,9 +82,12 @@ pub async fn metrics(state: &Arc<AppState>, method: Method) -> Response {
         return r;
     }
     let shared = state.clone();
-    let rendered =
-        tokio::task::spawn_blocking(move || shared.metrics.render(&shared.issuers, &shared.health))
-            .await;
+    let rendered = tokio::task::spawn_blocking(move || {
+        shared
+            .metrics
+            .render(&shared.issuers, &shared.health, shared.clock.now())
+    })
+    .await;
     match rendered {
         Ok(body) => super::uncached(
             StatusCode::OK,

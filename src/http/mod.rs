@@ -37,6 +37,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// How long a minting or review request may take.
     pub request_timeout: Duration,
+    /// The wall clock tokens are stamped with.
+    pub clock: crate::clock::SharedClock,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
         issuers: Issuers,
         clients: ApiClients,
         next_due: crate::metrics::NextDue,
+        clock: crate::clock::SharedClock,
     ) -> std::io::Result<Self> {
         // One signing turn per worker thread of the runtime serving us.
         let workers = tokio::runtime::Handle::try_current().map_or_else(
@@ -57,6 +60,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new(next_due).map_err(std::io::Error::other)?),
             health: Arc::new(Health::default()),
             request_timeout: crate::config::Limits::default().request_timeout,
+            clock,
         })
     }
 }

@@ -2,7 +2,6 @@
 //! bearer-authenticated like minting, JSON or Kubernetes protobuf in, JSON out.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
@@ -69,7 +68,7 @@ pub async fn create(
     if token.is_empty() {
         return Err(bad_request("spec.token: Required value"));
     }
-    let result = review(cluster, &token, &audiences, SystemTime::now());
+    let result = review(cluster, &token, &audiences, state.clock.now());
     tracing::info!(
         cluster = cluster.id(),
         client = client.name,

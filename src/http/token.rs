@@ -6,7 +6,6 @@
 //! names in the URL (400), authorization (403), then the body (415, 413, 400).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -186,11 +185,11 @@ async fn mint_in_turn(
     request: &MintRequest,
 ) -> Result<Minted, MintError> {
     if !cluster.signs_slowly() {
-        return mint(cluster, request, SystemTime::now());
+        return mint(cluster, request, state.clock.now());
     }
     state
         .signing
-        .run(|| mint(cluster, request, SystemTime::now()))
+        .run(|| mint(cluster, request, state.clock.now()))
         .await
 }
 

@@ -6,8 +6,9 @@
 //! `issuer`, a listener or health: the server hands in a callback that
 //! publishes a new key set, and health reads [`ReloadStatus`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::material::KeySpec;
 use super::policy::{
@@ -15,6 +16,7 @@ use super::policy::{
 };
 use super::steps::{apply_policy, apply_policy_trusting, log_transitions};
 use super::store::{KeyRecord, KeySet, KeyStore, StoreError};
+use crate::clock::{unix_seconds, SharedClock};
 
 /// A cluster's key set at start: as it is on disk, after one step that
 /// catches up on whatever fell due while the server was down (when this
@@ -70,20 +72,25 @@ pub struct ReloadStatus {
     /// refused), with the reason.
     pub rotation_failing: std::sync::Mutex<Vec<(String, String)>>,
     /// Seconds since the epoch of the last pass that loaded every cluster.
-    pub last_good: std::sync::atomic::AtomicU64,
+    pub last_good: AtomicU64,
+    /// The clock's steady time (nanoseconds) at the end of the last pass,
+    /// for whoever waits for the task to have looked.
+    pub passed: AtomicU64,
 }
 
 impl ReloadStatus {
-    /// Records a reload pass: the clusters that failed (none: a good pass).
-    pub fn set_reload_failing(&self, failing: Vec<(String, String)>) {
+    /// Records a reload pass at `now`: the clusters that failed (none: a
+    /// good pass).
+    pub fn set_reload_failing(&self, failing: Vec<(String, String)>, now: SystemTime) {
         if failing.is_empty() {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            self.last_good
-                .store(secs, std::sync::atomic::Ordering::Relaxed);
+            self.last_good.store(unix_seconds(now), Ordering::Relaxed);
         }
         *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing;
+    }
+
+    /// The clock's steady time at the end of the task's last pass.
+    pub fn passed(&self) -> Duration {
+        Duration::from_nanos(self.passed.load(Ordering::Acquire))
     }
 
     /// Records a rotation pass: the clusters whose step failed.
@@ -110,7 +117,7 @@ struct Tracked {
     set: Arc<KeySet>,
     /// Since when (on the monotonic clock) a step has withheld deletions for
     /// a clock that looks ahead, and the `checked` time it saw then.
-    withheld_since: Option<(Instant, Option<String>)>,
+    withheld_since: Option<(Duration, Option<String>)>,
 }
 
 /// Applies the policies of the managed clusters that have something due
@@ -121,7 +128,7 @@ fn apply_due(
     managed: &[Managed],
     tracked: &mut [Tracked],
     now: SystemTime,
-    monotonic: Instant,
+    steady: Duration,
 ) -> Vec<(String, String)> {
     let mut failing = Vec::new();
     for (m, t) in managed.iter().zip(tracked.iter_mut()) {
@@ -137,7 +144,7 @@ fn apply_due(
         let trust = match &t.withheld_since {
             Some((since, checked))
                 if checked.as_deref() == t.set.checked()
-                    && monotonic.saturating_duration_since(*since) >= m.policy.retention =>
+                    && steady.saturating_sub(*since) >= m.policy.retention =>
             {
                 tracing::warn!(
                     cluster = m.cluster,
@@ -158,7 +165,7 @@ fn apply_due(
                     Some((since, checked)) if withheld && checked.as_deref() == t.set.checked() => {
                         Some((since, checked))
                     }
-                    _ if withheld => Some((monotonic, t.set.checked().map(str::to_owned))),
+                    _ if withheld => Some((steady, t.set.checked().map(str::to_owned))),
                     _ => None,
                 };
             }
@@ -171,20 +178,32 @@ fn apply_due(
     failing
 }
 
-/// What the background thread is told.
+/// What the background task is told.
 enum Signal {
     Reload,
     Stop,
 }
 
-/// The background thread: applies the policies every `interval` (when this
+/// The background task: applies the policies every `interval` (when this
 /// replica rotates) and re-reads changed manifests and key files every
-/// `reload_interval`, publishing each new key set. A manifest or key file
-/// that cannot be read or loaded is logged and reported, and the last good
-/// key set keeps serving.
+/// `reload_interval`, publishing each new key set; both on the clock it is
+/// given. A manifest or key file that cannot be read or loaded is logged and
+/// reported, and the last good key set keeps serving. The file work runs on
+/// the blocking pool, off the async workers.
 pub struct Background {
-    tx: std::sync::mpsc::Sender<Signal>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    tx: tokio::sync::mpsc::UnboundedSender<Signal>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Asks a running [`Background`] task to re-read every key set.
+#[derive(Clone)]
+pub struct ReloadHandle(tokio::sync::mpsc::UnboundedSender<Signal>);
+
+impl ReloadHandle {
+    /// Re-reads every manifest and key file now, changed or not (SIGHUP).
+    pub fn reload_now(&self) {
+        let _ = self.0.send(Signal::Reload);
+    }
 }
 
 pub struct BackgroundSettings {
@@ -193,82 +212,134 @@ pub struct BackgroundSettings {
     pub reload_interval: Duration,
 }
 
+/// What the task owns, handed to the blocking pool for each pass.
+struct Task {
+    store: KeyStore,
+    managed: Vec<Managed>,
+    tracked: Vec<Tracked>,
+    status: Arc<ReloadStatus>,
+}
+
+impl Task {
+    fn pass(&mut self, apply: bool, force: bool, now: SystemTime, steady: Duration) {
+        if apply {
+            let failing = apply_due(&self.store, &self.managed, &mut self.tracked, now, steady);
+            self.status.set_rotation_failing(failing);
+        }
+        reload(
+            &self.store,
+            &self.managed,
+            &mut self.tracked,
+            &self.status,
+            force,
+            now,
+        );
+    }
+}
+
 impl Background {
-    /// Starts the thread. `loaded` holds each managed cluster's key set as
-    /// the server loaded it, in the order of `managed`; each carries the
-    /// stamp of the manifest it came from, so a change made since is seen.
+    /// Starts the task on the current tokio runtime. `loaded` holds each
+    /// managed cluster's key set as the server loaded it, in the order of
+    /// `managed`; each carries the stamp of the manifest it came from, so a
+    /// change made since is seen at once.
     pub fn start(
         store: KeyStore,
         managed: Vec<Managed>,
         loaded: Vec<Arc<KeySet>>,
         settings: BackgroundSettings,
         status: Arc<ReloadStatus>,
-    ) -> std::io::Result<Background> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("key-rotation".into())
-            .spawn(move || background(store, managed, loaded, settings, status, rx))?;
-        Ok(Background {
+        clock: SharedClock,
+    ) -> Background {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let tracked = loaded
+            .into_iter()
+            .map(|set| Tracked {
+                set,
+                withheld_since: None,
+            })
+            .collect();
+        let task = Task {
+            store,
+            managed,
+            tracked,
+            status,
+        };
+        let task = tokio::spawn(run_task(task, settings, clock, rx));
+        Background {
             tx,
-            handle: Some(handle),
-        })
+            task: Some(task),
+        }
     }
 
-    /// Re-reads every manifest and key file now, changed or not (SIGHUP).
-    pub fn reload_now(&self) {
-        let _ = self.tx.send(Signal::Reload);
+    /// A handle that asks for a reload (SIGHUP).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.tx.clone())
+    }
+
+    /// Stops the task, letting a pass under way finish.
+    pub async fn stop(mut self) {
+        let _ = self.tx.send(Signal::Stop);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
+        // Not stopped by `stop`: the task ends at its next look.
         let _ = self.tx.send(Signal::Stop);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
-fn background(
-    store: KeyStore,
-    managed: Vec<Managed>,
-    loaded: Vec<Arc<KeySet>>,
+async fn run_task(
+    mut task: Task,
     settings: BackgroundSettings,
-    status: Arc<ReloadStatus>,
-    rx: std::sync::mpsc::Receiver<Signal>,
+    clock: SharedClock,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Signal>,
 ) {
-    use std::sync::mpsc::RecvTimeoutError;
-
-    let mut tracked: Vec<Tracked> = loaded
-        .into_iter()
-        .map(|set| Tracked {
-            set,
-            withheld_since: None,
-        })
-        .collect();
     // Catch up at once on anything that changed while the server started.
-    reload(&store, &managed, &mut tracked, &status, false);
-    let mut next_apply = Instant::now() + settings.interval;
-    let mut next_reload = Instant::now() + settings.reload_interval;
+    let mut pending = Some((false, false));
+    let mut next_apply = clock.elapsed() + settings.interval;
+    let mut next_reload = clock.elapsed() + settings.reload_interval;
     loop {
-        let wake = if settings.rotate {
-            next_apply.min(next_reload)
-        } else {
-            next_reload
+        let (apply, force) = match pending.take() {
+            Some(p) => p,
+            None => {
+                let wake = if settings.rotate {
+                    next_apply.min(next_reload)
+                } else {
+                    next_reload
+                };
+                let force = tokio::select! {
+                    signal = rx.recv() => match signal {
+                        Some(Signal::Reload) => true,
+                        Some(Signal::Stop) | None => return,
+                    },
+                    () = clock.wait_until(wake) => false,
+                };
+                (settings.rotate && clock.elapsed() >= next_apply, force)
+            }
         };
-        let force = match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-            Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Signal::Reload) => true,
-            Err(RecvTimeoutError::Timeout) => false,
+        let (now, steady) = (clock.now(), clock.elapsed());
+        task = match tokio::task::spawn_blocking(move || {
+            task.pass(apply, force, now, steady);
+            task
+        })
+        .await
+        {
+            Ok(task) => task,
+            Err(e) => {
+                tracing::error!(error = %e, "the key-rotation task failed; key sets no longer follow the disk");
+                return;
+            }
         };
-        let now = Instant::now();
-        if settings.rotate && now >= next_apply {
-            let failing = apply_due(&store, &managed, &mut tracked, SystemTime::now(), now);
-            status.set_rotation_failing(failing);
-            next_apply = now + settings.interval;
+        if apply {
+            next_apply = steady + settings.interval;
         }
-        reload(&store, &managed, &mut tracked, &status, force);
-        next_reload = Instant::now() + settings.reload_interval;
+        next_reload = clock.elapsed() + settings.reload_interval;
+        let nanos = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        task.status.passed.store(nanos, Ordering::Release);
     }
 }
 
@@ -281,6 +352,7 @@ fn reload(
     tracked: &mut [Tracked],
     status: &ReloadStatus,
     force: bool,
+    now: SystemTime,
 ) {
     let mut failing = Vec::new();
     let root = store.check_dirs(None).err();
@@ -335,12 +407,13 @@ fn reload(
             }
         }
     }
-    status.set_reload_failing(failing);
+    status.set_reload_failing(failing, now);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock as _;
     use crate::keys::steps::rotate;
     use crate::keys::store::KeyState;
     use crate::keys::testkit::*;
@@ -371,7 +444,7 @@ mod tests {
             withheld_since: None,
         }];
         let jumped = t0() + 70 * DAY;
-        let i0 = Instant::now();
+        let i0 = Duration::from_secs(5);
         for (wall, mono) in [(jumped, i0), (jumped + HOUR, i0 + HOUR)] {
             assert!(apply_due(&store, &managed, &mut tracked, wall, mono).is_empty());
             reload(&mut tracked);
@@ -422,7 +495,7 @@ mod tests {
             &[noop_managed(p)],
             &mut tracked,
             t0() + 29 * DAY,
-            Instant::now(),
+            Duration::ZERO,
         );
         assert_eq!(failing.len(), 1);
         assert_eq!(failing[0].0, "c");
@@ -462,7 +535,72 @@ mod tests {
         let status = ReloadStatus::default();
         let signing = kid_in(&store, KeyState::Current).unwrap();
         assert_ne!(signing, old_signer);
-        reload(&store, &managed, &mut tracked, &status, true);
+        reload(&store, &managed, &mut tracked, &status, true, t0());
         assert_eq!(*published.lock().unwrap(), vec![signing]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_task_rotates_on_its_clock_and_only_when_the_clock_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        let first = kid_in(&store, KeyState::Current).unwrap();
+        let clock = crate::clock::ManualClock::new(t0());
+        let signing = Arc::new(std::sync::Mutex::new(first.clone()));
+        let sink = signing.clone();
+        let managed = vec![Managed {
+            publish: Box::new(move |set: Arc<KeySet>| {
+                *sink.lock().unwrap() = set.signer().kid().to_owned();
+            }),
+            ..noop_managed(p)
+        }];
+        let status = Arc::new(ReloadStatus::default());
+        let minute = Duration::from_secs(60);
+        let background = Background::start(
+            store.clone(),
+            managed,
+            vec![Arc::new(store.load("c", None).unwrap().unwrap())],
+            BackgroundSettings {
+                rotate: true,
+                interval: minute,
+                reload_interval: minute,
+            },
+            status.clone(),
+            clock.clone(),
+        );
+        // Waits until the task has finished a pass at or after `at`.
+        let passed = |at: Duration| {
+            let status = status.clone();
+            async move {
+                for _ in 0..200 {
+                    if status.passed() >= at {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("no pass of the task reached {at:?}");
+            }
+        };
+        passed(Duration::ZERO).await;
+        // Thirty days go by a minute at a time, as seen by the task: the
+        // next key is published a day ahead, then signs on the day.
+        for day in 1..=30u32 {
+            clock.jump(DAY - minute);
+            clock.advance(minute);
+            passed(clock.elapsed()).await;
+            let now_signing = signing.lock().unwrap().clone();
+            let next = kid_in(&store, KeyState::Next);
+            match day {
+                ..=28 => assert!(next.is_none() && now_signing == first, "day {day}"),
+                29 => assert!(next.is_some() && now_signing == first, "day {day}"),
+                _ => assert_ne!(now_signing, first, "day {day}: the next key signs"),
+            }
+        }
+        // Without the clock moving, the task does nothing.
+        let passes = status.passed();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(status.passed(), passes);
+        background.stop().await;
     }
 }

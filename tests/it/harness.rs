@@ -103,9 +103,10 @@ pub struct Server {
     pub base: String,
     /// The issuance API's own listener, when started with `api_listener`.
     pub api_base: Option<String>,
-
     pub admin_token: String,
     pub ca_pem: Option<String>,
+    /// What the key-rotation task reports, to wait for its passes.
+    pub reload: std::sync::Arc<workload_issuer::keys::rotation::ReloadStatus>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -124,7 +125,16 @@ pub struct Options<'a> {
 }
 
 impl Server {
+    /// Starts a server on the system clock.
     pub async fn start(opts: Options<'_>) -> Server {
+        Server::start_with_clock(opts, workload_issuer::clock::SystemClock::shared()).await
+    }
+
+    /// Starts a server whose wall clock and rotation schedule are `clock`.
+    pub async fn start_with_clock(
+        opts: Options<'_>,
+        clock: workload_issuer::clock::SharedClock,
+    ) -> Server {
         let at = opts
             .listen
             .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
@@ -164,7 +174,10 @@ impl Server {
         let tables: Vec<&str> = extra.lines().skip(split).collect();
         text = format!("{}\n{text}\n{}\n", top.join("\n"), tables.join("\n"));
         let config = Config::parse("test", &text, &Overrides::default()).unwrap();
-        let state = workload_issuer::serve::prepare(&config).await.unwrap();
+        let state = workload_issuer::serve::prepare(&config, clock)
+            .await
+            .unwrap();
+        let reload = state.health.reload.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let api_base = api.as_ref().map(|(_, a)| format!("{scheme}://{a}"));
         let sockets = workload_issuer::serve::Sockets {
@@ -186,9 +199,9 @@ impl Server {
         Server {
             base,
             api_base,
-
             admin_token,
             ca_pem: opts.tls.map(|t| t.ca_pem.clone()),
+            reload,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -247,6 +260,18 @@ impl Server {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Waits (up to 10 s) until the key-rotation task has finished a pass
+    /// at or after the steady time `at` of its clock.
+    pub async fn passed(&self, at: std::time::Duration) {
+        let reload = self.reload.clone();
+        let done = eventually(std::time::Duration::from_secs(10), || {
+            let reload = reload.clone();
+            async move { reload.passed() >= at }
+        })
+        .await;
+        assert!(done, "the key-rotation task did not pass {at:?}");
     }
 
     /// Stops the server and waits until it has stopped.

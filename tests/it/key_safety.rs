@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 use workload_issuer::config::{Config, Overrides};
 
+use workload_issuer::clock::{Clock as _, ManualClock};
+
 use crate::cli::{spawn_serve, terminate};
 use crate::harness::{eventually, verify_with_jwks, Options, Server};
 
@@ -85,65 +87,70 @@ async fn a_lost_manifest_loses_no_key_says_so_and_keys_recover_brings_the_cluste
     let config = dir.path().join("fast.toml");
     std::fs::write(&config, fast_config(&keys)).unwrap();
     let cfg = config.to_str().unwrap();
-    let (server, addr, _) = spawn_serve(&["--config", cfg], &[]);
-    let base = format!("http://{addr}");
-    let client = workload_issuer::client::http_client(None).unwrap();
-    let admin = std::fs::read_to_string(keys.join("admin.token")).unwrap();
-    let mint = || async {
-        let r = client
-            .post(format!(
-                "{base}/c/r/api/v1/namespaces/ns/serviceaccounts/sa/token"
-            ))
-            .bearer_auth(admin.trim())
-            .json(&json!({"spec":{"audiences":["a"],"expirationSeconds":8}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let v: serde_json::Value = r.json().await.unwrap();
-        v["status"]["token"].as_str().unwrap().to_owned()
+    // In this process, on a manual clock: the rotation steps that fall due
+    // take no real time.
+    let clock = ManualClock::new(std::time::SystemTime::now());
+    let text = fast_config(&keys);
+    let server = Server::start_with_clock(
+        Options {
+            listen: None,
+            keys_dir: &keys,
+            clusters: text[text.find("[rotation]").unwrap_or(0)..].to_owned(),
+            tls: None,
+            api_listener: false,
+            extra: String::new(),
+        },
+        clock.clone(),
+    )
+    .await;
+    let base = server.base.clone();
+    let client = server.client();
+    let tick = || async {
+        clock.advance(Duration::from_secs(1));
+        server.passed(clock.elapsed()).await;
     };
     // Let rotation publish a next key, so the cluster has more than one.
     let cluster_dir = keys.join("r");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            pem_files(&cluster_dir).len() >= 2
-        })
-        .await
-    );
-    let token = mint().await;
+    while pem_files(&cluster_dir).len() < 2 {
+        tick().await;
+    }
+    let token = server
+        .mint(
+            "r",
+            "ns",
+            "sa",
+            json!({"spec":{"audiences":["a"],"expirationSeconds":8}}),
+        )
+        .await;
     let manifest = cluster_dir.join("manifest.json");
     let saved = std::fs::read(&manifest).unwrap();
     std::fs::remove_file(&manifest).unwrap();
     let files = pem_files(&cluster_dir);
-    let served = kids(
-        &get_json(&client, &format!("{base}/c/r/openid/v1/jwks"))
-            .await
-            .1,
-    );
+    let served = kids(&server.jwks("r").await);
 
-    // The running server keeps its last good keys, and says which cluster.
-    let unready = eventually(Duration::from_secs(10), || async {
-        problems(&client, &base)
-            .await
-            .is_some_and(|p| p.contains("cluster \\\"r\\\""))
-    })
-    .await;
-    assert!(unready, "readyz stayed ready with a lost manifest");
-    // Several rotation steps fall due meanwhile (every 3 s).
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Several rotation steps fall due (a key every 3 s): the running server
+    // keeps its last good keys and says which cluster is wrong.
+    for _ in 0..6 {
+        tick().await;
+    }
+    let problem = problems(&client, &base).await;
+    assert!(
+        problem
+            .as_deref()
+            .is_some_and(|p| p.contains("cluster \\\"r\\\"")),
+        "readyz with a lost manifest: {problem:?}"
+    );
     assert_eq!(
         pem_files(&cluster_dir),
         files,
         "a key file was deleted or added"
     );
     assert!(!manifest.exists(), "a manifest was made up");
-    let jwks = get_json(&client, &format!("{base}/c/r/openid/v1/jwks"))
-        .await
-        .1;
+    let jwks = server.jwks("r").await;
     assert_eq!(kids(&jwks), served);
-    verify_with_jwks(&token, &jwks, "http://127.0.0.1:8080/c/r", "a").unwrap();
-    terminate(server);
+    let issuer = server.issuer("r");
+    verify_with_jwks(&token, &jwks, &issuer, "a").unwrap();
+    server.stop().await;
 
     // A restart refuses, naming the directory and what to do.
     let out = std::process::Command::new(BIN)
@@ -191,7 +198,7 @@ async fn a_lost_manifest_loses_no_key_says_so_and_keys_recover_brings_the_cluste
         .map(|f| f.trim_end_matches(".pem").to_owned())
         .collect();
     assert_eq!(kids(&jwks), expected);
-    verify_with_jwks(&token, &jwks, "http://127.0.0.1:8080/c/r", "a").unwrap();
+    verify_with_jwks(&token, &jwks, &issuer, "a").unwrap();
     terminate(server);
 }
 
@@ -208,7 +215,10 @@ async fn a_key_revoked_while_the_server_starts_leaves_the_jwks_within_the_reload
         keys.display().to_string()
     );
     let config = Config::parse("test", &text, &Overrides::default()).unwrap();
-    let state = workload_issuer::serve::prepare(&config).await.unwrap();
+    let state =
+        workload_issuer::serve::prepare(&config, workload_issuer::clock::SystemClock::shared())
+            .await
+            .unwrap();
     // The server has loaded its keys but is not serving yet: the key is
     // revoked now (by the CLI, or another replica).
     let store = workload_issuer::serve::key_store(&config);
@@ -270,7 +280,11 @@ async fn a_keys_dir_others_can_write_stops_the_start_and_opened_up_keys_make_a_s
         )
     };
     let strict = Config::parse("test", &text(false), &Overrides::default()).unwrap();
-    drop(workload_issuer::serve::prepare(&strict).await.unwrap());
+    drop(
+        workload_issuer::serve::prepare(&strict, workload_issuer::clock::SystemClock::shared())
+            .await
+            .unwrap(),
+    );
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&keys), 0o700);
     assert_eq!(mode(&keys.join("demo")), 0o700);
@@ -278,7 +292,12 @@ async fn a_keys_dir_others_can_write_stops_the_start_and_opened_up_keys_make_a_s
     // Anyone could plant a key and a manifest naming it current.
     for (path, bad) in [(keys.clone(), 0o777), (keys.join("demo"), 0o775)] {
         set_mode(&path, bad);
-        let err = match workload_issuer::serve::prepare(&strict).await {
+        let err = match workload_issuer::serve::prepare(
+            &strict,
+            workload_issuer::clock::SystemClock::shared(),
+        )
+        .await
+        {
             Ok(_) => panic!("started with {} at mode {bad:o}", path.display()),
             Err(e) => e.to_string(),
         };
@@ -290,7 +309,12 @@ async fn a_keys_dir_others_can_write_stops_the_start_and_opened_up_keys_make_a_s
             "{err}"
         );
         let lenient = Config::parse("test", &text(true), &Overrides::default()).unwrap();
-        assert!(workload_issuer::serve::prepare(&lenient).await.is_ok());
+        assert!(workload_issuer::serve::prepare(
+            &lenient,
+            workload_issuer::clock::SystemClock::shared()
+        )
+        .await
+        .is_ok());
         set_mode(&path, 0o700);
     }
 

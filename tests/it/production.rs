@@ -758,14 +758,23 @@ async fn key_files_others_can_read_stop_the_start_unless_allowed() {
         )
     };
     let config = Config::parse("test", &text(false), &Overrides::default()).unwrap();
-    drop(workload_issuer::serve::prepare(&config).await.unwrap());
+    drop(
+        workload_issuer::serve::prepare(&config, workload_issuer::clock::SystemClock::shared())
+            .await
+            .unwrap(),
+    );
     let pem = std::fs::read_dir(dir.path().join("demo"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "pem"))
         .unwrap();
     std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = match workload_issuer::serve::prepare(&config).await {
+    let err = match workload_issuer::serve::prepare(
+        &config,
+        workload_issuer::clock::SystemClock::shared(),
+    )
+    .await
+    {
         Ok(_) => panic!("started with a world-readable key"),
         Err(e) => e.to_string(),
     };
@@ -773,7 +782,12 @@ async fn key_files_others_can_read_stop_the_start_unless_allowed() {
     assert!(err.contains("mode 644"), "{err}");
     assert!(err.contains("allow_insecure_key_permissions"), "{err}");
     let allowed = Config::parse("test", &text(true), &Overrides::default()).unwrap();
-    assert!(workload_issuer::serve::prepare(&allowed).await.is_ok());
+    assert!(workload_issuer::serve::prepare(
+        &allowed,
+        workload_issuer::clock::SystemClock::shared()
+    )
+    .await
+    .is_ok());
     // Nothing was changed on disk by the refusal.
     assert_eq!(
         std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777,

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use workload_issuer::clock::{Clock as _, ManualClock};
+
 use crate::cli::{spawn_serve, terminate};
 use crate::harness::{verify_with_jwks, Options, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
-const ISSUER: &str = "http://127.0.0.1:8080/c/r";
 
 /// A cluster that rotates every few seconds, for tests that watch it happen.
 fn fast_config(keys: &Path, reload: &str) -> String {
@@ -67,21 +68,6 @@ async fn jwks(client: &reqwest::Client, addr: &str) -> serde_json::Value {
         .unwrap()
 }
 
-async fn mint(client: &reqwest::Client, addr: &str, token: &str) -> String {
-    let r = client
-        .post(format!(
-            "http://{addr}/c/r/api/v1/namespaces/ns/serviceaccounts/sa/token"
-        ))
-        .bearer_auth(token)
-        .json(&json!({"spec":{"audiences":["a"],"expirationSeconds":8}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: serde_json::Value = r.json().await.unwrap();
-    v["status"]["token"].as_str().unwrap().to_owned()
-}
-
 async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(BIN)
         .arg("keys")
@@ -94,89 +80,94 @@ async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The cluster of `fast_config` with an admin client, for servers started
+/// in this process.
+fn fast_clusters() -> String {
+    let text = fast_config(Path::new("unused"), "1s");
+    text[text.find("[rotation]").unwrap_or(0)..].to_owned()
+}
+
+/// Moves the shared clock on by `by` and waits until every server's
+/// key-rotation task has taken its pass at the new time.
+async fn tick(clock: &ManualClock, servers: &[&Server], by: Duration) {
+    clock.advance(by);
+    for s in servers {
+        s.passed(clock.elapsed()).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_and_the_cli_rotating_one_dir_converge_and_every_token_verifies_on_both() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let config = dir.path().join("fast.toml");
-    std::fs::write(&config, fast_config(&keys, "1s")).unwrap();
-    let cfg = config.to_str().unwrap();
-    let (a, addr_a, _) = spawn_serve(&["--config", cfg], &[]);
-    let (b, addr_b, _) = spawn_serve(&["--config", cfg], &[]);
-    let token = std::fs::read_to_string(keys.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let client = workload_issuer::client::http_client(None).unwrap();
+    // Both replicas and the "CLI" live on one manual clock: 20 s of rotation
+    // (a step every second, a key every 3 s) take as long as the machine
+    // needs, not 20 s, and never depend on its speed.
+    let clock = ManualClock::new(std::time::SystemTime::now());
+    let options = || Options {
+        listen: None,
+        keys_dir: &keys,
+        clusters: fast_clusters(),
+        tls: None,
+        api_listener: false,
+        extra: String::new(),
+    };
+    let a = Server::start_with_clock(options(), clock.clone()).await;
+    let b = Server::start_with_clock(options(), clock.clone()).await;
+    let issuer = |s: &Server| format!("{}/c/r", s.base);
+    let config = workload_issuer::config::Config::parse(
+        "test",
+        &fast_config(&keys, "1s"),
+        &workload_issuer::config::Overrides::default(),
+    )
+    .unwrap();
+    let (spec, policy) = (config.clusters[0].key_spec, config.clusters[0].rotation);
+    let store = workload_issuer::serve::key_store(&config);
 
-    // The CLI rotates too, as often as it is allowed.
-    let cli_config = config.clone();
-    let cli = tokio::spawn(async move {
-        let mut rotated = 0;
-        let until = Instant::now() + Duration::from_secs(16);
-        while Instant::now() < until {
-            if keys_cli(&cli_config, &["rotate", "--cluster", "r"])
-                .await
-                .status
-                .success()
-            {
-                rotated += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = Duration::from_secs(1);
+    let mut live: Vec<(String, &Server, std::time::SystemTime)> = Vec::new();
+    let (mut signing_kids, mut checks, mut cli_rotations) = (BTreeSet::new(), 0, 0);
+    for step in 0..20 {
+        tick(&clock, &[&a, &b], second).await;
+        // The CLI rotates too, as often as it is allowed.
+        if workload_issuer::keys::steps::rotate(&store, "r", spec, &policy, clock.now(), false)
+            .is_ok()
+        {
+            cli_rotations += 1;
         }
-        rotated
-    });
-
-    let mut live: Vec<(String, Instant)> = Vec::new();
-    let mut signing_kids = BTreeSet::new();
-    let mut checks = 0;
-    let until = Instant::now() + Duration::from_secs(18);
-    let mut i = 0;
-    while Instant::now() < until {
-        let addr = if i % 2 == 0 { &addr_a } else { &addr_b };
-        i += 1;
-        let t = mint(&client, addr, &token).await;
+        let minter = if step % 2 == 0 { &a } else { &b };
+        let t = minter
+            .mint(
+                "r",
+                "ns",
+                "sa",
+                json!({"spec":{"audiences":["a"],"expirationSeconds":8}}),
+            )
+            .await;
         signing_kids.insert(
             crate::harness::decode_part(&t, 0)["kid"]
                 .as_str()
                 .unwrap()
                 .to_owned(),
         );
-        live.push((t, Instant::now() + Duration::from_secs(8)));
-        let (ja, jb) = (jwks(&client, &addr_a).await, jwks(&client, &addr_b).await);
-        live.retain(|(_, exp)| *exp > Instant::now() + Duration::from_millis(300));
-        for (t, _) in &live {
+        live.push((t, minter, clock.now() + Duration::from_secs(8)));
+        let (ja, jb) = (a.jwks("r").await, b.jwks("r").await);
+        live.retain(|(_, _, exp)| *exp > clock.now());
+        for (t, minter, _) in &live {
             for (name, set) in [("A", &ja), ("B", &jb)] {
-                verify_with_jwks(t, set, ISSUER, "a")
-                    .unwrap_or_else(|e| panic!("a live token fails on replica {name}: {e}"));
+                verify_with_jwks(t, set, &issuer(minter), "a").unwrap_or_else(|e| {
+                    panic!("step {step}: a live token fails on replica {name}: {e}")
+                });
                 checks += 1;
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let cli_rotations = cli.await.unwrap();
 
-    // Both replicas publish the same set, the one on disk, once they reload.
-    // They go on rotating (a step about every second here), so look for a
-    // moment when the manifest held still around both fetches.
-    let read_manifest = || -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(keys.join("r/manifest.json")).unwrap()).unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let (manifest, ja, jb) = loop {
-        let before = read_manifest();
-        let (ja, jb) = (
-            kids(&jwks(&client, &addr_a).await),
-            kids(&jwks(&client, &addr_b).await),
-        );
-        let manifest = read_manifest();
-        // The manifest lists its keys as a JWKS does: {"keys": [{"kid": ...}]}.
-        let settled = before == manifest && ja == jb && ja == kids(&manifest);
-        if settled || Instant::now() > deadline {
-            break (manifest, ja, jb);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Both replicas publish the set on disk once they have reloaded.
+    tick(&clock, &[&a, &b], second).await;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(keys.join("r/manifest.json")).unwrap()).unwrap();
+    let (ja, jb) = (kids(&a.jwks("r").await), kids(&b.jwks("r").await));
     let on_disk = kids(&manifest);
     assert_eq!(ja, jb, "the replicas converge");
     assert_eq!(ja, on_disk);
@@ -195,9 +186,7 @@ async fn two_replicas_and_the_cli_rotating_one_dir_converge_and_every_token_veri
         states.iter().filter(|s| **s == "next").count() <= 1,
         "{states:?}"
     );
-    // No step ran twice or too early. The CLI may rotate as soon as
-    // a next key has been published for publish_ahead (2s), so the count of
-    // retired keys depends on timing; the times in the manifest do not.
+    // No step ran twice or too early, and no key outlived its retention.
     let at = |k: &serde_json::Value, field: &str| {
         k[field]
             .as_str()
@@ -222,26 +211,22 @@ async fn two_replicas_and_the_cli_rotating_one_dir_converge_and_every_token_veri
             );
         }
         if let Some(retired) = at(k, "retired") {
-            // Kept past its retention by at most the reload interval and the
-            // seconds the manifest's times are rounded to.
+            // Kept past its retention by at most one step (1 s) and the
+            // second the manifest's times are rounded to.
             assert!(
-                retired + retention + Duration::from_secs(2) >= std::time::SystemTime::now(),
+                retired + retention + Duration::from_secs(2) >= clock.now(),
                 "a retired key outlived its retention: {manifest}"
             );
         }
     }
     assert!(
-        signing_kids.len() >= 3,
+        signing_kids.len() >= 4,
         "rotation happened: {signing_kids:?}"
     );
+    assert!(cli_rotations >= 1, "the CLI rotated too");
     assert!(checks > 100, "{checks} verifications");
-    eprintln!(
-        "{} tokens, {checks} verifications, {} signing keys, {cli_rotations} CLI rotations",
-        i,
-        signing_kids.len()
-    );
-    assert!(terminate(a).success());
-    assert!(terminate(b).success());
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,15 +306,19 @@ async fn a_running_server_follows_the_cli_and_sighup_reloads_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_manifest_never_takes_the_server_down() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(Options {
-        listen: None,
-        keys_dir: dir.path(),
-        clusters: "[rotation]\nreload_interval = \"1s\"\n".to_owned()
-            + &crate::harness::default_clusters(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
-    })
+    let clock = ManualClock::new(std::time::SystemTime::now());
+    let s = Server::start_with_clock(
+        Options {
+            listen: None,
+            keys_dir: dir.path(),
+            clusters: "[rotation]\nreload_interval = \"1s\"\n".to_owned()
+                + &crate::harness::default_clusters(),
+            tls: None,
+            api_listener: false,
+            extra: String::new(),
+        },
+        clock.clone(),
+    )
     .await;
     let before = s.jwks("edge").await;
     let manifest = dir.path().join("edge/manifest.json");
@@ -339,19 +328,23 @@ async fn a_broken_manifest_never_takes_the_server_down() {
         let tmp = dir.path().join("edge/tmp");
         std::fs::write(&tmp, bad).unwrap();
         std::fs::rename(&tmp, &manifest).unwrap();
-        tokio::time::sleep(Duration::from_millis(2200)).await;
-        assert_eq!(
-            s.jwks("edge").await,
-            before,
-            "the last good key set keeps serving"
-        );
+        // Two reload passes see the broken file.
+        for _ in 0..2 {
+            tick(&clock, &[&s], Duration::from_secs(1)).await;
+            assert_eq!(
+                s.jwks("edge").await,
+                before,
+                "the last good key set keeps serving"
+            );
+        }
         let token = s.mint("edge", "ns", "sa", json!({})).await;
         verify_with_jwks(&token, &before, &s.issuer("edge"), "sts.amazonaws.com").unwrap();
     }
     std::fs::write(dir.path().join("edge/tmp"), &good).unwrap();
     std::fs::rename(dir.path().join("edge/tmp"), &manifest).unwrap();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tick(&clock, &[&s], Duration::from_secs(1)).await;
     assert_eq!(s.jwks("edge").await, before);
+    s.stop().await;
 }
 
 #[test]

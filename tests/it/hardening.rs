@@ -10,8 +10,10 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::cli::spawn_serve;
-use crate::harness::{eventually, make_tls, tls_client, ClientCa, ClientName, Options, Server};
-use crate::production::{metrics, options, sample, tls_connect, token_path};
+use crate::harness::{
+    eventually, make_tls, metrics, options, sample, tls_client, tls_connect, token_path, ClientCa,
+    ClientName, Options, Server,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
 

@@ -475,3 +475,61 @@ where
     }
     false
 }
+
+pub fn options(keys: &std::path::Path) -> Options<'_> {
+    Options {
+        listen: None,
+        keys_dir: keys,
+        clusters: default_clusters(),
+        tls: None,
+        api_listener: false,
+        extra: String::new(),
+    }
+}
+
+pub fn token_path(cluster: &str, ns: &str, sa: &str) -> String {
+    format!("/c/{cluster}/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token")
+}
+
+pub async fn metrics(client: &reqwest::Client, base: &str) -> String {
+    let r = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    r.text().await.unwrap()
+}
+
+/// The value of the sample whose line starts with `series` (name and labels).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Opens a TLS connection and returns the stream, the server's leaf
+/// certificate and the negotiated ALPN protocol.
+pub async fn tls_connect(
+    base: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+        Option<Vec<u8>>,
+    ),
+    std::io::Error,
+> {
+    let addr = base.trim_start_matches("https://");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(
+        ca_pem, None, alpn,
+    )));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await?;
+    let (_, conn) = stream.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].as_ref().to_vec();
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    Ok((stream, leaf, alpn))
+}

@@ -404,3 +404,52 @@ async fn a_failing_rotation_step_makes_the_server_unready_until_it_succeeds() {
     assert!(ready, "readyz did not recover once rotation succeeded");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_files_others_can_read_stop_the_start_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use workload_issuer::config::{Config, Overrides};
+    let dir = tempfile::tempdir().unwrap();
+    let text = |allow: bool| {
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\nkeys_dir = {:?}\nallow_insecure_key_permissions = {allow}\n[[clusters]]\nid = \"demo\"\nalgorithm = \"ES256\"\n",
+            dir.path().display().to_string()
+        )
+    };
+    let config = Config::parse("test", &text(false), &Overrides::default()).unwrap();
+    drop(
+        workload_issuer::serve::prepare(&config, workload_issuer::clock::SystemClock::shared())
+            .await
+            .unwrap(),
+    );
+    let pem = std::fs::read_dir(dir.path().join("demo"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pem"))
+        .unwrap();
+    std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = match workload_issuer::serve::prepare(
+        &config,
+        workload_issuer::clock::SystemClock::shared(),
+    )
+    .await
+    {
+        Ok(_) => panic!("started with a world-readable key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&pem.display().to_string()), "{err}");
+    assert!(err.contains("mode 644"), "{err}");
+    assert!(err.contains("allow_insecure_key_permissions"), "{err}");
+    let allowed = Config::parse("test", &text(true), &Overrides::default()).unwrap();
+    assert!(workload_issuer::serve::prepare(
+        &allowed,
+        workload_issuer::clock::SystemClock::shared()
+    )
+    .await
+    .is_ok());
+    // Nothing was changed on disk by the refusal.
+    assert_eq!(
+        std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+}

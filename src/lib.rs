@@ -3,14 +3,16 @@
 //!
 //! Layout: `config` (settings, validated), `keys` (material, JWKs, the
 //! on-disk store), `issuer` (clusters, claims, minting, API clients; no HTTP),
-//! `http` (routes), `server` (listeners, TLS), `serve` (startup glue).
+//! `http` (routes), `server` (listeners, TLS), `serve` (startup glue);
+//! `client` (`token`, `agent`, `verify`: the client side, which imports
+//! nothing of the server side); `cli` (clap, the only module besides `main`
+//! that knows it).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
-pub mod deliver;
 pub mod error;
 pub mod fsutil;
 pub mod health;
@@ -21,6 +23,5 @@ pub mod metrics;
 pub mod serve;
 pub mod server;
 pub mod signing;
-pub mod verify;
 
 pub use http::{app, app_for, AppState, Face};

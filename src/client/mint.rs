@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use super::{error_chain, unverified_claims, ClientError};
+use super::{request_error, unverified_claims, ClientError};
 
 /// What to mint.
 #[derive(Clone, Debug)]
@@ -169,7 +169,7 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         .await
         .map_err(|e| ClientError::Unreachable {
             url: url.clone(),
-            reason: error_chain(&e),
+            reason: request_error(&e),
         })?;
     let status = response.status();
     let bytes = response
@@ -177,7 +177,7 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         .await
         .map_err(|e| ClientError::Unreachable {
             url: url.clone(),
-            reason: error_chain(&e),
+            reason: request_error(&e),
         })?;
     if !status.is_success() {
         let message = serde_json::from_slice::<StatusError>(&bytes)

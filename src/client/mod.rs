@@ -128,6 +128,73 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// What went wrong with a request, with its causes, and for a server
+/// certificate the client refused, what to do about it.
+pub fn request_error(e: &reqwest::Error) -> String {
+    let chain = error_chain(e);
+    match tls_advice(e) {
+        Some(advice) => format!("{chain}. {advice}"),
+        None => chain,
+    }
+}
+
+/// The rustls error somewhere in `e`'s causes. An `io::Error` hides the
+/// error it wraps from `source()` (and reqwest wraps one io::Error in
+/// another), so each is opened by hand.
+fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        if let Some(found) = err.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        at = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// What to do about a server certificate the client refused; `None` when
+/// `e` is not that.
+fn tls_advice(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(refused) = rustls_cause(e)? else {
+        return None;
+    };
+    Some(match refused {
+        C::UnknownIssuer => "The server's certificate was not issued by a CA this client \
+            trusts: pass the CA certificate that issued it with --ca-file (without --ca-file, \
+            only the system's roots are trusted)"
+            .into(),
+        // webpki's CaUsedAsEndEntity has no CertificateError of its own.
+        C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            "The server presents a CA certificate as its own (a self-signed \
+             `openssl req -x509` certificate is one), and TLS clients accept only a leaf \
+             certificate: give the server a leaf certificate issued by a CA, and pass that \
+             CA with --ca-file"
+                .into()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "The server's certificate does not name the host in the URL: use a host its \
+             subjectAltName lists, or give the server a certificate for this one (the CA in \
+             --ca-file is not the problem)"
+                .into()
+        }
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            "The server's certificate is outside its validity period: renew it, or check \
+             this machine's clock"
+                .into()
+        }
+        _ => "The server's certificate was refused: check that --ca-file holds the CA \
+            that issued it (without --ca-file, only the system's roots are trusted)"
+            .into(),
+    })
+}
+
 /// The token part of a JWT's payload, for diagnostics; not verified.
 pub fn unverified_claims(token: &str) -> Option<serde_json::Value> {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -139,6 +206,25 @@ pub fn unverified_claims(token: &str) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_refused_certificate_gets_tls_advice() {
+        let refused = |c: rustls::CertificateError| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(c),
+            )
+        };
+        let advice = tls_advice(&refused(rustls::CertificateError::UnknownIssuer)).unwrap();
+        assert!(advice.contains("pass the CA certificate that issued it with --ca-file"));
+        let advice = tls_advice(&refused(rustls::CertificateError::BadSignature)).unwrap();
+        assert!(advice.contains("--ca-file"), "{advice}");
+        // Wrapped twice, as reqwest does.
+        let twice = std::io::Error::other(refused(rustls::CertificateError::UnknownIssuer));
+        assert!(tls_advice(&twice).is_some());
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(tls_advice(&plain), None);
+    }
 
     #[test]
     fn a_bad_ca_file_is_named() {

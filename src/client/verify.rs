@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{error_chain, http_client, read_flag_file, unverified_claims, ClientError};
+use super::{http_client, read_flag_file, request_error, unverified_claims, ClientError};
 
 /// What `verify` is asked to check.
 #[derive(Clone, Debug)]
@@ -89,7 +89,7 @@ async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Val
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("cannot fetch {url}: {}", error_chain(&e)))?;
+        .map_err(|e| format!("cannot fetch {url}: {}", request_error(&e)))?;
     let status = r.status();
     if !status.is_success() {
         return Err(format!("{url} answered {status}"));

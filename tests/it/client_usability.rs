@@ -1,0 +1,177 @@
+//! What a person pasting the README's client commands runs into (issue #12):
+//! the issuer's `Warning` header reaches them, `--out` and `--socket` make
+//! their missing parent directories, and a TLS refusal says to use
+//! `--ca-file` (a server certificate from an unknown CA, and a CA
+//! certificate served as the server's own, as `openssl req -x509` makes).
+
+
+use std::path::Path;
+
+use crate::delivery::BIN;
+use crate::harness::{default_clusters, make_tls, Options, Server, Tls};
+
+/// A JWT-shaped token (RS256, kid "x") that gets `verify` as far as fetching
+/// discovery; its signature is never reached.
+const UNVERIFIED: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.e30.c2ln";
+
+async fn run(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn tls_server(keys: &Path, tls: &Tls) -> Server {
+    Server::start(Options {
+        listen: None,
+        keys_dir: keys,
+        clusters: default_clusters(),
+        tls: Some(tls),
+        api_listener: false,
+        extra: String::new(),
+    })
+    .await
+}
+
+/// A self-signed CA certificate for 127.0.0.1 served as the server's own,
+/// which is what `openssl req -x509` makes (basicConstraints CA:TRUE).
+fn ca_as_leaf(dir: &Path) -> Tls {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("ca-leaf.crt"), dir.join("ca-leaf.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    Tls {
+        cert: cert_path,
+        key: key_path,
+        ca_pem: cert.pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_from_an_unknown_ca_points_token_and_verify_to_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let tls = make_tls(dir.path());
+    let s = tls_server(&keys, &tls).await;
+    let server = s.issuer("demo");
+    let token_file = keys.join("admin.token");
+    let (code, _, err) = run(&[
+        "token",
+        "--server",
+        &server,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+    ])
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(err.contains("--ca-file"), "the fix is named: {err}");
+
+    let (code, stdout, err) = run(&[
+        "verify",
+        "--issuer",
+        &server,
+        "--audience",
+        "aud",
+        UNVERIFIED,
+    ])
+    .await;
+    assert_eq!(code, 1, "{stdout}{err}");
+    assert!(stdout.contains("--ca-file"), "the fix is named: {stdout}");
+
+    // With the CA, both work.
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
+    let (code, token, err) = run(&[
+        "token",
+        "--server",
+        &server,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+        "--audience",
+        "aud",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, stdout, err) = run(&[
+        "verify",
+        "--issuer",
+        &server,
+        "--audience",
+        "aud",
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        token.trim(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{err}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_certificate_served_as_the_servers_own_is_explained_with_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let tls = ca_as_leaf(dir.path());
+    let s = tls_server(&keys, &tls).await;
+    let server = s.issuer("demo");
+    let (code, _, err) = run(&[
+        "token",
+        "--server",
+        &server,
+        "--token-file",
+        keys.join("admin.token").to_str().unwrap(),
+        "--ca-file",
+        tls.cert.to_str().unwrap(),
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+    ])
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
+    assert!(
+        err.contains("--ca-file") && err.contains("leaf"),
+        "says what to do: {err}"
+    );
+
+    let (code, stdout, err) = run(&[
+        "verify",
+        "--issuer",
+        &server,
+        "--audience",
+        "aud",
+        "--ca-file",
+        tls.cert.to_str().unwrap(),
+        UNVERIFIED,
+    ])
+    .await;
+    assert_eq!(code, 1, "{stdout}{err}");
+    assert!(
+        stdout.contains("--ca-file") && stdout.contains("leaf"),
+        "{stdout}"
+    );
+    s.stop().await;
+}

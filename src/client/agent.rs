@@ -141,6 +141,9 @@ impl Agent {
             Plan::Stale(issued) => (issued, true),
             Plan::Renew => match self.identity.mint(&[audience.to_owned()]).await {
                 Ok(issued) => {
+                    for warning in &issued.warnings {
+                        tracing::warn!(audience, "the issuer warns: {warning}");
+                    }
                     held.renewed(issued.clone());
                     return Ok(Served {
                         issued,
@@ -283,6 +286,7 @@ mod tests {
             life,
             since,
             clock_ahead: None,
+            warnings: Vec::new(),
         }
     }
 

@@ -2,8 +2,8 @@
 //! <ns>/serviceaccounts/<sa>/token`), and the timing of what comes back:
 //! `Issued` keeps a token's life on the local monotonic clock.
 //!
-//! Owns the request and the reading of the answer (the token and its
-//! expiry). Imports nothing of the server side.
+//! Owns the request and the reading of the answer (the token, its expiry
+//! and the issuer's `Warning` headers). Imports nothing of the server side.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +45,9 @@ pub struct Issued {
     /// How many seconds the local wall clock was ahead of the issuer's when
     /// the answer arrived (negative: behind), by `iat`; `None` without `iat`.
     pub clock_ahead: Option<i64>,
+    /// The texts of the answer's `Warning` headers (RFC 9111 §5.5), such as
+    /// a lifetime the issuer shortened: for the person who asked.
+    pub warnings: Vec<String>,
 }
 
 /// How far the clocks may differ before `clock_warning` says so.
@@ -83,6 +86,7 @@ impl Issued {
             life,
             since: sent,
             clock_ahead,
+            warnings: Vec::new(),
         }
     }
 
@@ -172,6 +176,12 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
             reason: request_error(&e),
         })?;
     let status = response.status();
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all(reqwest::header::WARNING)
+        .iter()
+        .map(|v| warn_text(&String::from_utf8_lossy(v.as_bytes())))
+        .collect();
     let bytes = response
         .bytes()
         .await
@@ -203,12 +213,28 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         .as_deref()
         .and_then(|t| humantime::parse_rfc3339(t).ok())
         .ok_or_else(|| ClientError::Answer("no valid status.expirationTimestamp".into()))?;
-    Ok(Issued::from_answer(
-        token,
-        expires_at,
-        sent,
-        SystemTime::now(),
-    ))
+    let mut issued = Issued::from_answer(token, expires_at, sent, SystemTime::now());
+    issued.warnings = warnings;
+    Ok(issued)
+}
+
+/// The text of a `Warning` header value, `299 - "text"` (RFC 9111 §5.5:
+/// code, agent, quoted text, optional date), or the value as it is when it
+/// has no quoted text.
+fn warn_text(value: &str) -> String {
+    let Some(start) = value.find('"') else {
+        return value.trim().to_owned();
+    };
+    let mut text = String::new();
+    let mut chars = value[start + 1..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return text,
+            '\\' => text.extend(chars.next()),
+            c => text.push(c),
+        }
+    }
+    value.trim().to_owned()
 }
 
 #[cfg(test)]
@@ -231,7 +257,27 @@ mod tests {
             life: Duration::from_secs(3599),
             since: Instant::now(),
             clock_ahead: Some(0),
+            warnings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_warning_header_gives_its_quoted_text() {
+        assert_eq!(
+            warn_text(
+                r#"299 - "requested expiration of 172800 seconds shortened to 86400 seconds""#
+            ),
+            "requested expiration of 172800 seconds shortened to 86400 seconds"
+        );
+        assert_eq!(
+            warn_text(r#"299 issuer "say \"no\"" "Sat, 01 Jan 2026 00:00:00 GMT""#),
+            r#"say "no""#
+        );
+        assert_eq!(warn_text(" no quotes "), "no quotes");
+        assert_eq!(
+            warn_text(r#"299 - "unterminated"#),
+            r#"299 - "unterminated"#
+        );
     }
 
     #[test]

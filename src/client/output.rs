@@ -94,6 +94,7 @@ mod tests {
             life: Duration::from_secs(3599),
             since: Instant::now(),
             clock_ahead: Some(0),
+            warnings: Vec::new(),
         }
     }
 

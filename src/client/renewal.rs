@@ -88,6 +88,7 @@ mod tests {
             life,
             since,
             clock_ahead: None,
+            warnings: Vec::new(),
         }
     }
 

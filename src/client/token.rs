@@ -42,6 +42,11 @@ pub async fn run(options: TokenOptions) -> ExitCode {
         Ok(i) => i,
         Err(e) => return fail(&e),
     };
+    // The issuer's word on what it changed, such as a lifetime cut to its
+    // maximum: a 48 h request that silently became 24 h surprised people.
+    for warning in &issued.warnings {
+        eprintln!("warning: {warning}");
+    }
     match write_out(&identity, &options, &issued) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
@@ -94,7 +99,13 @@ async fn refresh(identity: &Identity, options: &TokenOptions) -> ExitCode {
     let mut backoff = Backoff::new();
     let mut written: Option<Issued> = None;
     loop {
-        let wait = match identity.mint(&options.audiences).await {
+        let minted = identity.mint(&options.audiences).await;
+        if let Ok(issued) = &minted {
+            for warning in &issued.warnings {
+                tracing::warn!("the issuer warns: {warning}");
+            }
+        }
+        let wait = match minted {
             Ok(issued) => match write_out(identity, options, &issued) {
                 Ok(()) => {
                     let wait = match renewal(

@@ -40,6 +40,53 @@ async fn tls_server(keys: &Path, tls: &Tls) -> Server {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_prints_the_issuers_warning_when_it_shortens_the_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::default_in(dir.path()).await;
+    let server = s.issuer("demo");
+    let token_file = dir.path().join("admin.token");
+    // demo's max_token_lifetime is the default 24h: 48h is cut to 24h.
+    let (code, stdout, err) = run(&[
+        "token",
+        "--server",
+        &server,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+        "--duration",
+        "48h",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
+    assert!(
+        err.contains("requested expiration of 172800 seconds shortened to 86400 seconds"),
+        "the Warning header reaches stderr: {err:?}"
+    );
+    // A lifetime within the maximum draws no warning.
+    let (code, _, err) = run(&[
+        "token",
+        "--server",
+        &server,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+        "--duration",
+        "1h",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("shortened"), "{err:?}");
+    s.stop().await;
+}
+
 /// A self-signed CA certificate for 127.0.0.1 served as the server's own,
 /// which is what `openssl req -x509` makes (basicConstraints CA:TRUE).
 fn ca_as_leaf(dir: &Path) -> Tls {

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::ClientError;
 
-/// Binds `path` with `mode` so that no one else can reach the socket before
+/// Binds `path` with `mode`, creating its missing parent directories with
+/// mode 0700, so that no one else can reach the socket before
 /// it has its mode: bound in a fresh 0700 directory beside `path`, given its
 /// mode there, then renamed into place. (Bound in `path`'s own directory, it
 /// was reachable with the umask's mode until the chmod; a local user watching
@@ -35,6 +36,15 @@ pub(super) fn bind_socket(path: &Path, mode: u32) -> Result<tokio::net::UnixList
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // Missing directories are made, private to this user, as `token --out`
+    // does: the README's /run/workload/... need not exist first.
+    crate::fsutil::ensure_dir(dir, 0o700).map_err(|e| {
+        ClientError::Input(format!(
+            "--socket {}: cannot create the directory {}: {e}",
+            path.display(),
+            dir.display()
+        ))
+    })?;
     // A random name: one guessed and made beforehand by someone else fails
     // the create instead of being used. Short, as a socket path has 107 bytes.
     let private = dir.join(format!(
@@ -87,9 +97,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_socket_in_a_missing_directory_is_named_in_the_error() {
+    async fn a_socket_in_missing_directories_gets_them_made_private() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing/agent.sock");
+        let path = dir.path().join("run/workload/agent.sock");
+        let _listener = bind_socket(&path, 0o600).unwrap();
+        for d in ["run", "run/workload"] {
+            let mode = std::fs::metadata(dir.path().join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{d}");
+        }
+        // A file where a directory should be: the flag is named.
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let path = dir.path().join("file/agent.sock");
         let err = bind_socket(&path, 0o600).unwrap_err().to_string();
         assert!(
             err.starts_with(&format!("--socket {}: cannot create", path.display())),

@@ -29,7 +29,8 @@ pub struct TokenOptions {
     pub refresh: bool,
 }
 
-/// `workload-issuer token`.
+/// `workload-issuer token`. Missing parent directories of `--out` are
+/// created with mode 0700.
 pub async fn run(options: TokenOptions) -> ExitCode {
     let identity = match Identity::new(&options.identity) {
         Ok(i) => i,
@@ -73,6 +74,17 @@ fn write_out(
                 Format::Raw => bytes.trim_ascii_end(),
                 _ => &bytes[..],
             };
+            // Missing directories are made, private to this user: the
+            // README's /run/workload/... need not exist first.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                crate::fsutil::ensure_dir(dir, 0o700).map_err(|e| {
+                    ClientError::Input(format!(
+                        "--out {}: cannot create the directory {}: {e}",
+                        path.display(),
+                        dir.display()
+                    ))
+                })?;
+            }
             crate::fsutil::write_atomic(path, bytes, options.mode)
                 .map_err(|e| ClientError::Input(format!("--out {}: {e}", path.display())))
         }

@@ -4,10 +4,11 @@
 //! `--ca-file` (a server certificate from an unknown CA, and a CA
 //! certificate served as the server's own, as `openssl req -x509` makes).
 
-
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use crate::delivery::BIN;
+use crate::delivery::{short_lived, unix_get_with_headers, BIN};
 use crate::harness::{default_clusters, make_tls, Options, Server, Tls};
 
 /// A JWT-shaped token (RS256, kid "x") that gets `verify` as far as fetching
@@ -26,6 +27,10 @@ async fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 async fn tls_server(keys: &Path, tls: &Tls) -> Server {
@@ -84,6 +89,116 @@ async fn token_prints_the_issuers_warning_when_it_shortens_the_lifetime() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("shortened"), "{err:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_out_creates_missing_parent_directories_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::default_in(dir.path()).await;
+    let out = dir.path().join("run/workload/aws.jwt");
+    let token_file = dir.path().join("admin.token");
+    let (code, _, err) = run(&[
+        "token",
+        "--server",
+        &s.issuer("demo"),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().split('.').count(), 3);
+    assert_eq!(mode(&out), 0o600);
+    for d in ["run", "run/workload"] {
+        assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+    }
+
+    // A parent that is a file cannot be made a directory: the flag is named.
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, "").unwrap();
+    let out = blocked.join("token");
+    let (code, _, err) = run(&[
+        "token",
+        "--server",
+        &s.issuer("demo"),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("--out {}", out.display())), "{err:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_socket_creates_missing_parent_directories_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let s = Server::start(Options {
+        listen: None,
+        keys_dir: &keys,
+        clusters: short_lived(),
+        tls: None,
+        api_listener: false,
+        extra: String::new(),
+    })
+    .await;
+    let socket = dir.path().join("run/workload/token.sock");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["agent", "--server", &s.issuer("s"), "--token-file"])
+        .arg(keys.join("admin.token"))
+        .args(["-n", "ns", "--service-account", "sa", "--socket"])
+        .arg(&socket)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt as _;
+                let _ = e.read_to_string(&mut err).await;
+            }
+            panic!("the agent exited ({status}) without its socket: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no socket at {}",
+            socket.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for d in ["run", "run/workload"] {
+        assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&socket), 0o600);
+    let (status, _, body) = unix_get_with_headers(&socket, "/v1/token?audience=vault").await;
+    assert_eq!(status, 200, "{body}");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().unwrap().to_string())
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the agent ends on SIGTERM")
+        .unwrap();
+    assert!(status.success());
     s.stop().await;
 }
 

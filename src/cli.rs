@@ -17,7 +17,7 @@ use crate::config::Overrides;
 #[derive(Debug, Parser)]
 #[command(
     name = "workload-issuer",
-    version,
+    version = crate::VERSION,
     about = "OIDC issuer and JWKS discovery server for workload identity"
 )]
 pub struct Cli {

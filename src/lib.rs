@@ -25,3 +25,15 @@ pub mod server;
 pub mod signing;
 
 pub use http::{app, app_for, AppState, Face};
+
+/// The commit this binary was built from (`git rev-parse --short HEAD`, by
+/// build.rs), or "unknown" when it was built outside a git checkout.
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
+
+/// The version `--version` prints: the crate's version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);

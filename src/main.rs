@@ -27,6 +27,11 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Serve(args) => {
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                commit = workload_issuer::COMMIT,
+                "workload-issuer starting"
+            );
             let config = match Config::load(args.config.as_deref(), &args.overrides()) {
                 Ok(c) => c,
                 Err(e) => {

@@ -1,15 +1,23 @@
 //! The command line (clap derive). Parsing only; `main` dispatches.
+//!
+//! With `main`, the only module that knows clap: the client's commands take
+//! their own plain options (`client::token::TokenOptions`, ...), which the
+//! `From` impls here build from the parsed flags.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::client::agent::AgentOptions;
+use crate::client::token::TokenOptions;
+use crate::client::verify::VerifyOptions;
+use crate::client::{Format, IdentityOptions};
 use crate::config::Overrides;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "workload-issuer",
-    version,
+    version = crate::VERSION,
     about = "OIDC issuer and JWKS discovery server for workload identity"
 )]
 pub struct Cli {
@@ -100,8 +108,8 @@ pub struct TokenArgs {
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     pub mode: u32,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = crate::client::Format::Raw)]
-    pub format: crate::client::Format,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Raw)]
+    pub format: OutputFormat,
     /// Keep running and rewrite --out at 80 % of each token's lifetime.
     #[arg(long, requires = "out")]
     pub refresh: bool,
@@ -135,6 +143,79 @@ pub struct VerifyArgs {
     pub json: bool,
     /// The token, a file holding it, or - for standard input.
     pub token: String,
+}
+
+/// How `token` writes what it got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The token alone, with a trailing newline.
+    Raw,
+    /// `{"token": ..., "expirationTimestamp": ...}`.
+    Json,
+    /// A kubeconfig: the server, its CA and the token.
+    Kubeconfig,
+    /// The DOCA `tokenFile` keys as KEY='value' lines.
+    Env,
+}
+
+impl From<OutputFormat> for Format {
+    fn from(f: OutputFormat) -> Format {
+        match f {
+            OutputFormat::Raw => Format::Raw,
+            OutputFormat::Json => Format::Json,
+            OutputFormat::Kubeconfig => Format::Kubeconfig,
+            OutputFormat::Env => Format::Env,
+        }
+    }
+}
+
+impl From<IdentityArgs> for IdentityOptions {
+    fn from(a: IdentityArgs) -> IdentityOptions {
+        IdentityOptions {
+            server: a.server,
+            token_file: a.token_file,
+            ca_file: a.ca_file,
+            namespace: a.namespace,
+            service_account: a.service_account,
+            duration: a.duration,
+            bound_pod: a.bound_pod,
+        }
+    }
+}
+
+impl From<TokenArgs> for TokenOptions {
+    fn from(a: TokenArgs) -> TokenOptions {
+        TokenOptions {
+            identity: a.identity.into(),
+            audiences: a.audiences,
+            out: a.out,
+            mode: a.mode,
+            format: a.format.into(),
+            refresh: a.refresh,
+        }
+    }
+}
+
+impl From<AgentArgs> for AgentOptions {
+    fn from(a: AgentArgs) -> AgentOptions {
+        AgentOptions {
+            identity: a.identity.into(),
+            socket: a.socket,
+            socket_mode: a.socket_mode,
+        }
+    }
+}
+
+impl From<VerifyArgs> for VerifyOptions {
+    fn from(a: VerifyArgs) -> VerifyOptions {
+        VerifyOptions {
+            issuer: a.issuer,
+            audience: a.audience,
+            ca_file: a.ca_file,
+            json: a.json,
+            token: a.token,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -3,7 +3,10 @@
 //!
 //! Layout: `config` (settings, validated), `keys` (material, JWKs, the
 //! on-disk store), `issuer` (clusters, claims, minting, API clients; no HTTP),
-//! `http` (routes), `server` (listeners, TLS), `serve` (startup glue).
+//! `http` (routes), `server` (listeners, TLS), `serve` (startup glue);
+//! `client` (`token`, `agent`, `verify`: the client side, which imports
+//! nothing of the server side); `cli` (clap, the only module besides `main`
+//! that knows it).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -11,7 +14,6 @@ pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod deliver;
 pub mod error;
 pub mod fsutil;
 pub mod health;
@@ -22,6 +24,17 @@ pub mod metrics;
 pub mod serve;
 pub mod server;
 pub mod signing;
-pub mod verify;
 
 pub use http::{app, app_for, AppState, Face};
+
+/// The commit this binary was built from (`git rev-parse --short HEAD`, by
+/// build.rs), or "unknown" when it was built outside a git checkout.
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
+
+/// The version `--version` prints: the crate's version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);

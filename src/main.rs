@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use workload_issuer::cli::{Cli, Command, LogFormat};
+use workload_issuer::client;
 use workload_issuer::config::Config;
 
 fn main() -> ExitCode {
@@ -26,6 +27,11 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Serve(args) => {
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                commit = workload_issuer::COMMIT,
+                "workload-issuer starting"
+            );
             let config = match Config::load(args.config.as_deref(), &args.overrides()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -50,9 +56,9 @@ fn main() -> ExitCode {
             cluster,
             out,
         } => workload_issuer::commands::export(&config, &cluster, &out),
-        Command::Token(args) => block_on(workload_issuer::deliver::token(args)),
-        Command::Agent(args) => block_on(workload_issuer::deliver::agent(args)),
-        Command::Verify(args) => block_on(workload_issuer::verify::run(args)),
+        Command::Token(args) => block_on(client::token::run(args.into())),
+        Command::Agent(args) => block_on(client::agent::run(args.into())),
+        Command::Verify(args) => block_on(client::verify::run(args.into())),
     }
 }
 

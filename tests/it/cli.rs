@@ -227,6 +227,54 @@ fn serve_on_the_embedded_default_creates_keys_and_prints_the_token_path() {
     assert!(terminate(child).success(), "SIGTERM exits 0");
 }
 
+/// The commit the binary was built from, as build.rs reads it; "unknown"
+/// outside a git checkout.
+fn built_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[test]
+fn version_and_the_start_up_log_name_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let commit = built_commit();
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "workload-issuer {} (commit {commit})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (child, _, lines) = spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("version=") && l.contains(&commit)),
+        "the start-up log names version and commit: {lines:?}"
+    );
+    assert!(terminate(child).success());
+}
+
 #[test]
 fn flags_win_over_environment_variables_which_win_over_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -650,7 +650,7 @@ async fn verify_accepts_a_good_token_and_diagnoses_the_common_failures() {
     // Expiry and clocks, at a chosen time.
     let http = workload_issuer::client::http_client(None).unwrap();
     let later = std::time::SystemTime::now() + Duration::from_secs(7200);
-    let r = workload_issuer::verify::verify(&http, &demo, "aud", &good, later).await;
+    let r = workload_issuer::client::verify::verify(&http, &demo, "aud", &good, later).await;
     assert!(!r.valid);
     assert!(
         r.problems[0].starts_with("expired at ") && r.problems[0].contains("ago"),
@@ -658,7 +658,7 @@ async fn verify_accepts_a_good_token_and_diagnoses_the_common_failures() {
         r.problems
     );
     let earlier = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let r = workload_issuer::verify::verify(&http, &demo, "aud", &good, earlier).await;
+    let r = workload_issuer::client::verify::verify(&http, &demo, "aud", &good, earlier).await;
     assert!(
         r.problems.iter().any(|p| p.starts_with("not valid before")),
         "{:?}",

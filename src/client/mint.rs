@@ -1,90 +1,15 @@
-//! The client side of the issuer's API, for `token`, `agent` and `verify`:
-//! an HTTP client (rustls on aws-lc-rs, with the system's roots or a given CA),
-//! minting through TokenRequest, and the output formats a workload reads.
+//! Minting through the TokenRequest API (`POST <server>/api/v1/namespaces/
+//! <ns>/serviceaccounts/<sa>/token`), and the timing of what comes back:
+//! `Issued` keeps a token's life on the local monotonic clock.
 //!
-//! Depends on nothing of the server side.
+//! Owns the request and the reading of the answer (the token, its expiry
+//! and the issuer's `Warning` headers). Imports nothing of the server side.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("{0}")]
-    Input(String),
-    #[error("cannot reach {url}: {reason}")]
-    Unreachable { url: String, reason: String },
-    /// The server answered with an error; `message` is its own words.
-    #[error("the server refused the request ({status}): {message}")]
-    Refused { status: u16, message: String },
-    #[error("the server's answer is not what was expected: {0}")]
-    Answer(String),
-}
-
-impl ClientError {
-    /// Whether trying again later may succeed (the server is down or busy),
-    /// as opposed to a request that will be refused again.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Unreachable { .. } | ClientError::Answer(_) => true,
-            ClientError::Refused { status, .. } => *status == 429 || *status >= 500,
-            ClientError::Input(_) => false,
-        }
-    }
-}
-
-/// An HTTP client trusting `ca_pem` (a PEM bundle), or the system's roots.
-pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| {
-                    ClientError::Input(format!("--ca-file: not a PEM certificate bundle: {e}"))
-                })?;
-            if certs.is_empty() {
-                return Err(ClientError::Input(
-                    "--ca-file: no CERTIFICATE in the file".into(),
-                ));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| {
-                    ClientError::Input(format!("--ca-file: unusable certificate: {e}"))
-                })?;
-            }
-        }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Input(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ClientError::Input(e.to_string()))
-}
-
-/// Reads a file named by a flag, saying which flag when it fails.
-pub fn read_flag_file(flag: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|e| ClientError::Input(format!("{flag} {}: {e}", path.display())))
-}
+use super::{request_error, unverified_claims, ClientError};
 
 /// What to mint.
 #[derive(Clone, Debug)]
@@ -120,6 +45,9 @@ pub struct Issued {
     /// How many seconds the local wall clock was ahead of the issuer's when
     /// the answer arrived (negative: behind), by `iat`; `None` without `iat`.
     pub clock_ahead: Option<i64>,
+    /// The texts of the answer's `Warning` headers (RFC 9111 §5.5), such as
+    /// a lifetime the issuer shortened: for the person who asked.
+    pub warnings: Vec<String>,
 }
 
 /// How far the clocks may differ before `clock_warning` says so.
@@ -158,6 +86,7 @@ impl Issued {
             life,
             since: sent,
             clock_ahead,
+            warnings: Vec::new(),
         }
     }
 
@@ -244,15 +173,21 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         .await
         .map_err(|e| ClientError::Unreachable {
             url: url.clone(),
-            reason: error_chain(&e),
+            reason: request_error(&e),
         })?;
     let status = response.status();
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all(reqwest::header::WARNING)
+        .iter()
+        .map(|v| warn_text(&String::from_utf8_lossy(v.as_bytes())))
+        .collect();
     let bytes = response
         .bytes()
         .await
         .map_err(|e| ClientError::Unreachable {
             url: url.clone(),
-            reason: error_chain(&e),
+            reason: request_error(&e),
         })?;
     if !status.is_success() {
         let message = serde_json::from_slice::<StatusError>(&bytes)
@@ -278,105 +213,28 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         .as_deref()
         .and_then(|t| humantime::parse_rfc3339(t).ok())
         .ok_or_else(|| ClientError::Answer("no valid status.expirationTimestamp".into()))?;
-    Ok(Issued::from_answer(
-        token,
-        expires_at,
-        sent,
-        SystemTime::now(),
-    ))
+    let mut issued = Issued::from_answer(token, expires_at, sent, SystemTime::now());
+    issued.warnings = warnings;
+    Ok(issued)
 }
 
-/// The error and its causes, so "connection refused" is not hidden behind
-/// "error sending request".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// How `token` writes what it got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// The token alone, with a trailing newline.
-    Raw,
-    /// `{"token": ..., "expirationTimestamp": ...}`.
-    Json,
-    /// A kubeconfig: the server, its CA and the token.
-    Kubeconfig,
-    /// The DOCA `tokenFile` keys as KEY='value' lines.
-    Env,
-}
-
-/// Renders `issued` in `format`. `ca_pem` is the server's CA, when given.
-pub fn render(
-    format: Format,
-    issued: &Issued,
-    server: &str,
-    ca_pem: Option<&[u8]>,
-) -> Result<Vec<u8>, ClientError> {
-    let expires = humantime::format_rfc3339_seconds(issued.expires_at).to_string();
-    let text = match format {
-        Format::Raw => format!("{}\n", issued.token),
-        Format::Json => {
-            let v = serde_json::json!({"token": issued.token, "expirationTimestamp": expires});
-            format!("{v}\n")
-        }
-        Format::Kubeconfig => {
-            // JSON strings are YAML strings: quote every value that way.
-            let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-            let ca = ca_pem
-                .map(|pem| {
-                    format!(
-                        "\n    certificate-authority-data: {}",
-                        q(&STANDARD.encode(pem))
-                    )
-                })
-                .unwrap_or_default();
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: issuer\n  cluster:\n    server: {}{ca}\n\
-                 users:\n- name: workload\n  user:\n    token: {}\ncontexts:\n- name: workload\n  context:\n    \
-                 cluster: issuer\n    user: workload\ncurrent-context: workload\n",
-                q(server),
-                q(&issued.token)
-            )
-        }
-        Format::Env => {
-            let url = url::Url::parse(server)
-                .map_err(|e| ClientError::Input(format!("--server: {e}")))?;
-            let host = url.host_str().unwrap_or_default().to_owned();
-            let port = url.port_or_known_default().unwrap_or(443);
-            let mut out = format!(
-                "TOKEN_FILE={}\nKUBERNETES_SERVICE_HOST={}\nKUBERNETES_SERVICE_PORT={port}\n",
-                shell_quote(&issued.token),
-                shell_quote(&host)
-            );
-            if let Some(pem) = ca_pem {
-                out.push_str(&format!(
-                    "KUBERNETES_CA_DATA={}\n",
-                    shell_quote(&STANDARD.encode(pem))
-                ));
-            }
-            out
-        }
+/// The text of a `Warning` header value, `299 - "text"` (RFC 9111 §5.5:
+/// code, agent, quoted text, optional date), or the value as it is when it
+/// has no quoted text.
+fn warn_text(value: &str) -> String {
+    let Some(start) = value.find('"') else {
+        return value.trim().to_owned();
     };
-    Ok(text.into_bytes())
-}
-
-/// Single-quotes a value for a shell or an env file.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// The token part of a JWT's payload, for diagnostics; not verified.
-pub fn unverified_claims(token: &str) -> Option<serde_json::Value> {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let payload = token.split('.').nth(1)?;
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    let mut text = String::new();
+    let mut chars = value[start + 1..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return text,
+            '\\' => text.extend(chars.next()),
+            c => text.push(c),
+        }
+    }
+    value.trim().to_owned()
 }
 
 #[cfg(test)]
@@ -386,6 +244,7 @@ mod tests {
     /// A JWT-shaped token with these claims; the signature is not looked at.
     fn jwt(iat: i64, exp: i64) -> String {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
         let claims = serde_json::json!({"iat": iat, "exp": exp});
         format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
     }
@@ -398,7 +257,27 @@ mod tests {
             life: Duration::from_secs(3599),
             since: Instant::now(),
             clock_ahead: Some(0),
+            warnings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_warning_header_gives_its_quoted_text() {
+        assert_eq!(
+            warn_text(
+                r#"299 - "requested expiration of 172800 seconds shortened to 86400 seconds""#
+            ),
+            "requested expiration of 172800 seconds shortened to 86400 seconds"
+        );
+        assert_eq!(
+            warn_text(r#"299 issuer "say \"no\"" "Sat, 01 Jan 2026 00:00:00 GMT""#),
+            r#"say "no""#
+        );
+        assert_eq!(warn_text(" no quotes "), "no quotes");
+        assert_eq!(
+            warn_text(r#"299 - "unterminated"#),
+            r#"299 - "unterminated"#
+        );
     }
 
     #[test]
@@ -451,34 +330,5 @@ mod tests {
         // exp before iat: no life at all, not a panic.
         let i = Issued::from_answer(jwt(100, 50), now, sent, now);
         assert_eq!(i.life, Duration::ZERO);
-    }
-
-    #[test]
-    fn env_output_has_the_doca_keys() {
-        let out = render(
-            Format::Env,
-            &issued(),
-            "https://issuer.example.com:8443/c/demo",
-            Some(b"PEM"),
-        )
-        .unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(
-            text,
-            "TOKEN_FILE='a.b.c'\nKUBERNETES_SERVICE_HOST='issuer.example.com'\nKUBERNETES_SERVICE_PORT=8443\nKUBERNETES_CA_DATA='UEVN'\n"
-        );
-    }
-
-    #[test]
-    fn json_output_has_token_and_expiry() {
-        let out = render(Format::Json, &issued(), "https://x", None).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["expirationTimestamp"], "2026-01-01T01:00:00Z");
-    }
-
-    #[test]
-    fn a_bad_ca_file_is_named() {
-        let err = http_client(Some(b"not a pem")).unwrap_err().to_string();
-        assert!(err.contains("--ca-file"), "{err}");
     }
 }

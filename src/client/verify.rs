@@ -3,16 +3,34 @@
 //! diagnosis a person can act on for each common failure.
 //!
 //! Verifies with `jsonwebtoken`, not with the code that signs, and reads only
-//! what any relying party can fetch: a client, like Vault or STS.
+//! what any relying party can fetch: a client, like Vault or STS. Must not
+//! import the server side (above all nothing of `keys` or `issuer`, or the
+//! check would share the signer's mistakes) nor clap: `cli` fills
+//! `VerifyOptions`.
 
 use std::io::Read as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::cli::VerifyArgs;
-use crate::client::{self, error_chain, ClientError};
+use super::{http_client, read_flag_file, request_error, unverified_claims, ClientError};
+
+/// What `verify` is asked to check.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// The issuer the token must come from, exactly as in its `iss`.
+    pub issuer: String,
+    /// The audience the token must be for.
+    pub audience: String,
+    /// PEM CA bundle to trust for the issuer; the system's roots when `None`.
+    pub ca_file: Option<PathBuf>,
+    /// Print the report as JSON.
+    pub json: bool,
+    /// The token, a file holding it, or `-` for standard input.
+    pub token: String,
+}
 
 /// Clock skew tolerated on exp, nbf and iat.
 pub const LEEWAY: Duration = Duration::from_secs(30);
@@ -71,7 +89,7 @@ async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Val
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("cannot fetch {url}: {}", error_chain(&e)))?;
+        .map_err(|e| format!("cannot fetch {url}: {}", request_error(&e)))?;
     let status = r.status();
     if !status.is_success() {
         return Err(format!("{url} answered {status}"));
@@ -107,7 +125,7 @@ pub async fn verify(
         Err(e) => return Report::invalid(format!("not a JWT: {e}")),
     };
     let header_json = serde_json::to_value(&header).ok();
-    let claims = client::unverified_claims(token);
+    let claims = unverified_claims(token);
     let mut report = Report {
         valid: false,
         problems: Vec::new(),
@@ -273,14 +291,14 @@ pub async fn verify(
 }
 
 /// `workload-issuer verify`: exit 0 only for a valid token.
-pub async fn run(args: VerifyArgs) -> ExitCode {
+pub async fn run(options: VerifyOptions) -> ExitCode {
     let prepared = (|| {
-        let token = read_token(&args.token)?;
-        let ca = match &args.ca_file {
-            Some(p) => Some(client::read_flag_file("--ca-file", p)?),
+        let token = read_token(&options.token)?;
+        let ca = match &options.ca_file {
+            Some(p) => Some(read_flag_file("--ca-file", p)?),
             None => None,
         };
-        Ok::<_, ClientError>((token, client::http_client(ca.as_deref())?))
+        Ok::<_, ClientError>((token, http_client(ca.as_deref())?))
     })();
     let (token, http) = match prepared {
         Ok(p) => p,
@@ -291,13 +309,13 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
     };
     let report = verify(
         &http,
-        &args.issuer,
-        &args.audience,
+        &options.issuer,
+        &options.audience,
         &token,
         SystemTime::now(),
     )
     .await;
-    if args.json {
+    if options.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()

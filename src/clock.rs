@@ -125,6 +125,12 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system's wall clock, for the client side and the one-shot commands:
+/// they run once, on the host's own time, and have no clock to be handed.
+pub fn system_now() -> SystemTime {
+    SystemTime::now()
+}
+
 /// Whole seconds since the Unix epoch (0 for a clock set before it).
 pub fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -1,7 +1,7 @@
 //! The one-shot commands: `check-config` and `keys list|rotate|revoke|recover`.
 //! Each returns the process exit code: 0 done, 1 refused or failed, 2 bad input.
 
-use crate::clock::{Clock as _, SystemClock};
+use crate::clock::system_now;
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -82,14 +82,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                steps::rotate(
-                    &store,
-                    &id,
-                    c.key_spec,
-                    &c.rotation,
-                    SystemClock::new().now(),
-                    force,
-                ),
+                steps::rotate(&store, &id, c.key_spec, &c.rotation, system_now(), force),
             )
         }
         KeysCommand::Revoke {
@@ -102,7 +95,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                steps::revoke(&store, &id, &kid, c.key_spec, SystemClock::new().now()),
+                steps::revoke(&store, &id, &kid, c.key_spec, system_now()),
             )
         }
         KeysCommand::Recover {
@@ -115,13 +108,7 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                steps::recover(
-                    &store,
-                    &id,
-                    c.key_spec,
-                    current.as_deref(),
-                    SystemClock::new().now(),
-                ),
+                steps::recover(&store, &id, c.key_spec, current.as_deref(), system_now()),
             )
         }
     }

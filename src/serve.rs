@@ -214,6 +214,7 @@ pub async fn run(
     log_clusters(&state);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        commit = crate::COMMIT,
         clusters = state.issuers.all().len(),
         api_clients = state.clients.len(),
         "workload-issuer started"

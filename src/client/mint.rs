@@ -213,7 +213,7 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         .as_deref()
         .and_then(|t| humantime::parse_rfc3339(t).ok())
         .ok_or_else(|| ClientError::Answer("no valid status.expirationTimestamp".into()))?;
-    let mut issued = Issued::from_answer(token, expires_at, sent, SystemTime::now());
+    let mut issued = Issued::from_answer(token, expires_at, sent, crate::clock::system_now());
     issued.warnings = warnings;
     Ok(issued)
 }

@@ -312,7 +312,7 @@ pub async fn run(options: VerifyOptions) -> ExitCode {
         &options.issuer,
         &options.audience,
         &token,
-        SystemTime::now(),
+        crate::clock::system_now(),
     )
     .await;
     if options.json {

@@ -53,6 +53,17 @@ pub struct StoredKey {
     pub(crate) file: Option<Stamp>,
 }
 
+impl StoredKey {
+    /// A key and its record, not (yet) tied to a file on disk.
+    pub fn new(record: KeyRecord, key: Arc<SigningKey>) -> StoredKey {
+        StoredKey {
+            record,
+            key,
+            file: None,
+        }
+    }
+}
+
 /// A cluster's published keys and its signer, immutable once built. Rotation
 /// and reload build a new one and swap it in whole.
 #[derive(Debug)]

@@ -1,9 +1,10 @@
 //! workload-issuer: a standalone OIDC issuer and JWKS discovery server for
 //! workload identity.
 //!
-//! Layout: `config` (settings, validated), `keys` (material, JWKs, the
-//! on-disk store), `issuer` (clusters, claims, minting, API clients; no HTTP),
-//! `http` (routes), `server` (listeners, TLS), `serve` (startup glue).
+//! Layout: `k8s` (Kubernetes name rules) and `config` (settings, validated)
+//! at the bottom, `keys` (material, JWKs, the on-disk store), `issuer`
+//! (clusters, claims, minting, API clients; no HTTP), `http` (routes),
+//! `server` (listeners, TLS), `serve` (startup glue).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod issuer;
+pub mod k8s;
 pub mod keys;
 pub mod metrics;
 pub mod serve;

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod config;
 mod delivery;
 mod delivery_faults;
 mod documents;

@@ -1,8 +1,8 @@
 //! The fields of every table of the file, and what each holds: the one list
 //! the layers work from. The environment layer reads a variable's value as
-//! its field's kind; a variable holding a table is checked against it, every
-//! unknown field and every value of the wrong kind reported, before serde
-//! reads the merged layers.
+//! its field's kind; a document (the file, a variable holding a table) is
+//! checked against it, every unknown field and every value of the wrong kind
+//! reported with where it is, before serde reads the merged layers.
 //!
 //! Mirrors `schema` (a unit test holds the two together). Imports nothing of
 //! the crate beyond `config`.
@@ -232,6 +232,16 @@ fn found(value: &DeValue<'_>) -> &'static str {
     }
 }
 
+/// The 1-based line of a byte offset in `text`.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt;
@@ -353,5 +363,13 @@ mod tests {
         if let Err(e) = serde_path_to_error::deserialize::<_, FileConfig>(doc) {
             panic!("{}: {}", e.path(), e.inner());
         }
+    }
+
+    #[test]
+    fn lines_are_counted_from_one() {
+        let text = "a = 1\nb = 2\n";
+        assert_eq!(line_of(text, 0), 1);
+        assert_eq!(line_of(text, 6), 2);
+        assert_eq!(line_of(text, 999), 3);
     }
 }

@@ -20,9 +20,11 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use toml::de::DeTable;
 use toml::{Table, Value};
 
 use super::env;
+use super::fields::{check_table, line_of, TOP};
 use super::model::Config;
 use super::schema::FileConfig;
 use super::validate::validate;
@@ -175,10 +177,18 @@ where
     })
 }
 
-/// Parses one TOML document. A syntax error ends the reading (returned as
-/// `Err`).
-fn document(text: &str, _problems: &mut Vec<String>) -> Result<Table, String> {
-    toml::from_str::<Table>(text).map_err(|e| e.to_string().trim_end().to_owned())
+/// Parses one TOML document and checks it against the fields: every unknown
+/// field and every value of the wrong kind is a problem with its line. A
+/// syntax error ends the reading (returned as `Err`).
+fn document(text: &str, problems: &mut Vec<String>) -> Result<Table, String> {
+    let syntax = |e: toml::de::Error| e.to_string().trim_end().to_owned();
+    let spanned = DeTable::parse(text).map_err(syntax)?;
+    let mut found = Vec::new();
+    let at = |span: std::ops::Range<usize>| format!("line {}: ", line_of(text, span.start));
+    check_table(spanned.get_ref(), TOP, "", &at, &mut found);
+    found.sort_by_key(|(offset, _)| *offset);
+    problems.extend(found.into_iter().map(|(_, p)| p));
+    toml::from_str::<Table>(text).map_err(syntax)
 }
 
 /// Merges `over` into `base`: tables field by field, anything else replaced.
@@ -542,5 +552,43 @@ mod tests {
         for e in expected {
             assert!(p.iter().any(|m| m.starts_with(e)), "{e} not in {p:#?}");
         }
+    }
+
+    #[test]
+    fn every_unknown_field_is_reported_with_its_line() {
+        let text = "listen = \"127.0.0.1:8080\"\n\
+                    listen_port = 8080\n\
+                    [api]\n\
+                    lisen = \"127.0.0.1:9443\"\n\
+                    [[clusters]]\n\
+                    id = \"a\"\n\
+                    [[clusters]]\n\
+                    id = \"b\"\n\
+                    algo = \"ES256\"\n\
+                    rsa_bits = \"2048\"\n\
+                    [[api_clients]]\n\
+                    name = \"x\"\n\
+                    token = \"secret\"\n\
+                    clusters = [\"*\", 3]\n";
+        let p = problems_with_env(text, &[]);
+        assert_eq!(
+            p,
+            [
+                "line 2: unknown field `listen_port` at the top level; expected one of: listen, \
+                 public_url, keys_dir, tls_cert, tls_key, clusters, api_clients, rotation, \
+                 tls_reload_interval, api, limits, allow_insecure_http, \
+                 allow_insecure_key_permissions",
+                "line 4: unknown field `lisen` in [api]; expected one of: listen, tls_cert, \
+                 tls_key, client_ca",
+                "line 9: unknown field `algo` in clusters[1]; expected one of: id, issuer, \
+                 algorithm, rsa_bits, audiences, min_token_lifetime, max_token_lifetime, \
+                 jwks_max_age, rotate_every, publish_ahead, clock_skew, retention",
+                "line 10: clusters[1].rsa_bits: must be an integer, not a string",
+                "line 13: unknown field `token` in api_clients[0]; expected one of: name, \
+                 token_sha256, token_file, generate, clusters, namespaces, certificate_names, \
+                 allow_common_name, rate_limit, burst",
+                "line 14: api_clients[0].clusters[1]: must be a string, not an integer",
+            ]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Layered configuration through the binary: built-in defaults, a file that
-//! holds only what it changes, `WORKLOAD_ISSUER_*` variables, flags.
+//! holds only what it changes, `WORKLOAD_ISSUER_*` variables, flags; and
+//! `check-config` reporting every unknown field with its line.
 
 use std::process::Command;
 
@@ -63,4 +64,35 @@ fn an_unknown_or_malformed_variable_stops_the_start_naming_it() {
         "{stderr}"
     );
     assert!(!dir.path().join("keys").exists(), "nothing is started");
+}
+
+#[test]
+fn check_config_reports_every_unknown_field_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typos.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:8080\"\n\
+         listen_port = 8080\n\
+         [limits]\n\
+         max_conections = 10\n\
+         [[clusters]]\n\
+         id = \"a\"\n\
+         algo = \"ES256\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "line 2: unknown field `listen_port`",
+        "line 4: unknown field `max_conections` in [limits]",
+        "line 7: unknown field `algo` in clusters[0]",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
 }

@@ -236,7 +236,7 @@ fn assign(root: &mut Value, steps: &[Step], value: Value) -> Result<(), String> 
         at = match step {
             Step::Field(name) => {
                 let Some(table) = at.as_table_mut() else {
-                    return Err(format!("{} is not a table below", path(here)));
+                    return Err(format!("{} is not a table in the layers below", path(here)));
                 };
                 if last {
                     match value {
@@ -251,14 +251,17 @@ fn assign(root: &mut Value, steps: &[Step], value: Value) -> Result<(), String> 
                     }
                     return Ok(());
                 }
-                table
-                    .entry(*name)
-                    .or_insert_with(|| Value::Table(Table::new()))
+                // What holds the next step: an array for an index.
+                let empty = match steps.get(depth + 1) {
+                    Some(Step::Index(_)) => Value::Array(Vec::new()),
+                    _ => Value::Table(Table::new()),
+                };
+                table.entry(*name).or_insert(empty)
             }
             Step::Index(index) => {
                 let at_path = path(here);
                 let Some(array) = at.as_array_mut() else {
-                    return Err(format!("{at_path} is not an array below"));
+                    return Err(format!("{at_path} is not an array in the layers below"));
                 };
                 let len = array.len();
                 if *index > len {

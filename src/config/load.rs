@@ -411,6 +411,10 @@ mod tests {
             ("WORKLOAD_ISSUER_LIMITS__MAX_CONNECTIONS", "64"),
             ("WORKLOAD_ISSUER_LIMITS", "{ max_header_bytes = 9000 }"),
             ("WORKLOAD_ISSUER_ALLOW_INSECURE_KEY_PERMISSIONS", "true"),
+            // The file lists no client: entry 0 starts the array.
+            ("WORKLOAD_ISSUER_API_CLIENTS__0__NAME", "ci"),
+            ("WORKLOAD_ISSUER_API_CLIENTS__0__TOKEN_FILE", "ci.token"),
+            ("WORKLOAD_ISSUER_API_CLIENTS__0__CLUSTERS", "[\"b\"]"),
             // Not settings, and not this program's: left alone.
             ("WORKLOAD_ISSUER_CONFIG", "elsewhere.toml"),
             ("WORKLOAD_ISSUER_LOG", "debug"),
@@ -430,6 +434,8 @@ mod tests {
         assert_eq!(c.limits.max_connections, 64);
         assert_eq!(c.limits.max_header_bytes, 9000);
         assert!(c.allow_insecure_key_permissions);
+        assert_eq!(c.api_clients[0].name, "ci");
+        assert_eq!(c.api_clients[0].clusters, Some(vec!["b".to_owned()]));
 
         // The whole array at once, then an entry of it.
         let c = with_env(

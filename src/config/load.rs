@@ -333,6 +333,7 @@ mod tests {
         )
     }
 
+    /// Problems, or none when the configuration is accepted.
     fn problems_with_env(text: &str, env: &[(&str, &str)]) -> Vec<String> {
         with_env(text, env)
             .err()
@@ -457,7 +458,7 @@ mod tests {
     #[test]
     fn a_bad_value_names_its_variable_and_how_to_write_it() {
         let p = problems_with_env(
-            ONE_CLUSTER,
+            &format!("{BASE}{ONE_CLUSTER}"),
             &[
                 ("WORKLOAD_ISSUER_LIMITS__MAX_CONNECTIONS", "lots"),
                 ("WORKLOAD_ISSUER_ROTATION__ENABLED", "yes"),
@@ -482,7 +483,7 @@ mod tests {
         );
         // Values only validation can judge name their variable too.
         let p = problems_with_env(
-            ONE_CLUSTER,
+            &format!("{BASE}{ONE_CLUSTER}"),
             &[
                 ("WORKLOAD_ISSUER_LISTEN", "nowhere"),
                 ("WORKLOAD_ISSUER_CLUSTERS__0__JWKS_MAX_AGE", "soon"),
@@ -497,7 +498,7 @@ mod tests {
             ]
         );
         let p = problems_with_env(
-            ONE_CLUSTER,
+            &format!("{BASE}{ONE_CLUSTER}"),
             &[
                 ("WORKLOAD_ISSUER_LISTEN", "nowhere"),
                 ("WORKLOAD_ISSUER_CLUSTERS__0__JWKS_MAX_AGE", "soon"),
@@ -520,7 +521,7 @@ mod tests {
         };
         let err = Config::parse_with_env(
             "test.toml",
-            ONE_CLUSTER,
+            &format!("{BASE}{ONE_CLUSTER}"),
             [("WORKLOAD_ISSUER_LISTEN", "127.0.0.1:1")],
             &flags,
         )
@@ -531,7 +532,7 @@ mod tests {
     #[test]
     fn an_unknown_variable_is_named_with_what_it_could_be() {
         let p = problems_with_env(
-            ONE_CLUSTER,
+            &format!("{BASE}{ONE_CLUSTER}"),
             &[
                 ("WORKLOAD_ISSUER_LISTN", "127.0.0.1:1"),
                 ("WORKLOAD_ISSUER_LIMITS__MAX_CONN", "5"),

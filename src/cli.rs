@@ -288,25 +288,33 @@ pub enum KeysCommand {
 }
 
 /// Where the configuration comes from, and the values that override it.
+///
+/// The layers: built-in defaults, the file, `WORKLOAD_ISSUER_*` variables
+/// (every setting has one: `WORKLOAD_ISSUER_LISTEN`,
+/// `WORKLOAD_ISSUER_LIMITS__MAX_CONNECTIONS`), then these flags. The
+/// variables are read by `config`, not here, so a flag always wins over one.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// TOML configuration file; without it, the embedded default.
+    /// TOML configuration file, holding what it changes from the built-in
+    /// defaults; without it, the embedded default.
     #[arg(long, env = "WORKLOAD_ISSUER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address and port to listen on, such as 127.0.0.1:8080.
-    #[arg(long, env = "WORKLOAD_ISSUER_LISTEN")]
+    /// Address and port to listen on, such as 127.0.0.1:8080 (or WORKLOAD_ISSUER_LISTEN).
+    #[arg(long)]
     pub listen: Option<String>,
-    /// The URL relying parties reach this server at; issuers default to <URL>/c/<id>.
-    #[arg(long, env = "WORKLOAD_ISSUER_PUBLIC_URL")]
+    /// The URL relying parties reach this server at; issuers default to <URL>/c/<id>
+    /// (or WORKLOAD_ISSUER_PUBLIC_URL).
+    #[arg(long)]
     pub public_url: Option<String>,
-    /// Directory holding signing keys, manifests and generated API tokens.
-    #[arg(long, env = "WORKLOAD_ISSUER_KEYS_DIR")]
+    /// Directory holding signing keys, manifests and generated API tokens
+    /// (or WORKLOAD_ISSUER_KEYS_DIR).
+    #[arg(long)]
     pub keys_dir: Option<PathBuf>,
-    /// PEM certificate chain; with --tls-key, serve https.
-    #[arg(long, env = "WORKLOAD_ISSUER_TLS_CERT")]
+    /// PEM certificate chain; with --tls-key, serve https (or WORKLOAD_ISSUER_TLS_CERT).
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key of the certificate.
-    #[arg(long, env = "WORKLOAD_ISSUER_TLS_KEY")]
+    /// PEM private key of the certificate (or WORKLOAD_ISSUER_TLS_KEY).
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
 }
 

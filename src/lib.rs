@@ -1,12 +1,14 @@
 //! workload-issuer: a standalone OIDC issuer and JWKS discovery server for
 //! workload identity.
 //!
-//! Layout: `config` (settings, validated), `keys` (material, JWKs, the
-//! on-disk store), `issuer` (clusters, claims, minting, API clients; no HTTP),
-//! `http` (routes), `server` (listeners, TLS), `serve` (startup glue);
-//! `client` (`token`, `agent`, `verify`: the client side, which imports
-//! nothing of the server side); `cli` (clap, the only module besides `main`
-//! that knows it).
+//! Layout, from the bottom: `clock` (time, passed in), `k8s` (Kubernetes
+//! name rules) and `config` (settings, layered and validated); `keys`
+//! (material, JWKs, the on-disk store, the rotation policy, its steps and
+//! task); `issuer` (clusters, claims, minting, API clients; no HTTP); `http`
+//! (routes), `server` (listeners, TLS), `health` and `metrics`; `client`
+//! (`token`, `agent`, `verify`: the client side, which imports nothing of the
+//! server side); `serve` (start-up glue), `commands`, and `cli` (clap, the
+//! only module besides `main` that knows it).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -19,6 +21,7 @@ pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod issuer;
+pub mod k8s;
 pub mod keys;
 pub mod metrics;
 pub mod serve;

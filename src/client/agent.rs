@@ -205,7 +205,7 @@ async fn get_token(
             )
         }
     };
-    if let Err(why) = crate::config::check_audience(audience) {
+    if let Err(why) = crate::k8s::names::check_audience(audience) {
         return agent_error(StatusCode::BAD_REQUEST, format!("audience {}", why));
     }
     match agent.token(audience).await {

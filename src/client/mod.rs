@@ -10,7 +10,7 @@
 //! Must not import the server side (`server`, `serve`, `http`, `issuer`,
 //! `keys`, `health`, `metrics`) nor clap: it talks to the issuer over HTTP
 //! like any other client. It may use the neutral helpers `fsutil` and the
-//! Kubernetes name rule `config::check_audience`.
+//! Kubernetes name rule `k8s::names::check_audience`.
 
 pub mod agent;
 mod identity;

@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use super::claims::{service_account_uid, subject, Claims, KubernetesClaims, ObjectRef};
 use super::cluster::Cluster;
-use crate::config::{check_audience, is_dns_label, is_dns_subdomain};
+use crate::k8s::names::{
+    check_audience, is_dns_label, is_dns_subdomain, DNS_LABEL_RULE, DNS_SUBDOMAIN_RULE,
+};
 
 pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// Most audiences one token may carry.
@@ -81,23 +83,18 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-const LABEL_RULE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric \
-    characters or '-', and must start and end with an alphanumeric character";
-const SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case \
-    alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
-
 /// Checks the namespace and service-account name from the URL.
 pub fn validate_names(namespace: &str, name: &str) -> Result<(), MintError> {
     if !is_dns_label(namespace) {
         return Err(invalid(
             "metadata.namespace",
-            format!("Invalid value: {}: {LABEL_RULE}", quote(namespace)),
+            format!("Invalid value: {}: {DNS_LABEL_RULE}", quote(namespace)),
         ));
     }
     if !is_dns_subdomain(name) {
         return Err(invalid(
             "metadata.name",
-            format!("Invalid value: {}: {SUBDOMAIN_RULE}", quote(name)),
+            format!("Invalid value: {}: {DNS_SUBDOMAIN_RULE}", quote(name)),
         ));
     }
     Ok(())
@@ -138,7 +135,7 @@ fn validate_bound(b: &BoundObjectRef) -> Result<BoundKind, MintError> {
     if !is_dns_subdomain(&b.name) {
         return Err(invalid(
             "spec.boundObjectRef.name",
-            format!("Invalid value: {}: {SUBDOMAIN_RULE}", quote(&b.name)),
+            format!("Invalid value: {}: {DNS_SUBDOMAIN_RULE}", quote(&b.name)),
         ));
     }
     // Kubernetes reads the uid from the bound object; this issuer has no

@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod client_usability;
+mod config;
 mod delivery;
 mod delivery_faults;
 mod documents;

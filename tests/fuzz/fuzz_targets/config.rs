@@ -1,12 +1,13 @@
 //! The configuration file: any UTF-8 text must parse or be refused with at
 //! least one problem, never panic. An accepted file holds what validation
-//! promises (src/config.rs, `validate` and `validate_cluster`).
+//! promises (src/config/validate/).
 #![no_main]
 
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use workload_issuer::config::{check_audience, is_dns_label, Config, Overrides};
+use workload_issuer::config::{Config, Overrides};
+use workload_issuer::k8s::names::{check_audience, is_dns_label};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

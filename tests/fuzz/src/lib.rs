@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use workload_issuer::config::{check_audience, Config, Overrides};
+use workload_issuer::config::{Config, Overrides};
 use workload_issuer::http::token_request::Decoded;
 use workload_issuer::issuer::claims::subject;
 use workload_issuer::issuer::mint::{
@@ -19,6 +19,7 @@ use workload_issuer::issuer::mint::{
 };
 use workload_issuer::issuer::review::{review, Review};
 use workload_issuer::issuer::Cluster;
+use workload_issuer::k8s::names::check_audience;
 use workload_issuer::keys::material::{KeySpec, SigningKey};
 use workload_issuer::keys::store::{rfc3339, KeyRecord, KeySet, KeyState, StoredKey};
 

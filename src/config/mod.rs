@@ -1,0 +1,32 @@
+//! Configuration: the layers (built-in defaults, the file, `WORKLOAD_ISSUER_*`
+//! variables, flags) merged, validated, and handed to the rest of the crate as
+//! a [`Config`] it trusts.
+//!
+//! - `schema`: the file as written (serde, `deny_unknown_fields`);
+//! - `fields`: every table's fields and what each holds, for the layers;
+//! - `load`: the layers and their merge; `env`: the environment layer;
+//! - `validate`: every check, all problems reported at once, each naming its
+//!   field (and the variable or flag that set it);
+//! - `model`: the validated configuration.
+//!
+//! Secrets are never inline: API tokens are SHA-256 digests or file paths.
+//!
+//! The bottom layer with `k8s`: imports nothing of `issuer`, `http`,
+//! `server`, `serve`, `client`; of `keys` only `keys::material`'s key spec.
+
+mod env;
+mod fields;
+mod load;
+mod model;
+mod schema;
+mod validate;
+
+#[cfg(test)]
+mod testing;
+
+pub use env::NOT_SETTINGS;
+pub use load::{ConfigError, Overrides, EMBEDDED_DEFAULT};
+pub use model::{
+    ApiClientConfig, ClusterConfig, Config, Credential, Limits, ListenerConfig, RateLimit,
+    RotationPolicy, RotationSettings, TlsFiles, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE,
+};

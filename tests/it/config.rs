@@ -1,0 +1,98 @@
+//! Layered configuration through the binary: built-in defaults, a file that
+//! holds only what it changes, `WORKLOAD_ISSUER_*` variables, flags; and
+//! `check-config` reporting every unknown field with its line.
+
+use std::process::Command;
+
+use crate::cli::{http_get, spawn_serve, terminate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+
+#[test]
+fn serve_runs_on_environment_variables_and_a_file_holding_one_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let file = dir.path().join("one-cluster.toml");
+    std::fs::write(
+        &file,
+        "[[clusters]]\nid = \"solo\"\nalgorithm = \"ES256\"\n",
+    )
+    .unwrap();
+    let (child, addr, _) = spawn_serve(
+        &[],
+        &[
+            ("WORKLOAD_ISSUER_CONFIG", file.to_str().unwrap()),
+            ("WORKLOAD_ISSUER_LISTEN", "127.0.0.1:0"),
+            ("WORKLOAD_ISSUER_PUBLIC_URL", "https://env.example.com"),
+            ("WORKLOAD_ISSUER_KEYS_DIR", keys.to_str().unwrap()),
+            ("WORKLOAD_ISSUER_CLUSTERS__0__JWKS_MAX_AGE", "5m"),
+            ("WORKLOAD_ISSUER_CLUSTERS__0__PUBLISH_AHEAD", "10m"),
+            ("WORKLOAD_ISSUER_ROTATION__ENABLED", "false"),
+        ],
+    );
+    let discovery = http_get(&addr, "/c/solo/.well-known/openid-configuration");
+    assert!(
+        discovery.contains(r#""issuer":"https://env.example.com/c/solo""#),
+        "{discovery}"
+    );
+    let jwks = http_get(&addr, "/c/solo/openid/v1/jwks");
+    assert!(jwks.to_ascii_lowercase().contains("max-age=300"), "{jwks}");
+    assert!(jwks.contains(r#""alg":"ES256""#), "{jwks}");
+    // The file lists a cluster and no client: the embedded demo (cluster
+    // "demo", client "admin") is not mixed in.
+    assert!(http_get(&addr, "/c/demo/openid/v1/jwks").starts_with("HTTP/1.1 404"));
+    assert!(!keys.join("admin.token").exists());
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn an_unknown_or_malformed_variable_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--keys-dir"])
+        .arg(dir.path().join("keys"))
+        .env_remove("WORKLOAD_ISSUER_CONFIG")
+        .env("WORKLOAD_ISSUER_LISTN", "127.0.0.1:0")
+        .env("WORKLOAD_ISSUER_LIMITS__MAX_CONNECTIONS", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WORKLOAD_ISSUER_LISTN: "), "{stderr}");
+    assert!(
+        stderr.contains("WORKLOAD_ISSUER_LIMITS__MAX_CONNECTIONS: \"lots\" is not an integer"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("keys").exists(), "nothing is started");
+}
+
+#[test]
+fn check_config_reports_every_unknown_field_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typos.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:8080\"\n\
+         listen_port = 8080\n\
+         [limits]\n\
+         max_conections = 10\n\
+         [[clusters]]\n\
+         id = \"a\"\n\
+         algo = \"ES256\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "line 2: unknown field `listen_port`",
+        "line 4: unknown field `max_conections` in [limits]",
+        "line 7: unknown field `algo` in clusters[0]",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+}

@@ -19,7 +19,7 @@ use toml::de::DeValue;
 use toml::{Table, Value};
 
 use super::fields::{check_value, join, names, Field, Kind, TOP};
-use super::load::{merge, SetBy};
+use super::layer::{merge, SetBy};
 
 pub(super) const PREFIX: &str = "WORKLOAD_ISSUER_";
 

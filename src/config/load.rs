@@ -25,6 +25,7 @@ use toml::{Table, Value};
 
 use super::env;
 use super::fields::{check_table, line_of, TOP};
+use super::layer::{merge, SetBy};
 use super::model::Config;
 use super::schema::FileConfig;
 use super::validate::validate;
@@ -46,10 +47,6 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
-
-/// Which variable or flag set which path (`limits.max_connections`), so a
-/// problem with the value names where it came from.
-pub(super) type SetBy = Vec<(String, String)>;
 
 /// Every problem found in a configuration, one per line.
 #[derive(Debug)]
@@ -191,22 +188,6 @@ fn document(text: &str, problems: &mut Vec<String>) -> Result<Table, String> {
     toml::from_str::<Table>(text).map_err(syntax)
 }
 
-/// Merges `over` into `base`: tables field by field, anything else replaced.
-pub(super) fn merge(base: &mut Table, over: Table) {
-    for (key, value) in over {
-        match value {
-            Value::Table(over) if base.get(&key).is_some_and(Value::is_table) => {
-                if let Some(Value::Table(base)) = base.get_mut(&key) {
-                    merge(base, over);
-                }
-            }
-            value => {
-                base.insert(key, value);
-            }
-        }
-    }
-}
-
 /// The flag layer.
 fn flags(o: &Overrides, merged: &mut Table, set_by: &mut SetBy, problems: &mut Vec<String>) {
     let mut path = |flag: &str, p: &Option<PathBuf>| match p.as_deref().map(Path::to_str) {
@@ -261,8 +242,8 @@ mod tests {
 
     use super::*;
     use crate::config::testing::{parse, BASE};
+    use crate::config::KeySpec;
     use crate::config::DEFAULT_AUDIENCE;
-    use crate::keys::material::KeySpec;
 
     #[test]
     fn the_embedded_default_is_valid() {

@@ -5,6 +5,7 @@
 //! - `schema`: the file as written (serde, `deny_unknown_fields`);
 //! - `fields`: every table's fields and what each holds, for the layers;
 //! - `load`: the layers and their merge; `env`: the environment layer;
+//!   `layer`: what both share (the merge, who set what);
 //! - `validate`: every check, all problems reported at once, each naming its
 //!   field (and the variable or flag that set it);
 //! - `model`: the validated configuration.
@@ -12,10 +13,13 @@
 //! Secrets are never inline: API tokens are SHA-256 digests or file paths.
 //!
 //! The bottom layer with `k8s`: imports nothing of `issuer`, `http`,
-//! `server`, `serve`, `client`; of `keys` only `keys::material`'s key spec.
+//! `server`, `serve`, `client` or `keys` (the key kinds it names are its own
+//! `keyspec`, which `keys::material` uses).
 
 mod env;
 mod fields;
+mod keyspec;
+mod layer;
 mod load;
 mod model;
 mod schema;
@@ -25,6 +29,7 @@ mod validate;
 mod testing;
 
 pub use env::NOT_SETTINGS;
+pub use keyspec::{Algorithm, KeySpec, RSA_BITS};
 pub use load::{ConfigError, Overrides, EMBEDDED_DEFAULT};
 pub use model::{
     ApiClientConfig, ClusterConfig, Config, Credential, Limits, ListenerConfig, RateLimit,

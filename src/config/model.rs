@@ -1,17 +1,15 @@
 //! The validated configuration the rest of the crate trusts: listeners,
 //! clusters with their rotation policies, API clients, limits.
 //!
-//! Only `config::validate` builds these. Imports `keys::material::KeySpec`
-//! (the one exception to the bottom layer, until the key spec moves down);
-//! nothing else of `keys`, and never `issuer`, `http`, `server`, `serve`,
-//! `client`.
+//! Only `config::validate` builds these. Imports nothing of the crate
+//! above `config` (`keys`, `issuer`, `http`, `server`, `serve`, `client`).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::keys::material::KeySpec;
+use crate::config::KeySpec;
 
 pub const DEFAULT_AUDIENCE: &str = "https://kubernetes.default.svc";
 

@@ -1,7 +1,7 @@
 //! Validation of one `[[clusters]]` table: its id, issuer URL, algorithm,
 //! audiences, token lifetimes and rotation policy (REFERENCE §5).
 //!
-//! Imports the `k8s` name rules and `keys::material`'s key spec; never
+//! Imports the `k8s` name rules and the key kinds of `config::keyspec`; never
 //! `issuer`, `http`, `server`, `serve`, `client`.
 
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::duration;
 use crate::config::model::{ClusterConfig, RotationPolicy, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE};
 use crate::config::schema::FileCluster;
+use crate::config::{KeySpec, RSA_BITS};
 use crate::k8s::names::{check_audience, is_dns_label};
-use crate::keys::material::{KeySpec, RSA_BITS};
 
 const MAX_LIFETIME_CAP: Duration = Duration::from_secs(365 * 86400);
 

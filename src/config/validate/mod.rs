@@ -3,7 +3,7 @@
 //!
 //! The top level, listeners, limits and rotation here; clusters and their
 //! rotation policies in `cluster`, API clients in `clients`. Imports the
-//! `k8s` name rules and `keys::material`'s key spec; never `issuer`, `http`,
+//! `k8s` name rules and the key kinds of `config::keyspec`; never `issuer`, `http`,
 //! `server`, `serve`, `client`.
 
 mod clients;

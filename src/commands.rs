@@ -34,31 +34,58 @@ pub fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
-    Config::load(args.config.as_deref(), &args.overrides()).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(2)
-    })
+/// Why a one-shot command stopped. Its message is printed to standard error,
+/// and the exit code says which kind: 2 for input to correct, 1 otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A flag, the configuration or a named key is wrong: exit 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// Refused or failed (a step not yet allowed, a file not written): exit 1.
+    #[error("{0}")]
+    Failed(String),
 }
 
-fn cluster<'c>(config: &'c Config, id: &str) -> Result<&'c ClusterConfig, ExitCode> {
+impl CommandError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CommandError::BadInput(_) => ExitCode::from(2),
+            CommandError::Failed(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Runs a command: its error printed, its exit code returned.
+fn finish(result: Result<(), CommandError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, CommandError> {
+    Config::load(args.config.as_deref(), &args.overrides())
+        .map_err(|e| CommandError::BadInput(e.to_string()))
+}
+
+fn cluster<'c>(config: &'c Config, id: &str) -> Result<&'c ClusterConfig, CommandError> {
     config.cluster(id).ok_or_else(|| {
         let ids: Vec<&str> = config.clusters.iter().map(|c| c.id.as_str()).collect();
-        eprintln!(
+        CommandError::BadInput(format!(
             "--cluster: no cluster has id {id:?}; the configured clusters are: {}",
             ids.join(", ")
-        );
-        ExitCode::from(2)
+        ))
     })
 }
 
 pub fn keys(command: KeysCommand) -> ExitCode {
-    match run_keys(command) {
-        Ok(code) | Err(code) => code,
-    }
+    finish(run_keys(command))
 }
 
-fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
+fn run_keys(command: KeysCommand) -> Result<(), CommandError> {
     match command {
         KeysCommand::List {
             config,
@@ -117,23 +144,17 @@ fn run_keys(command: KeysCommand) -> Result<ExitCode, ExitCode> {
 fn report(
     cluster: &str,
     result: Result<Vec<Transition>, RotationError>,
-) -> Result<ExitCode, ExitCode> {
+) -> Result<(), CommandError> {
     match result {
         Ok(transitions) => {
             for t in &transitions {
                 println!("{cluster}: {t}");
             }
             println!("{cluster}: running servers pick this up within their reload interval, or at once on SIGHUP");
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
-        Err(e @ RotationError::UnknownKid { .. }) => {
-            eprintln!("{e}");
-            Err(ExitCode::from(2))
-        }
-        Err(e) => {
-            eprintln!("{cluster}: {e}");
-            Err(ExitCode::FAILURE)
-        }
+        Err(e @ RotationError::UnknownKid { .. }) => Err(CommandError::BadInput(e.to_string())),
+        Err(e) => Err(CommandError::Failed(format!("{cluster}: {e}"))),
     }
 }
 
@@ -161,16 +182,13 @@ struct NextTransition {
     at: String,
 }
 
-fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<ExitCode, ExitCode> {
+fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<(), CommandError> {
     let mut manifests = Vec::new();
     for c in clusters {
-        match store.read_manifest(&c.id) {
-            Ok(m) => manifests.push(m),
-            Err(e) => {
-                eprintln!("cluster {:?}: {e}", c.id);
-                return Err(ExitCode::FAILURE);
-            }
-        }
+        let manifest = store
+            .read_manifest(&c.id)
+            .map_err(|e| CommandError::Failed(format!("cluster {:?}: {e}", c.id)))?;
+        manifests.push(manifest);
     }
     let listed: Vec<ListedCluster> = clusters
         .iter()
@@ -200,14 +218,10 @@ fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<Exi
         })
         .collect();
     if json {
-        match serde_json::to_string_pretty(&serde_json::json!({ "clusters": listed })) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("{e}");
-                return Err(ExitCode::FAILURE);
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "clusters": listed }))
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
     }
     for (c, l) in clusters.iter().zip(&listed) {
         println!(
@@ -244,42 +258,30 @@ fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<Exi
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `export`: the discovery document and JWKS of one cluster as files,
 /// byte-identical to what the server serves, for static hosting.
 pub fn export(args: &ConfigArgs, id: &str, out: &std::path::Path) -> ExitCode {
-    let config = match load(args) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let c = match cluster(&config, id) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    finish(run_export(args, id, out))
+}
+
+fn run_export(args: &ConfigArgs, id: &str, out: &std::path::Path) -> Result<(), CommandError> {
+    let config = load(args)?;
+    let c = cluster(&config, id)?;
     let store = crate::serve::key_store(&config);
-    let manifest = match store.read_manifest(id) {
-        Ok(Some(m)) => m,
-        Ok(None) => {
-            eprintln!(
+    let failed = |e: &dyn std::fmt::Display| CommandError::Failed(format!("cluster {id:?}: {e}"));
+    let manifest = store
+        .read_manifest(id)
+        .map_err(|e| failed(&e))?
+        .ok_or_else(|| {
+            CommandError::Failed(format!(
                 "cluster {id:?} has no keys yet in {}: start the server once first",
                 config.keys_dir.display()
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("cluster {id:?}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let keys = match store.load_set(&manifest) {
-        Ok(k) => std::sync::Arc::new(k),
-        Err(e) => {
-            eprintln!("cluster {id:?}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+            ))
+        })?;
+    let keys = std::sync::Arc::new(store.load_set(&manifest).map_err(|e| failed(&e))?);
     let published = crate::issuer::Published::new(&c.issuer, c.jwks_max_age, keys);
     let base = out.join(c.issuer_path.trim_start_matches('/'));
     let files = [
@@ -294,10 +296,7 @@ pub fn export(args: &ConfigArgs, id: &str, out: &std::path::Path) -> ExitCode {
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| crate::fsutil::write_atomic(&path, body, 0o644));
-        if let Err(e) = written {
-            eprintln!("{}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+        written.map_err(|e| CommandError::Failed(format!("{}: {e}", path.display())))?;
         println!("wrote {}", path.display());
     }
     println!(
@@ -305,5 +304,5 @@ pub fn export(args: &ConfigArgs, id: &str, out: &std::path::Path) -> ExitCode {
         c.jwks_max_age.as_secs(),
         c.issuer
     );
-    ExitCode::SUCCESS
+    Ok(())
 }

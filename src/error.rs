@@ -79,6 +79,64 @@ impl AppError {
     }
 }
 
+/// A Kubernetes object refused as invalid, worded as the apiserver words it
+/// (`TokenRequest.authentication.k8s.io "sa" is invalid: spec.audiences: ...`):
+/// what the decoders' and the issuer's typed errors become on the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{resource} {}is invalid: {problem}", quoted(.name.as_deref()))]
+pub struct Invalid {
+    resource: &'static str,
+    name: Option<String>,
+    problem: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn quoted(name: Option<&str>) -> String {
+    name.map(|n| format!("{} ", serde_json::to_string(n).unwrap_or_default()))
+        .unwrap_or_default()
+}
+
+impl Invalid {
+    /// A TokenRequest for service account `name`.
+    pub fn token_request(
+        name: &str,
+        problem: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Invalid {
+        Invalid {
+            resource: "TokenRequest.authentication.k8s.io",
+            name: Some(name.to_owned()),
+            problem: problem.into(),
+        }
+    }
+
+    /// A TokenReview (it has no name).
+    pub fn token_review(problem: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Invalid {
+        Invalid {
+            resource: "TokenReview.authentication.k8s.io",
+            name: None,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// 400, in the Kubernetes `Status` shape.
+impl From<Invalid> for AppError {
+    fn from(e: Invalid) -> AppError {
+        AppError::kube(StatusCode::BAD_REQUEST, e.to_string())
+    }
+}
+
+/// A 201 answer that could not be encoded: logged, and a 500 that says
+/// nothing internal.
+impl From<crate::http::token_request::EncodeError> for AppError {
+    fn from(e: crate::http::token_request::EncodeError) -> AppError {
+        tracing::error!(error = %e, "encoding an answer failed");
+        AppError::kube(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer could not be encoded",
+        )
+    }
+}
+
 /// The `reason` Kubernetes puts in a `Status` for each code
 /// (k8s.io/apimachinery/pkg/apis/meta/v1 StatusReason).
 fn reason(status: StatusCode) -> &'static str {

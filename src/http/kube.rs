@@ -7,6 +7,39 @@ use axum::response::Response;
 use prost::Message as _;
 use serde::de::DeserializeOwned;
 
+/// Why a Kubernetes API body could not be read, worded as the apiserver's
+/// field errors are (kubectl prints the message as it is).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{field}: Invalid value: {got:?}: expected {expected:?}")]
+    WrongType {
+        field: &'static str,
+        got: String,
+        expected: String,
+    },
+    /// The JSON does not decode; `at` is the path of the bad field, if any.
+    #[error("the body is not a valid {kind}: {at}{reason}")]
+    Json {
+        kind: String,
+        at: String,
+        reason: String,
+    },
+    #[error("the protobuf body does not start with the Kubernetes envelope prefix \"k8s\\x00\"")]
+    NoEnvelope,
+    #[error("the protobuf envelope (runtime.Unknown) is malformed: {0}")]
+    Envelope(#[source] prost::DecodeError),
+    #[error("contentEncoding: Unsupported value: {0:?}: the raw message must not be encoded")]
+    Encoded(String),
+    #[error("the protobuf {kind} is malformed: {source}")]
+    Protobuf {
+        kind: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("spec.attestations: Forbidden: this issuer does not support attestations")]
+    Attestations,
+}
+
 /// The 4-byte prefix of every Kubernetes protobuf body
 /// (k8s.io/apimachinery/pkg/runtime/serializer/protobuf).
 const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
@@ -19,7 +52,7 @@ pub fn decode_json<T: DeserializeOwned>(
     body: &[u8],
     api_version: &str,
     kind: &str,
-) -> Result<T, String> {
+) -> Result<T, DecodeError> {
     #[derive(serde::Deserialize)]
     struct TypeMeta {
         #[serde(rename = "apiVersion")]
@@ -28,25 +61,38 @@ pub fn decode_json<T: DeserializeOwned>(
     }
     if let Ok(t) = serde_json::from_slice::<TypeMeta>(body) {
         if let Some(v) = t.api_version.filter(|v| v != api_version) {
-            return Err(format!(
-                "apiVersion: Invalid value: {v:?}: expected {api_version:?}"
-            ));
+            return Err(DecodeError::WrongType {
+                field: "apiVersion",
+                got: v,
+                expected: api_version.to_owned(),
+            });
         }
         if let Some(k) = t.kind.filter(|k| k != kind) {
-            return Err(format!("kind: Invalid value: {k:?}: expected {kind:?}"));
+            return Err(DecodeError::WrongType {
+                field: "kind",
+                got: k,
+                expected: kind.to_owned(),
+            });
         }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." {
-            format!("the body is not a valid {kind}: {}", e.inner())
-        } else {
-            format!("the body is not a valid {kind}: {path}: {}", e.inner())
+        DecodeError::Json {
+            kind: kind.to_owned(),
+            at: if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            },
+            reason: e.inner().to_string(),
         }
     })?;
-    de.end()
-        .map_err(|e| format!("the body is not a valid {kind}: {e}"))?;
+    de.end().map_err(|e| DecodeError::Json {
+        kind: kind.to_owned(),
+        at: String::new(),
+        reason: e.to_string(),
+    })?;
     Ok(value)
 }
 
@@ -56,33 +102,36 @@ pub fn decode_protobuf<T: prost::Message + Default>(
     body: &[u8],
     api_version: &str,
     kind: &str,
-) -> Result<T, String> {
-    let rest = body.strip_prefix(PROTOBUF_MAGIC).ok_or_else(|| {
-        "the protobuf body does not start with the Kubernetes envelope prefix \"k8s\\x00\""
-            .to_owned()
-    })?;
-    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest)
-        .map_err(|e| format!("the protobuf envelope (runtime.Unknown) is malformed: {e}"))?;
+) -> Result<T, DecodeError> {
+    let rest = body
+        .strip_prefix(PROTOBUF_MAGIC)
+        .ok_or(DecodeError::NoEnvelope)?;
+    let unknown =
+        k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest).map_err(DecodeError::Envelope)?;
     let type_meta = unknown.type_meta.unwrap_or_default();
     let got_version = type_meta.api_version.unwrap_or_default();
     let got_kind = type_meta.kind.unwrap_or_default();
     if !got_version.is_empty() && got_version != api_version {
-        return Err(format!(
-            "apiVersion: Invalid value: {got_version:?}: expected {api_version:?}"
-        ));
+        return Err(DecodeError::WrongType {
+            field: "apiVersion",
+            got: got_version,
+            expected: api_version.to_owned(),
+        });
     }
     if !got_kind.is_empty() && got_kind != kind {
-        return Err(format!(
-            "kind: Invalid value: {got_kind:?}: expected {kind:?}"
-        ));
+        return Err(DecodeError::WrongType {
+            field: "kind",
+            got: got_kind,
+            expected: kind.to_owned(),
+        });
     }
     if let Some(encoding) = unknown.content_encoding.filter(|e| !e.is_empty()) {
-        return Err(format!(
-            "contentEncoding: Unsupported value: {encoding:?}: the raw message must not be encoded"
-        ));
+        return Err(DecodeError::Encoded(encoding));
     }
-    T::decode(unknown.raw.unwrap_or_default().as_slice())
-        .map_err(|e| format!("the protobuf {kind} is malformed: {e}"))
+    T::decode(unknown.raw.unwrap_or_default().as_slice()).map_err(|source| DecodeError::Protobuf {
+        kind: kind.to_owned(),
+        source,
+    })
 }
 
 /// A 201 with a JSON body that must not be cached.

@@ -10,21 +10,15 @@ use k8s_openapi::api::authentication::v1 as authv1;
 
 use super::kube;
 use super::token::{authenticate, content_format, read_body, Format};
+use super::token_request::EncodeError;
 use super::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, Invalid};
 use crate::issuer::review::review;
 use crate::issuer::Cluster;
 
 pub const PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const KIND: &str = "TokenReview";
 const API_VERSION: &str = "authentication.k8s.io/v1";
-
-fn bad_request(detail: impl std::fmt::Display) -> AppError {
-    AppError::kube(
-        StatusCode::BAD_REQUEST,
-        format!("TokenReview.authentication.k8s.io is invalid: {detail}"),
-    )
-}
 
 pub async fn create(
     state: &AppState,
@@ -64,9 +58,9 @@ pub async fn create(
             (spec.token.unwrap_or_default(), spec.audiences)
         }),
     }
-    .map_err(bad_request)?;
+    .map_err(Invalid::token_review)?;
     if token.is_empty() {
-        return Err(bad_request("spec.token: Required value"));
+        return Err(Invalid::token_review("spec.token: Required value").into());
     }
     let result = review(cluster, &token, &audiences, state.clock.now());
     tracing::info!(
@@ -100,11 +94,6 @@ pub async fn create(
             }),
         }),
     };
-    let bytes = serde_json::to_vec(&answer).map_err(|_| {
-        AppError::kube(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the answer could not be encoded",
-        )
-    })?;
+    let bytes = serde_json::to_vec(&answer).map_err(EncodeError::Json)?;
     Ok(kube::created(bytes))
 }

@@ -14,7 +14,7 @@ use axum::response::Response;
 
 use super::token_request::{decode_json, decode_protobuf, encode_response};
 use super::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, Invalid};
 use crate::issuer::auth::ApiClient;
 use crate::issuer::mint::{mint, validate_names, MintError, MintRequest, Minted};
 use crate::issuer::Cluster;
@@ -58,16 +58,6 @@ impl<'a> TokenPath<'a> {
             name: self.name.to_owned(),
         }
     }
-}
-
-fn bad_request(name: &str, detail: impl std::fmt::Display) -> AppError {
-    AppError::kube(
-        StatusCode::BAD_REQUEST,
-        format!(
-            "TokenRequest.authentication.k8s.io {} is invalid: {detail}",
-            serde_json::to_string(name).unwrap_or_default()
-        ),
-    )
 }
 
 /// The bearer token of the request, or why there is none usable. The reason
@@ -212,7 +202,7 @@ pub async fn create(
     }
     let client = authenticate(state, &parts)?;
     let (namespace, name) = (target.namespace.as_str(), target.name.as_str());
-    validate_names(namespace, name).map_err(|e| bad_request(name, e))?;
+    validate_names(namespace, name).map_err(|e| Invalid::token_request(name, e))?;
     client.authorize(cluster.id(), namespace).map_err(|e| {
         AppError::kube(
             StatusCode::FORBIDDEN,
@@ -246,29 +236,31 @@ pub async fn create(
         Format::Json => decode_json(&body),
         Format::Protobuf => decode_protobuf(&body),
     }
-    .map_err(|e| bad_request(name, e))?;
+    .map_err(|e| Invalid::token_request(name, e))?;
     if let Some(ns) = decoded
         .metadata_namespace
         .as_deref()
         .filter(|ns| *ns != namespace)
     {
-        return Err(bad_request(
+        return Err(Invalid::token_request(
             name,
             format!(
                 "metadata.namespace: Invalid value: {ns:?}: does not match the namespace in the URL ({namespace:?})"
             ),
-        ));
+        )
+        .into());
     }
     if let Some(n) = decoded.metadata_name.as_deref().filter(|n| *n != name) {
-        return Err(bad_request(
+        return Err(Invalid::token_request(
             name,
             format!("metadata.name: Invalid value: {n:?}: does not match the name in the URL ({name:?})"),
-        ));
+        )
+        .into());
     }
     let mint_request = decoded.into_request(namespace, name);
     let minted = match mint_in_turn(state, cluster, &mint_request).await {
         Ok(m) => m,
-        Err(e @ MintError::Invalid { .. }) => return Err(bad_request(name, e)),
+        Err(e @ MintError::Invalid { .. }) => return Err(Invalid::token_request(name, e).into()),
         Err(MintError::Signing) => {
             tracing::error!(cluster = cluster.id(), "signing failed");
             return Err(AppError::kube(
@@ -288,13 +280,7 @@ pub async fn create(
         expiration_seconds = minted.expiration_seconds,
         "token minted"
     );
-    let body = encode_response(&mint_request, &minted).map_err(|e| {
-        tracing::error!(error = e, "encoding the TokenRequest answer failed");
-        AppError::kube(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the answer could not be encoded",
-        )
-    })?;
+    let body = encode_response(&mint_request, &minted)?;
     let mut response = super::kube::created(body);
     let h = response.headers_mut();
     if let Some(warning) = &minted.warning {

@@ -2,7 +2,7 @@
 //! protobuf (`k8s-pb` types inside the `k8s\0` + `runtime.Unknown` envelope,
 //! which kubectl 1.32 sends), and encoding the 201 answer as JSON.
 
-use super::kube;
+use super::kube::{self, DecodeError};
 use k8s_openapi::api::authentication::v1 as authv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -35,13 +35,11 @@ impl Decoded {
 
 /// Decodes a JSON TokenRequest. A wrong `kind` or `apiVersion` is refused,
 /// and so are attestations, which this issuer cannot honour.
-pub fn decode_json(body: &[u8]) -> Result<Decoded, String> {
+pub fn decode_json(body: &[u8]) -> Result<Decoded, DecodeError> {
     let request: authv1::TokenRequest = kube::decode_json(body, API_VERSION, KIND)?;
     let spec = request.spec.unwrap_or_default();
     if spec.attestations.as_ref().is_some_and(|a| !a.is_empty()) {
-        return Err(
-            "spec.attestations: Forbidden: this issuer does not support attestations".into(),
-        );
+        return Err(DecodeError::Attestations);
     }
     Ok(Decoded {
         metadata_name: request.metadata.name,
@@ -58,7 +56,7 @@ pub fn decode_json(body: &[u8]) -> Result<Decoded, String> {
 }
 
 /// Decodes a Kubernetes protobuf TokenRequest.
-pub fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
+pub fn decode_protobuf(body: &[u8]) -> Result<Decoded, DecodeError> {
     let request: k8s_pb::api::authentication::v1::TokenRequest =
         kube::decode_protobuf(body, API_VERSION, KIND)?;
     let metadata = request.metadata.unwrap_or_default();
@@ -85,8 +83,9 @@ fn time(seconds: i64) -> Option<Time> {
 
 /// The 201 body: the request as the server understood it (defaults filled
 /// in, lifetime as shortened) with the token in `status`.
-pub fn encode_response(request: &MintRequest, minted: &Minted) -> Result<Vec<u8>, String> {
-    let expiration = time(unix_seconds(minted.expires_at)).ok_or("expiration out of range")?;
+pub fn encode_response(request: &MintRequest, minted: &Minted) -> Result<Vec<u8>, EncodeError> {
+    let expiration =
+        time(unix_seconds(minted.expires_at)).ok_or(EncodeError::ExpirationOutOfRange)?;
     let response = authv1::TokenRequest {
         metadata: ObjectMeta {
             name: Some(request.name.clone()),
@@ -113,7 +112,17 @@ pub fn encode_response(request: &MintRequest, minted: &Minted) -> Result<Vec<u8>
             expiration_timestamp: Some(expiration),
         }),
     };
-    serde_json::to_vec(&response).map_err(|e| e.to_string())
+    serde_json::to_vec(&response).map_err(EncodeError::Json)
+}
+
+/// Why a 201 answer could not be encoded: a bug or an impossible time, never
+/// the client's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the expiration time is out of range")]
+    ExpirationOutOfRange,
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
 }
 
 #[cfg(test)]
@@ -147,15 +156,23 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        let e = decode_json(br#"{"kind":"Pod","spec":{}}"#).unwrap_err();
+        let e = decode_json(br#"{"kind":"Pod","spec":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("kind: Invalid value: \"Pod\""), "{e}");
-        let e = decode_json(br#"{"apiVersion":"v1","spec":{}}"#).unwrap_err();
+        let e = decode_json(br#"{"apiVersion":"v1","spec":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("apiVersion: Invalid value: \"v1\""), "{e}");
-        let e = decode_json(br#"{"spec":{"expirationSeconds":"soon"}}"#).unwrap_err();
+        let e = decode_json(br#"{"spec":{"expirationSeconds":"soon"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.expirationSeconds"), "{e}");
-        let e = decode_json(br#"{"spec":{}} trailing"#).unwrap_err();
+        let e = decode_json(br#"{"spec":{}} trailing"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trailing"), "{e}");
-        let e = decode_json(br#"{"spec":"#).unwrap_err();
+        let e = decode_json(br#"{"spec":"#).unwrap_err().to_string();
         assert!(e.contains("EOF"), "{e}");
     }
 
@@ -178,12 +195,17 @@ mod tests {
     #[test]
     fn protobuf_of_another_kind_or_without_envelope_is_refused() {
         let body = protobuf_body(API_VERSION, "TokenReview", pb::TokenRequestSpec::default());
-        assert!(decode_protobuf(&body).unwrap_err().starts_with("kind:"));
-        assert!(decode_protobuf(b"\x0a\x00")
+        assert!(decode_protobuf(&body)
             .unwrap_err()
-            .contains("envelope prefix"));
-        assert!(decode_protobuf(b"k8s\0\xff\xff")
-            .unwrap_err()
-            .contains("malformed"));
+            .to_string()
+            .starts_with("kind:"));
+        assert!(matches!(
+            decode_protobuf(b"\x0a\x00"),
+            Err(DecodeError::NoEnvelope)
+        ));
+        assert!(matches!(
+            decode_protobuf(b"k8s\0\xff\xff"),
+            Err(DecodeError::Envelope(_))
+        ));
     }
 }

@@ -35,19 +35,27 @@ pub fn is_dns_subdomain(s: &str) -> bool {
 /// Longest audience accepted, in bytes.
 pub const MAX_AUDIENCE_LEN: usize = 1024;
 
+/// What is wrong with an audience value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AudienceError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("is {0} bytes long; at most {MAX_AUDIENCE_LEN} are allowed")]
+    TooLong(usize),
+    #[error("must not contain control characters")]
+    Control,
+}
+
 /// Checks one audience value: non-empty, bounded, printable.
-pub fn check_audience(aud: &str) -> Result<(), String> {
+pub fn check_audience(aud: &str) -> Result<(), AudienceError> {
     if aud.is_empty() {
-        return Err("must not be empty".into());
+        return Err(AudienceError::Empty);
     }
     if aud.len() > MAX_AUDIENCE_LEN {
-        return Err(format!(
-            "is {} bytes long; at most {MAX_AUDIENCE_LEN} are allowed",
-            aud.len()
-        ));
+        return Err(AudienceError::TooLong(aud.len()));
     }
     if aud.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
+        return Err(AudienceError::Control);
     }
     Ok(())
 }
@@ -70,11 +78,15 @@ mod tests {
     #[test]
     fn audiences_are_bounded_and_printable() {
         assert!(check_audience("sts.amazonaws.com").is_ok());
-        assert_eq!(check_audience("").unwrap_err(), "must not be empty");
+        assert_eq!(
+            check_audience("").unwrap_err().to_string(),
+            "must not be empty"
+        );
         assert!(check_audience(&"a".repeat(MAX_AUDIENCE_LEN)).is_ok());
         assert!(check_audience(&"a".repeat(MAX_AUDIENCE_LEN + 1))
             .unwrap_err()
+            .to_string()
             .contains("at most 1024"));
-        assert!(check_audience("a\nb").unwrap_err().contains("control"));
+        assert_eq!(check_audience("a\nb"), Err(AudienceError::Control));
     }
 }

@@ -64,6 +64,15 @@ impl StoredKey {
     }
 }
 
+/// Why keys do not make a set: exactly one must sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySetError {
+    #[error("no key is in state \"current\"")]
+    NoCurrent,
+    #[error("{0} keys are in state \"current\"")]
+    ManyCurrent(usize),
+}
+
 /// A cluster's published keys and its signer, immutable once built. Rotation
 /// and reload build a new one and swap it in whole.
 #[derive(Debug)]
@@ -80,7 +89,7 @@ pub struct KeySet {
 
 impl KeySet {
     /// Builds the set from loaded keys; exactly one must be `current`.
-    pub fn new(keys: Vec<StoredKey>) -> Result<KeySet, String> {
+    pub fn new(keys: Vec<StoredKey>) -> Result<KeySet, KeySetError> {
         let currents: Vec<usize> = keys
             .iter()
             .enumerate()
@@ -89,8 +98,8 @@ impl KeySet {
             .collect();
         let current = match currents.as_slice() {
             [one] => *one,
-            [] => return Err("no key is in state \"current\"".into()),
-            _ => return Err(format!("{} keys are in state \"current\"", currents.len())),
+            [] => return Err(KeySetError::NoCurrent),
+            _ => return Err(KeySetError::ManyCurrent(currents.len())),
         };
         let public: Vec<&PublicJwk> = keys.iter().map(|k| k.key.public_jwk()).collect();
         let jwks = jwks_json(&public);

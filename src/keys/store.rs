@@ -523,9 +523,9 @@ impl KeyStore {
                 file,
             });
         }
-        let mut set = KeySet::new(keys).map_err(|reason| StoreError::Manifest {
+        let mut set = KeySet::new(keys).map_err(|e| StoreError::Manifest {
             path: self.manifest_path(cluster),
-            reason,
+            reason: e.to_string(),
         })?;
         set.checked = manifest.checked.clone();
         Ok(set)

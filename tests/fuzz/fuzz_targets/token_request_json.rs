@@ -11,7 +11,7 @@ fuzz_target!(|body: &[u8]| {
     let decoded = match decode_json(body) {
         Ok(d) => d,
         Err(e) => {
-            assert!(!e.is_empty());
+            assert!(!e.to_string().is_empty());
             return;
         }
     };

@@ -13,6 +13,6 @@ fuzz_target!(|body: &[u8]| {
             let audiences = r.spec.audiences.unwrap_or_default();
             workload_issuer_fuzz::check_foreign_token(&r.spec.token, &audiences);
         }
-        Err(e) => assert!(!e.is_empty()),
+        Err(e) => assert!(!e.to_string().is_empty()),
     }
 });

@@ -64,7 +64,7 @@ max_token_lifetime = "24h"
             retired: None,
         };
         let keys = KeySet::new(vec![StoredKey::new(record, Arc::new(key))])
-        .expect("a key set of one current key");
+            .expect("a key set of one current key");
         Cluster::new(config.clusters[0].clone(), Arc::new(keys))
     })
 }

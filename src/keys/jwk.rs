@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn kid_matches_the_kubernetes_vector() {
-        let pem = include_str!("../../../shared/vectors/kubernetes-kid-rsa.pub.pem");
+        let pem = include_str!("../../tests/vectors/kubernetes-kid-rsa.pub.pem");
         let (label, der) = rsa::pkcs8::der::pem::decode_vec(pem.as_bytes()).unwrap();
         assert_eq!(label, "PUBLIC KEY");
         assert_eq!(

@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_public_key_or_garbage_is_refused_with_a_reason() {
-        let public = include_bytes!("../../../shared/vectors/kubernetes-kid-rsa.pub.pem");
+        let public = include_bytes!("../../tests/vectors/kubernetes-kid-rsa.pub.pem");
         let err = SigningKey::from_pkcs8_pem(public).unwrap_err();
         assert!(err.to_string().contains("PUBLIC KEY"), "{err}");
         let err = SigningKey::from_pkcs8_pem(b"hello").unwrap_err();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::harness::{default_clusters, Options, Server};
+use crate::harness::{Options, Server};
 
 struct Case {
     what: &'static str,
@@ -63,15 +63,7 @@ fn protobuf_envelope(inner: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_its_documented_status_and_never_a_500() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(Options {
-        listen: None,
-        keys_dir: dir.path(),
-        clusters: default_clusters(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
-    })
-    .await;
+    let s = Server::start(Options::new(dir.path())).await;
     let addr = s.base.trim_start_matches("http://").to_owned();
     let bearer = format!("Bearer {}", s.admin_token);
     let auth = ("Authorization", bearer.as_str());

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::delivery::{short_lived, unix_get_with_headers, BIN};
-use crate::harness::{default_clusters, make_tls, Options, Server, Tls};
+use crate::harness::{make_tls, Options, Server, Tls};
 
 /// A JWT-shaped token (RS256, kid "x") that gets `verify` as far as fetching
 /// discovery; its signature is never reached.
@@ -35,12 +35,8 @@ fn mode(path: &Path) -> u32 {
 
 async fn tls_server(keys: &Path, tls: &Tls) -> Server {
     Server::start(Options {
-        listen: None,
-        keys_dir: keys,
-        clusters: default_clusters(),
         tls: Some(tls),
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(keys)
     })
     .await
 }
@@ -147,12 +143,8 @@ async fn agent_socket_creates_missing_parent_directories_private() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
         clusters: short_lived(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     let socket = dir.path().join("run/workload/token.sock");

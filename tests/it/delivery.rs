@@ -67,12 +67,8 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     let keys = work.path().join("keys");
     let tls = make_tls(work.path());
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
-        clusters: default_clusters(),
         tls: Some(&tls),
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     let server = s.issuer("demo");
@@ -295,12 +291,8 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
         clusters: short_lived(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
@@ -363,11 +355,8 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
     // within the retry backoff, and stays fresh.
     let s = Server::start(Options {
         listen: Some(addr),
-        keys_dir: &keys,
         clusters: short_lived(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -445,12 +434,8 @@ async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
         clusters: short_lived(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     let issuer = s.issuer("s");
@@ -678,13 +663,9 @@ async fn export_writes_exactly_what_the_server_serves() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
-        clusters: default_clusters() + "[[clusters]]\nid = \"root\"\nalgorithm = \"ES256\"\nissuer = \"https://root.example.com\"\n",
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
-    })
+clusters: default_clusters() + "[[clusters]]\nid = \"root\"\nalgorithm = \"ES256\"\nissuer = \"https://root.example.com\"\n",
+..Options::new(&keys)
+})
     .await;
     let config = dir.path().join("c.toml");
     std::fs::write(

@@ -38,11 +38,8 @@ fn skewed(offset: &str) -> tokio::process::Command {
 async fn short_lived_server(keys: &Path, listen: Option<std::net::SocketAddr>) -> Server {
     Server::start(Options {
         listen,
-        keys_dir: keys,
         clusters: short_lived(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(keys)
     })
     .await
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::cli::spawn_serve;
 use crate::harness::{
-    eventually, make_tls, metrics, options, sample, tls_client, tls_connect, token_path, ClientCa,
+    eventually, make_tls, metrics, sample, tls_client, tls_connect, token_path, ClientCa,
     ClientName, Options, Server,
 };
 
@@ -110,7 +110,7 @@ async fn server_with_client_ca(
             "[api]\nclient_ca = {:?}\n{clients}",
             ca.path.display().to_string()
         ),
-        ..options(keys)
+        ..Options::new(keys)
     })
     .await
 }
@@ -357,7 +357,7 @@ async fn idle_http2_connections_give_their_slots_back_after_the_header_timeout()
     let s = Server::start(Options {
         api_listener: true,
         extra: SMALL_LIMITS.into(),
-        ..options(dir.path())
+        ..Options::new(dir.path())
     })
     .await;
     let public = s.base.trim_start_matches("http://").to_owned();
@@ -379,7 +379,7 @@ async fn silent_tls_clients_and_idle_http2_over_tls_give_their_slots_back() {
         tls: Some(&tls),
         api_listener: true,
         extra: SMALL_LIMITS.into(),
-        ..options(dir.path())
+        ..Options::new(dir.path())
     })
     .await;
     let public = s.base.trim_start_matches("https://").to_owned();
@@ -408,7 +408,7 @@ async fn an_http2_connection_is_not_closed_as_idle_while_a_stream_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(Options {
         extra: SMALL_LIMITS.into(),
-        ..options(dir.path())
+        ..Options::new(dir.path())
     })
     .await;
     let tcp = TcpStream::connect(s.base.trim_start_matches("http://"))

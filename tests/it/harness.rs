@@ -124,6 +124,21 @@ pub struct Options<'a> {
     pub extra: String,
 }
 
+impl<'a> Options<'a> {
+    /// The default two clusters on plain http, one listener, keys in
+    /// `keys_dir`: override what a test needs with `..Options::new(dir)`.
+    pub fn new(keys_dir: &'a Path) -> Options<'a> {
+        Options {
+            listen: None,
+            keys_dir,
+            clusters: default_clusters(),
+            tls: None,
+            api_listener: false,
+            extra: String::new(),
+        }
+    }
+}
+
 impl Server {
     /// Starts a server on the system clock.
     pub async fn start(opts: Options<'_>) -> Server {
@@ -209,15 +224,7 @@ impl Server {
 
     /// A server with the default two clusters on plain http.
     pub async fn default_in(keys_dir: &Path) -> Server {
-        Server::start(Options {
-            listen: None,
-            keys_dir,
-            clusters: default_clusters(),
-            tls: None,
-            api_listener: false,
-            extra: String::new(),
-        })
-        .await
+        Server::start(Options::new(keys_dir)).await
     }
 
     pub fn issuer(&self, cluster: &str) -> String {
@@ -474,17 +481,6 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     false
-}
-
-pub fn options(keys: &std::path::Path) -> Options<'_> {
-    Options {
-        listen: None,
-        keys_dir: keys,
-        clusters: default_clusters(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
-    }
 }
 
 pub fn token_path(cluster: &str, ns: &str, sa: &str) -> String {

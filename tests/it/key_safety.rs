@@ -93,12 +93,8 @@ async fn a_lost_manifest_loses_no_key_says_so_and_keys_recover_brings_the_cluste
     let text = fast_config(&keys);
     let server = Server::start_with_clock(
         Options {
-            listen: None,
-            keys_dir: &keys,
             clusters: text[text.find("[rotation]").unwrap_or(0)..].to_owned(),
-            tls: None,
-            api_listener: false,
-            extra: String::new(),
+            ..Options::new(&keys)
         },
         clock.clone(),
     )
@@ -322,12 +318,9 @@ async fn a_keys_dir_others_can_write_stops_the_start_and_opened_up_keys_make_a_s
     // reload: the server keeps serving but is not ready, since a restart
     // would refuse it.
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
         clusters: "[[clusters]]\nid = \"demo\"\nalgorithm = \"ES256\"\n".into(),
-        tls: None,
-        api_listener: false,
         extra: "[rotation]\nreload_interval = \"1s\"\n".into(),
+        ..Options::new(&keys)
     })
     .await;
     let client = s.client();
@@ -359,12 +352,9 @@ async fn a_failing_rotation_step_makes_the_server_unready_until_it_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
         clusters: "[[clusters]]\nid = \"demo\"\nalgorithm = \"ES256\"\n".into(),
-        tls: None,
-        api_listener: false,
         extra: "[rotation]\ninterval = \"1s\"\nreload_interval = \"1s\"\n".into(),
+        ..Options::new(&keys)
     })
     .await;
     let client = s.client();

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use serde_json::json;
 
-use crate::harness::{verify_with_jwks, Server};
+use crate::harness::{verify_with_jwks, Options, Server};
 
 fn kids(jwks: &serde_json::Value) -> Vec<String> {
     jwks["keys"]
@@ -69,17 +69,13 @@ async fn key_files_are_private_pkcs8_and_listed_in_a_manifest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_have_different_keys_and_tokens_do_not_cross() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(crate::harness::Options {
-        listen: None,
-        keys_dir: dir.path(),
-        clusters: "[[clusters]]\nid = \"one\"\nalgorithm = \"ES256\"\n\
+    let s = Server::start(Options {
+clusters: "[[clusters]]\nid = \"one\"\nalgorithm = \"ES256\"\n\
                    [[clusters]]\nid = \"two\"\nalgorithm = \"ES256\"\n"
             .to_owned()
             + "[[api_clients]]\nname = \"admin\"\ntoken_file = \"admin.token\"\ngenerate = true\nclusters = [\"*\"]\n",
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
-    })
+..Options::new(dir.path())
+})
     .await;
     let (one, two) = (s.jwks("one").await, s.jwks("two").await);
     assert_ne!(kids(&one), kids(&two));
@@ -107,15 +103,11 @@ async fn issuers_at_another_path_and_at_the_root_are_routed() {
     let dir = tempfile::tempdir().unwrap();
     // Issuer URLs need the port, known only once bound: the harness fills
     // in {base}.
-    let s = Server::start(crate::harness::Options {
-        listen: None,
-        keys_dir: dir.path(),
+    let s = Server::start(Options {
         clusters: "[[clusters]]\nid = \"a\"\nalgorithm = \"ES256\"\nissuer = \"{base}/id/a\"\n\
                    [[clusters]]\nid = \"b\"\nalgorithm = \"ES256\"\nissuer = \"{base}\"\n"
             .into(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(dir.path())
     })
     .await;
     for (issuer, path) in [(format!("{}/id/a", s.base), "/id/a"), (s.base.clone(), "")] {

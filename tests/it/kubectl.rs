@@ -6,7 +6,7 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
-use crate::harness::{default_clusters, make_tls, verify_with_jwks, Options, Server};
+use crate::harness::{make_tls, verify_with_jwks, Options, Server};
 
 fn kubeconfig(dir: &Path, server: &str, ca_pem: &str, token: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
@@ -24,12 +24,8 @@ async fn kubectl_create_token_gets_a_token_that_verifies() {
     let keys = work.path().join("keys");
     let tls = make_tls(work.path());
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
-        clusters: default_clusters(),
         tls: Some(&tls),
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     for cluster in ["demo", "edge"] {
@@ -79,12 +75,8 @@ async fn kubectl_shows_the_servers_message_for_a_refused_request() {
     let keys = work.path().join("keys");
     let tls = make_tls(work.path());
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
-        clusters: default_clusters(),
         tls: Some(&tls),
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     let config = kubeconfig(work.path(), &s.issuer("demo"), &tls.ca_pem, &s.admin_token);
@@ -111,12 +103,8 @@ async fn only_tls_1_2_and_1_3_are_offered() {
     let keys = work.path().join("keys");
     let tls = make_tls(work.path());
     let s = Server::start(Options {
-        listen: None,
-        keys_dir: &keys,
-        clusters: default_clusters(),
         tls: Some(&tls),
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     })
     .await;
     let addr = s.base.trim_start_matches("https://").to_owned();

@@ -7,20 +7,18 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::harness::{
-    metrics, options, sample, token_path, token_sha256, write_config, Options, Server,
-};
+use crate::harness::{metrics, sample, token_path, token_sha256, write_config, Options, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let hex = token_sha256("limited-token");
     let s = Server::start(Options {
-        extra: format!(
+extra: format!(
             "[[api_clients]]\nname = \"limited\"\ntoken_sha256 = \"{hex}\"\nclusters = [\"*\"]\nrate_limit = \"2/m\"\n"
         ),
-        ..options(dir.path())
-    })
+..Options::new(dir.path())
+})
     .await;
     let c = s.client();
     let url = format!("{}{}", s.base, token_path("edge", "ns", "sa"));
@@ -116,10 +114,10 @@ fn slowloris(addr: String, kind: Slow) -> tokio::task::JoinHandle<()> {
 async fn slow_clients_holding_connections_cannot_starve_discovery() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(Options {
-        api_listener: true,
-        extra: "[limits]\nmax_connections = 16\nheader_read_timeout = \"1s\"\nrequest_timeout = \"1s\"\n".into(),
-        ..options(dir.path())
-    })
+api_listener: true,
+extra: "[limits]\nmax_connections = 16\nheader_read_timeout = \"1s\"\nrequest_timeout = \"1s\"\n".into(),
+..Options::new(dir.path())
+})
     .await;
     let public = s.base.trim_start_matches("http://").to_owned();
     let api = s

@@ -7,8 +7,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::harness::{
-    eventually, make_tls, metrics, options, sample, tls_client, tls_connect, token_path,
-    verify_with_jwks, ClientCa, ClientName, Options, Server,
+    eventually, make_tls, metrics, sample, tls_client, tls_connect, token_path, verify_with_jwks,
+    ClientCa, ClientName, Options, Server,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +16,7 @@ async fn the_issuance_api_can_live_on_its_own_listener() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(Options {
         api_listener: true,
-        ..options(dir.path())
+        ..Options::new(dir.path())
     })
     .await;
     let api = s.api_base.clone().unwrap();
@@ -108,7 +108,7 @@ clusters = ["*"]
     let s = Server::start(Options {
         tls: Some(&tls),
         extra,
-        ..options(&keys)
+        ..Options::new(&keys)
     })
     .await;
     let mint = |client: reqwest::Client, path: String, bearer: Option<String>| {
@@ -237,7 +237,7 @@ async fn renewed_certificates_are_served_without_a_restart_or_dropped_connection
     let s = Server::start(Options {
         tls: Some(&first),
         extra: "tls_reload_interval = \"1s\"\n".into(),
-        ..options(&keys)
+        ..Options::new(&keys)
     })
     .await;
     let path = "/c/demo/.well-known/openid-configuration";

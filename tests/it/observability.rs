@@ -4,16 +4,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{
-    eventually, metrics, options, sample, token_path, write_config, Options, Server,
-};
+use crate::harness::{eventually, metrics, sample, token_path, write_config, Options, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_describe_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(Options {
         extra: "[rotation]\nreload_interval = \"1s\"\n".into(),
-        ..options(dir.path())
+        ..Options::new(dir.path())
     })
     .await;
     let c = s.client();

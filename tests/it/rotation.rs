@@ -105,12 +105,8 @@ async fn two_replicas_and_the_cli_rotating_one_dir_converge_and_every_token_veri
     // needs, not 20 s, and never depend on its speed.
     let clock = ManualClock::new(std::time::SystemTime::now());
     let options = || Options {
-        listen: None,
-        keys_dir: &keys,
         clusters: fast_clusters(),
-        tls: None,
-        api_listener: false,
-        extra: String::new(),
+        ..Options::new(&keys)
     };
     let a = Server::start_with_clock(options(), clock.clone()).await;
     let b = Server::start_with_clock(options(), clock.clone()).await;
@@ -309,13 +305,9 @@ async fn a_broken_manifest_never_takes_the_server_down() {
     let clock = ManualClock::new(std::time::SystemTime::now());
     let s = Server::start_with_clock(
         Options {
-            listen: None,
-            keys_dir: dir.path(),
             clusters: "[rotation]\nreload_interval = \"1s\"\n".to_owned()
                 + &crate::harness::default_clusters(),
-            tls: None,
-            api_listener: false,
-            extra: String::new(),
+            ..Options::new(dir.path())
         },
         clock.clone(),
     )

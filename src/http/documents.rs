@@ -131,4 +131,113 @@ mod tests {
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"b\""));
         assert!(!if_none_match(&h, b"\"a\""));
     }
+
+    /// Route tests through the router itself: no socket, no server.
+    mod routes {
+        use std::sync::Arc;
+
+        use axum::body::Body;
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt as _;
+
+        use crate::clock::ManualClock;
+        use crate::config::{Config, Overrides};
+        use crate::http::{app, AppState};
+        use crate::issuer::auth::ApiClients;
+        use crate::issuer::Issuers;
+        use crate::keys::store::KeyStore;
+
+        async fn router() -> (axum::Router, tempfile::TempDir) {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "listen = \"127.0.0.1:0\"\npublic_url = \"https://oidc.example.com\"\n\
+                 keys_dir = {:?}\n[[clusters]]\nid = \"demo\"\nalgorithm = \"ES256\"\n",
+                dir.path().display().to_string()
+            );
+            let config = Config::parse("test", &text, &Overrides::default()).unwrap();
+            let c = config.clusters[0].clone();
+            let (keys, _) = KeyStore::new(dir.path())
+                .load_or_create("demo", c.key_spec, std::time::UNIX_EPOCH)
+                .unwrap();
+            let issuers = Issuers::new(vec![(c, Arc::new(keys))]);
+            let (clients, _) = ApiClients::load(&[], dir.path()).unwrap();
+            let clock = ManualClock::new(std::time::UNIX_EPOCH);
+            let state = AppState::new(
+                issuers,
+                clients,
+                |records, c| crate::keys::policy::next_due(records, c.key_spec, &c.rotation),
+                clock,
+            )
+            .unwrap();
+            (app(state), dir)
+        }
+
+        async fn get(
+            router: &axum::Router,
+            path: &str,
+            etag: Option<&str>,
+        ) -> axum::response::Response {
+            let mut request = Request::get(path);
+            if let Some(etag) = etag {
+                request = request.header("if-none-match", etag);
+            }
+            router
+                .clone()
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+        }
+
+        #[tokio::test]
+        async fn discovery_and_jwks_answer_with_their_types_caching_and_cors() {
+            let (router, _dir) = router().await;
+            for (path, kind) in [
+                (
+                    "/c/demo/.well-known/openid-configuration",
+                    "application/json",
+                ),
+                ("/c/demo/openid/v1/jwks", "application/jwk-set+json"),
+            ] {
+                let r = get(&router, path, None).await;
+                assert_eq!(r.status(), StatusCode::OK, "{path}");
+                let h = r.headers();
+                assert_eq!(h["content-type"], kind, "{path}");
+                assert_eq!(h["access-control-allow-origin"], "*", "{path}");
+                assert!(
+                    h["cache-control"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("public, max-age="),
+                    "{path}"
+                );
+                let etag = h["etag"].to_str().unwrap().to_owned();
+                let again = get(&router, path, Some(&etag)).await;
+                assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+            }
+        }
+
+        #[tokio::test]
+        async fn unknown_paths_and_methods_are_refused_with_a_message() {
+            let (router, _dir) = router().await;
+            let r = get(&router, "/c/nope/openid/v1/jwks", None).await;
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+            let r = router
+                .clone()
+                .oneshot(
+                    Request::delete("/c/demo/openid/v1/jwks")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+            assert!(r.headers()["allow"].to_str().unwrap().contains("GET"));
+            let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(
+                v["message"].as_str().unwrap().contains("GET or HEAD"),
+                "{v}"
+            );
+        }
+    }
 }

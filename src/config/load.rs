@@ -179,10 +179,16 @@ where
 /// syntax error ends the reading (returned as `Err`).
 fn document(text: &str, problems: &mut Vec<String>) -> Result<Table, String> {
     let syntax = |e: toml::de::Error| e.to_string().trim_end().to_owned();
-    let spanned = DeTable::parse(text).map_err(syntax)?;
     let mut found = Vec::new();
-    let at = |span: std::ops::Range<usize>| format!("line {}: ", line_of(text, span.start));
-    check_table(spanned.get_ref(), TOP, "", &at, &mut found);
+    {
+        // The spanned tree is only for finding problems: dropped before the
+        // plain one is built, so the two are never in memory together (with
+        // thousands of clusters, what a start allocates and frees here stays
+        // in the process's resident memory).
+        let spanned = DeTable::parse(text).map_err(syntax)?;
+        let at = |span: std::ops::Range<usize>| format!("line {}: ", line_of(text, span.start));
+        check_table(spanned.get_ref(), TOP, "", &at, &mut found);
+    }
     found.sort_by_key(|(offset, _)| *offset);
     problems.extend(found.into_iter().map(|(_, p)| p));
     toml::from_str::<Table>(text).map_err(syntax)

@@ -277,17 +277,10 @@ pub async fn run(options: AgentOptions) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     fn issued(life: Duration, since: Instant) -> Issued {
-        Issued {
-            token: "a.b.c".into(),
-            expires_at: SystemTime::UNIX_EPOCH,
-            life,
-            since,
-            clock_ahead: None,
-            warnings: Vec::new(),
-        }
+        crate::client::mint::issued_for_tests(life, since)
     }
 
     #[test]

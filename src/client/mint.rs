@@ -237,6 +237,30 @@ fn warn_text(value: &str) -> String {
     value.trim().to_owned()
 }
 
+/// A token "a.b.c" good for `life` from `since`, for the client's tests.
+#[cfg(test)]
+pub(crate) fn issued_for_tests(life: Duration, since: Instant) -> Issued {
+    Issued {
+        token: "a.b.c".into(),
+        expires_at: SystemTime::UNIX_EPOCH,
+        life,
+        since,
+        clock_ahead: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// The token of an hour minted at 2026-01-01T00:00:00Z, for the client's tests.
+#[cfg(test)]
+pub(crate) fn hour_token_for_tests() -> Issued {
+    let t = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap_or(SystemTime::UNIX_EPOCH);
+    Issued {
+        expires_at: t + Duration::from_secs(3600),
+        clock_ahead: Some(0),
+        ..issued_for_tests(Duration::from_secs(3599), Instant::now())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,15 +274,7 @@ mod tests {
     }
 
     fn issued() -> Issued {
-        let t = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
-        Issued {
-            token: "a.b.c".into(),
-            expires_at: t + Duration::from_secs(3600),
-            life: Duration::from_secs(3599),
-            since: Instant::now(),
-            clock_ahead: Some(0),
-            warnings: Vec::new(),
-        }
+        hour_token_for_tests()
     }
 
     #[test]

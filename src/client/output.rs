@@ -84,18 +84,9 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     fn issued() -> Issued {
-        let t = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
-        Issued {
-            token: "a.b.c".into(),
-            expires_at: t + Duration::from_secs(3600),
-            life: Duration::from_secs(3599),
-            since: Instant::now(),
-            clock_ahead: Some(0),
-            warnings: Vec::new(),
-        }
+        crate::client::mint::hour_token_for_tests()
     }
 
     #[test]

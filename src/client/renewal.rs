@@ -79,17 +79,9 @@ pub(super) fn seconds(d: Duration) -> humantime::FormattedDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
 
     fn issued(life: Duration, since: Instant) -> Issued {
-        Issued {
-            token: "a.b.c".into(),
-            expires_at: SystemTime::UNIX_EPOCH,
-            life,
-            since,
-            clock_ahead: None,
-            warnings: Vec::new(),
-        }
+        crate::client::mint::issued_for_tests(life, since)
     }
 
     #[test]

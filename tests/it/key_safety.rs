@@ -13,39 +13,9 @@ use workload_issuer::clock::{Clock as _, ManualClock};
 
 use crate::cli::{spawn_serve, terminate};
 use crate::harness::{eventually, verify_with_jwks, Options, Server};
+use crate::rotation::{fast_clusters, fast_config};
 
 const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
-
-/// One cluster "r" that rotates every few seconds, checked every second.
-fn fast_config(keys: &Path) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:8080"
-keys_dir = {keys:?}
-
-[rotation]
-interval = "1s"
-reload_interval = "1s"
-
-[[clusters]]
-id = "r"
-algorithm = "ES256"
-min_token_lifetime = "2s"
-max_token_lifetime = "8s"
-jwks_max_age = "2s"
-rotate_every = "3s"
-publish_ahead = "2s"
-clock_skew = "1s"
-
-[[api_clients]]
-name = "admin"
-token_file = "admin.token"
-generate = true
-clusters = ["*"]
-"#,
-        keys = keys.display().to_string()
-    )
-}
 
 fn kids(jwks: &serde_json::Value) -> Vec<String> {
     let mut kids: Vec<String> = jwks["keys"]
@@ -85,15 +55,14 @@ async fn a_lost_manifest_loses_no_key_says_so_and_keys_recover_brings_the_cluste
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let config = dir.path().join("fast.toml");
-    std::fs::write(&config, fast_config(&keys)).unwrap();
+    std::fs::write(&config, fast_config(&keys, "1s")).unwrap();
     let cfg = config.to_str().unwrap();
     // In this process, on a manual clock: the rotation steps that fall due
     // take no real time.
     let clock = ManualClock::new(std::time::SystemTime::now());
-    let text = fast_config(&keys);
     let server = Server::start_with_clock(
         Options {
-            clusters: text[text.find("[rotation]").unwrap_or(0)..].to_owned(),
+            clusters: fast_clusters(),
             ..Options::new(&keys)
         },
         clock.clone(),
@@ -124,9 +93,9 @@ async fn a_lost_manifest_loses_no_key_says_so_and_keys_recover_brings_the_cluste
     let files = pem_files(&cluster_dir);
     let served = kids(&server.jwks("r").await);
 
-    // Several rotation steps fall due (a key every 3 s): the running server
+    // Several rotation steps fall due (a key every 5 s): the running server
     // keeps its last good keys and says which cluster is wrong.
-    for _ in 0..6 {
+    for _ in 0..8 {
         tick().await;
     }
     let problem = problems(&client, &base).await;

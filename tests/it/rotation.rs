@@ -16,7 +16,7 @@ use crate::harness::{verify_with_jwks, Options, Server};
 const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
 
 /// A cluster that rotates every few seconds, for tests that watch it happen.
-fn fast_config(keys: &Path, reload: &str) -> String {
+pub(crate) fn fast_config(keys: &Path, reload: &str) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
 public_url = "http://127.0.0.1:8080"
@@ -82,7 +82,7 @@ async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
 
 /// The cluster of `fast_config` with an admin client, for servers started
 /// in this process.
-fn fast_clusters() -> String {
+pub(crate) fn fast_clusters() -> String {
     let text = fast_config(Path::new("unused"), "1s");
     text[text.find("[rotation]").unwrap_or(0)..].to_owned()
 }

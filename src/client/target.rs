@@ -118,20 +118,18 @@ impl Target {
 /// clear), with a host and no user, query or fragment.
 fn target_url(given: &str) -> Result<url::Url, ClientError> {
     let bad = |why: &str| ClientError::Input(format!("--target-server {given:?}: {why}"));
-    let url = url::Url::parse(given).map_err(|e| bad(&format!("not a URL: {e}")))?;
-    let Some(host) = url.host() else {
-        return Err(bad("no host"));
+    let not_https =
+        || bad("not an https URL; write it as https://HOST[:PORT], such as https://10.0.0.1:6443");
+    let url = url::Url::parse(given).map_err(|_| not_https())?;
+    let host = match (url.scheme(), url.host()) {
+        ("https" | "http", Some(host)) => host,
+        _ => return Err(not_https()),
     };
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&host) => {}
-        "http" => {
-            return Err(bad(
-                "http would send the token in clear over the network; use https (http is \
-                 accepted only for a loopback host, such as kubectl proxy on 127.0.0.1)",
-            ))
-        }
-        other => return Err(bad(&format!("the scheme is {other}; use https"))),
+    if url.scheme() == "http" && !is_loopback(&host) {
+        return Err(bad(
+            "http would send the token in clear over the network; use https (http is \
+             accepted only for a loopback host, such as kubectl proxy on 127.0.0.1)",
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad(
@@ -207,8 +205,8 @@ mod tests {
         }
         for (bad, says) in [
             ("http://10.0.0.1:6443", "in clear"),
-            ("ftp://10.0.0.1", "the scheme is ftp"),
-            ("10.0.0.1:6443", "not a URL"),
+            ("ftp://10.0.0.1", "not an https URL"),
+            ("10.0.0.1:6443", "not an https URL"),
             ("https://u:p@10.0.0.1", "user or password"),
             ("https://10.0.0.1/?a=b", "query"),
         ] {

@@ -570,153 +570,96 @@ async fn refresh_rewrites_the_secret_with_a_new_token_at_80_percent() {
     assert!(status.success());
 }
 
+/// Each bad output flag, after `token ... --format`: the flags (`{ca}`,
+/// `{key}`, `{both}`, `{text}`, `{broken}` are files; `{target}` is TARGET
+/// with its CA) and what the error says.
+const BAD: &[(&str, &str)] = &[
+    ("kubeconfig --target-server http://api.target.example",
+     "--target-server \"http://api.target.example\": http would send the token in clear"),
+    ("kubeconfig --target-server api.target.example:6443",
+     "--target-server \"api.target.example:6443\": not an https URL; write it as https://HOST[:PORT]"),
+    ("kubeconfig --target-server https://t.example --target-ca {key}",
+     "holds a PrivateKey section; give a file of CERTIFICATE sections only"),
+    ("kubeconfig --target-server https://t.example --target-ca {both}", "holds a PrivateKey section"),
+    ("kubeconfig --target-server https://t.example --target-ca {text}", "no PEM certificate in the file"),
+    ("kubeconfig --target-server https://t.example --target-ca {broken}",
+     "certificate 1 is not a valid X.509 certificate"),
+    ("kubeconfig --target-server https://t.example --target-ca /nonexistent/ca.pem",
+     "--target-ca /nonexistent/ca.pem: No such file"),
+    ("kubeconfig --target-ca {ca}", "--target-ca needs --target-server"),
+    ("raw --target-server https://t.example",
+     "--target-server and --target-ca apply to --format kubeconfig, secret and env"),
+    ("json --secret-name s", "apply to --format secret only"),
+    ("secret --secret-name s {target}",
+     "--format secret needs --secret-type kubeconfig or --secret-type tokenFile"),
+    ("secret --secret-type tokenFile {target}", "--format secret needs --secret-name"),
+    ("secret --secret-type tokenFile --secret-name Bad_Name {target}",
+     "--secret-name \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of"),
+    ("secret --secret-type tokenFile --secret-name s --secret-namespace kube.system {target}",
+     "--secret-namespace \"kube.system\": a lowercase RFC 1123 label must consist of"),
+    ("secret --secret-type tokenFile --secret-name s --label dpuservice {target}",
+     "--label \"dpuservice\": write it as KEY=VALUE"),
+    ("secret --secret-type tokenFile --secret-name s --label -k=v {target}",
+     "--label \"-k=v\": the key \"-k\" is not valid: a valid label key"),
+    ("secret --secret-type tokenFile --secret-name s --label k=-v {target}",
+     "--label \"k=-v\": the value \"-v\" is not valid: a valid label value"),
+    ("secret --secret-type tokenFile --secret-name s --target-server https://t.example",
+     "--secret-type tokenFile needs the API server's CA for KUBERNETES_CA_DATA: pass --target-ca"),
+    ("secret --secret-type tokenFile --secret-name s --target-server https://r.example/k8s/c-1 --target-ca {ca}",
+     "--secret-type tokenFile names the API server by host and port only, and --target-server \
+      https://r.example/k8s/c-1 has the path /k8s/c-1"),
+    // The issuer's own API, the default target, lives under its issuer path.
+    ("env", "--format env names the API server by host and port only, and --server \
+      https://127.0.0.1:9/c/demo has the path /c/demo"),
+    ("secret --secret-type file", "[possible values: kubeconfig, tokenFile]"),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_output_flags_are_refused_before_minting_with_what_was_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    std::fs::write(path("bearer"), "not-used").unwrap();
     let tls = make_tls(dir.path());
-    std::fs::write(path("ca.pem"), &tls.ca_pem).unwrap();
-    std::fs::write(path("key.pem"), std::fs::read(&tls.key).unwrap()).unwrap();
-    let both = format!(
-        "{}{}",
-        tls.ca_pem,
-        std::fs::read_to_string(&tls.key).unwrap()
-    );
-    std::fs::write(path("ca-and-key.pem"), both).unwrap();
-    std::fs::write(path("text.pem"), "not a certificate\n").unwrap();
+    let key = std::fs::read_to_string(&tls.key).unwrap();
     let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-    std::fs::write(path("broken.pem"), broken).unwrap();
-    let (ca, key, ca_and_key, text, broken) = (
-        path("ca.pem"),
-        path("key.pem"),
-        path("ca-and-key.pem"),
-        path("text.pem"),
-        path("broken.pem"),
-    );
-    let secret = ["--format", "secret", "--secret-type", "tokenFile"];
-    let named = [secret.as_slice(), &["--secret-name", "s"]].concat();
-    let with_ca = ["--target-server", TARGET, "--target-ca", ca.as_str()];
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec!["--format", "kubeconfig", "--target-server", "http://api.target.example"],
-            "--target-server \"http://api.target.example\": http would send the token in clear",
-        ),
-        (
-            vec!["--format", "kubeconfig", "--target-server", "api.target.example:6443"],
-            "--target-server \"api.target.example:6443\": not an https URL; write it as https://HOST[:PORT]",
-        ),
-        (
-            vec!["--format", "kubeconfig", "--target-server", TARGET, "--target-ca", &key],
-            "holds a PrivateKey section; give a file of CERTIFICATE sections only",
-        ),
-        (
-            vec!["--format", "kubeconfig", "--target-server", TARGET, "--target-ca", &ca_and_key],
-            "holds a PrivateKey section",
-        ),
-        (
-            vec!["--format", "kubeconfig", "--target-server", TARGET, "--target-ca", &text],
-            "no PEM certificate in the file",
-        ),
-        (
-            vec!["--format", "kubeconfig", "--target-server", TARGET, "--target-ca", &broken],
-            "certificate 1 is not a valid X.509 certificate",
-        ),
-        (
-            vec!["--format", "kubeconfig", "--target-server", TARGET, "--target-ca", "/nonexistent/ca.pem"],
-            "--target-ca /nonexistent/ca.pem: No such file",
-        ),
-        (
-            vec!["--format", "kubeconfig", "--target-ca", &ca],
-            "--target-ca needs --target-server",
-        ),
-        (
-            vec!["--format", "raw", "--target-server", TARGET],
-            "--target-server and --target-ca apply to --format kubeconfig, secret and env",
-        ),
-        (
-            vec!["--format", "json", "--secret-name", "s"],
-            "apply to --format secret only",
-        ),
-        (
-            [&["--format", "secret", "--secret-name", "s"][..], &with_ca].concat(),
-            "--format secret needs --secret-type kubeconfig or --secret-type tokenFile",
-        ),
-        ([secret.as_slice(), &with_ca].concat(), "--format secret needs --secret-name"),
-        (
-            [secret.as_slice(), &["--secret-name", "Bad_Name"], &with_ca].concat(),
-            "--secret-name \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of",
-        ),
-        (
-            [named.as_slice(), &["--secret-namespace", "kube.system"], &with_ca].concat(),
-            "--secret-namespace \"kube.system\": a lowercase RFC 1123 label must consist of",
-        ),
-        (
-            [named.as_slice(), &["--label", "dpuservice"], &with_ca].concat(),
-            "--label \"dpuservice\": write it as KEY=VALUE",
-        ),
-        (
-            [named.as_slice(), &["--label", "bad key=v"], &with_ca].concat(),
-            "--label \"bad key=v\": the key \"bad key\" is not valid: a valid label key",
-        ),
-        (
-            [named.as_slice(), &["--label", "k=-v"], &with_ca].concat(),
-            "--label \"k=-v\": the value \"-v\" is not valid: a valid label value",
-        ),
-        (
-            [named.as_slice(), &["--target-server", TARGET]].concat(),
-            "--secret-type tokenFile needs the API server's CA for KUBERNETES_CA_DATA: pass --target-ca",
-        ),
-        (
-            [named.as_slice(), &["--target-server", "https://rancher.example/k8s/clusters/c-1", "--target-ca", &ca]].concat(),
-            "--secret-type tokenFile names the API server by host and port only, and --target-server https://rancher.example/k8s/clusters/c-1 has the path /k8s/clusters/c-1",
-        ),
-        // The issuer's own API, by default, lives under its issuer path.
-        (
-            vec!["--format", "env"],
-            "--format env names the API server by host and port only, and --server https://127.0.0.1:9/c/demo has the path /c/demo",
-        ),
-    ];
-    for (more, says) in cases {
+    for (name, text) in [
+        ("bearer", "not-used"),
+        ("ca", tls.ca_pem.as_str()),
+        ("key", key.as_str()),
+        ("both", &format!("{}{key}", tls.ca_pem)),
+        ("text", "not a certificate\n"),
+        ("broken", broken),
+    ] {
+        std::fs::write(path(name), text).unwrap();
+    }
+    for (flags, says) in BAD {
+        let mut flags = flags.replace(
+            "{target}",
+            "--target-server https://t.example --target-ca {ca}",
+        );
+        for name in ["ca", "key", "both", "text", "broken"] {
+            flags = flags.replace(&format!("{{{name}}}"), &path(name));
+        }
+        let bearer = path("bearer");
         let mut args = vec![
             "token",
             "--server",
             "https://127.0.0.1:9/c/demo",
             "--token-file",
         ];
-        let bearer = path("bearer");
-        args.push(&bearer);
-        args.extend(["-n", "ws-1", "--service-account", "default"]);
-        args.extend(&more);
+        args.extend([
+            bearer.as_str(),
+            "-n",
+            "ws-1",
+            "--service-account",
+            "default",
+            "--format",
+        ]);
+        args.extend(flags.split(' '));
         let (code, stdout, err) = run(&args).await;
-        // Exit 2, bad input; nothing minted (the server at port 9 is not
-        // there: a mint would say "cannot reach"), nothing printed.
-        assert_eq!(code, 2, "{more:?}: {err}");
-        assert!(err.contains(says), "{more:?}: expected {says:?} in: {err}");
-        assert!(stdout.is_empty(), "{more:?}: {stdout}");
+        // Exit 2, bad input; nothing minted (nothing listens at port 9: a
+        // mint would say "cannot reach"), nothing printed.
+        assert_eq!(code, 2, "{flags}: {err}");
+        assert!(err.contains(says), "{flags}: expected {says:?} in: {err}");
+        assert!(stdout.is_empty(), "{flags}: {stdout}");
     }
-
-    // clap names the accepted secret types.
-    let bearer = path("bearer");
-    let (code, _, err) = run(&[
-        "token",
-        "--server",
-        "https://127.0.0.1:9/c/demo",
-        "--token-file",
-        &bearer,
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-        "--format",
-        "secret",
-        "--secret-type",
-        "file",
-    ])
-    .await;
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("[possible values: kubeconfig, tokenFile]"),
-        "{err}"
-    );
 }

@@ -131,7 +131,8 @@ pub struct TokenArgs {
     #[arg(long, value_name = "NAMESPACE")]
     pub secret_namespace: Option<String>,
     /// With --format secret: a label of the Secret, KEY=VALUE (repeatable).
-    /// Taken as given even when it begins with '-', to say what is wrong with it.
+    // Taken as given even when it begins with '-', so the label rule it
+    // breaks is what the user hears, not "unexpected argument".
     #[arg(long = "label", value_name = "KEY=VALUE", allow_hyphen_values = true)]
     pub labels: Vec<String>,
 }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::client::agent::AgentOptions;
 use crate::client::token::TokenOptions;
 use crate::client::verify::VerifyOptions;
-use crate::client::{Format, IdentityOptions};
+use crate::client::{Format, IdentityOptions, SecretOptions, SecretType, TargetOptions};
 use crate::config::Overrides;
 
 #[derive(Debug, Parser)]
@@ -113,6 +113,38 @@ pub struct TokenArgs {
     /// Keep running and rewrite --out at 80 % of each token's lifetime.
     #[arg(long, requires = "out")]
     pub refresh: bool,
+    /// The API server of the target cluster the kubeconfig, secret or env
+    /// output is for (https; http only on loopback); without it, --server.
+    #[arg(long, value_name = "URL")]
+    pub target_server: Option<String>,
+    /// PEM CA bundle of --target-server, written into the output.
+    #[arg(long, value_name = "FILE")]
+    pub target_ca: Option<PathBuf>,
+    /// With --format secret: what the Secret holds, as the DOCA credential
+    /// request's type.
+    #[arg(long, value_enum)]
+    pub secret_type: Option<SecretTypeArg>,
+    /// With --format secret: the Secret's name.
+    #[arg(long, value_name = "NAME")]
+    pub secret_name: Option<String>,
+    /// With --format secret: the Secret's namespace; kubectl's current one when absent.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub secret_namespace: Option<String>,
+    /// With --format secret: a label of the Secret, KEY=VALUE (repeatable).
+    // Taken as given even when it begins with '-', so the label rule it
+    // breaks is what the user hears, not "unexpected argument".
+    #[arg(long = "label", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+    pub labels: Vec<String>,
+}
+
+/// What a `--format secret` Secret holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SecretTypeArg {
+    /// The key `kubeconfig`: a kubeconfig for the target.
+    Kubeconfig,
+    /// The keys TOKEN_FILE, KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, KUBERNETES_CA_DATA.
+    #[value(name = "tokenFile")]
+    TokenFile,
 }
 
 #[derive(Debug, Args)]
@@ -154,8 +186,10 @@ pub enum OutputFormat {
     Json,
     /// A kubeconfig: the server, its CA and the token.
     Kubeconfig,
-    /// The DOCA `tokenFile` keys as KEY='value' lines.
+    /// The DOCA `tokenFile` keys as KEY=value lines, for a shell or --from-env-file.
     Env,
+    /// A Kubernetes Secret (see --secret-type), for kubectl apply -f.
+    Secret,
 }
 
 impl From<OutputFormat> for Format {
@@ -165,6 +199,7 @@ impl From<OutputFormat> for Format {
             OutputFormat::Json => Format::Json,
             OutputFormat::Kubeconfig => Format::Kubeconfig,
             OutputFormat::Env => Format::Env,
+            OutputFormat::Secret => Format::Secret,
         }
     }
 }
@@ -192,6 +227,19 @@ impl From<TokenArgs> for TokenOptions {
             mode: a.mode,
             format: a.format.into(),
             refresh: a.refresh,
+            target: TargetOptions {
+                server: a.target_server,
+                ca_file: a.target_ca,
+            },
+            secret: SecretOptions {
+                kind: a.secret_type.map(|t| match t {
+                    SecretTypeArg::Kubeconfig => SecretType::Kubeconfig,
+                    SecretTypeArg::TokenFile => SecretType::TokenFile,
+                }),
+                name: a.secret_name,
+                namespace: a.secret_namespace,
+                labels: a.labels,
+            },
         }
     }
 }

@@ -3,22 +3,25 @@
 //!
 //! Owns the HTTP client (rustls on aws-lc-rs, with the system's roots or a
 //! given CA), minting through TokenRequest (`mint`), the output formats a
-//! workload reads (`output`), and the three commands (`token`, `agent`,
-//! `verify`), each taking a plain options struct that `cli` builds from
-//! its parsed flags.
+//! workload reads (`output`, with the target API server they point at,
+//! `target`, and the Kubernetes Secret, `secret`), and the three commands
+//! (`token`, `agent`, `verify`), each taking a plain options struct that
+//! `cli` builds from its parsed flags.
 //!
 //! Must not import the server side (`server`, `serve`, `http`, `issuer`,
 //! `keys`, `health`, `metrics`) nor clap: it talks to the issuer over HTTP
 //! like any other client. It may use the neutral helpers `fsutil` and the
-//! Kubernetes name rule `k8s::names::check_audience`.
+//! Kubernetes name rules of the bottom layer, `k8s::names`.
 
 pub mod agent;
 mod identity;
 mod mint;
 pub mod output;
 mod renewal;
+pub mod secret;
 mod signal;
 mod socket;
+pub mod target;
 pub mod token;
 pub mod verify;
 
@@ -32,7 +35,9 @@ use rustls::pki_types::CertificateDer;
 
 pub use identity::IdentityOptions;
 pub use mint::{mint, Issued, MintParams};
-pub use output::{render, Format};
+pub use output::{Format, Output};
+pub use secret::{SecretOptions, SecretType};
+pub use target::TargetOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

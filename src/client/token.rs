@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::identity::{Identity, IdentityOptions};
 use super::renewal::{jitter, renewal, seconds, Backoff, Renewal};
 use super::signal::Stop;
-use super::{fail, render, ClientError, Format, Issued};
+use super::{fail, ClientError, Format, Issued, Output, SecretOptions, TargetOptions};
 
 /// What `token` is asked to do.
 #[derive(Clone, Debug)]
@@ -25,6 +25,10 @@ pub struct TokenOptions {
     /// File mode of `out`.
     pub mode: u32,
     pub format: Format,
+    /// The API server the output points at; the issuer's own by default.
+    pub target: TargetOptions,
+    /// The Secret to write, for `Format::Secret`.
+    pub secret: SecretOptions,
     /// Keep running and rewrite `out` at 80 % of each token's lifetime.
     pub refresh: bool,
 }
@@ -36,8 +40,19 @@ pub async fn run(options: TokenOptions) -> ExitCode {
         Ok(i) => i,
         Err(e) => return fail(&e),
     };
+    // Every flag of the output is checked before a token is minted.
+    let output = match Output::new(
+        options.format,
+        &options.target,
+        &options.secret,
+        identity.server(),
+        identity.ca_pem.as_deref(),
+    ) {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
     if options.refresh {
-        return refresh(&identity, &options).await;
+        return refresh(&identity, &options, &output).await;
     }
     let issued = match identity.mint(&options.audiences).await {
         Ok(i) => i,
@@ -48,23 +63,14 @@ pub async fn run(options: TokenOptions) -> ExitCode {
     for warning in &issued.warnings {
         eprintln!("warning: {warning}");
     }
-    match write_out(&identity, &options, &issued) {
+    match write_out(&options, &output, &issued) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
 
-fn write_out(
-    identity: &Identity,
-    options: &TokenOptions,
-    issued: &Issued,
-) -> Result<(), ClientError> {
-    let bytes = render(
-        options.format,
-        issued,
-        identity.server(),
-        identity.ca_pem.as_deref(),
-    )?;
+fn write_out(options: &TokenOptions, output: &Output, issued: &Issued) -> Result<(), ClientError> {
+    let bytes = output.render(issued)?;
     match &options.out {
         Some(path) => {
             // A raw token file holds the token alone, as kubelet's projected
@@ -100,7 +106,7 @@ fn write_out(
 /// Keeps `--out` holding a valid token: rewritten at 80 % of each token's
 /// life (less a little jitter); on failure the old file stays untouched and
 /// the request is retried with backoff. Ends cleanly on SIGTERM or SIGINT.
-async fn refresh(identity: &Identity, options: &TokenOptions) -> ExitCode {
+async fn refresh(identity: &Identity, options: &TokenOptions, output: &Output) -> ExitCode {
     let Some(out) = &options.out else {
         return fail(&ClientError::Input("--refresh needs --out".into()));
     };
@@ -118,7 +124,7 @@ async fn refresh(identity: &Identity, options: &TokenOptions) -> ExitCode {
             }
         }
         let wait = match minted {
-            Ok(issued) => match write_out(identity, options, &issued) {
+            Ok(issued) => match write_out(options, output, &issued) {
                 Ok(()) => {
                     let wait = match renewal(
                         &issued,

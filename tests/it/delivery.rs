@@ -177,9 +177,11 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     )
     .unwrap();
 
-    // env, the DOCA tokenFile keys
+    // env, the DOCA tokenFile keys, for an API server at the host's root
     let mut args = token_args(&server, tf);
+    let target = &s.base;
     args.extend(["--ca-file", ca, "--format", "env"]);
+    args.extend(["--target-server", target, "--target-ca", ca]);
     let (code, stdout, err) = run(&args).await;
     assert_eq!(code, 0, "{err}");
     let env: std::collections::HashMap<&str, &str> = stdout
@@ -188,7 +190,7 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
         .map(|(k, v)| (k, v.trim_matches('\'')))
         .collect();
     let port = s.base.rsplit(':').next().unwrap();
-    assert_eq!(env["KUBERNETES_SERVICE_HOST"], "127.0.0.1");
+    assert_eq!(env["KUBERNETES_SERVICE_HOST"], "https://127.0.0.1");
     assert_eq!(env["KUBERNETES_SERVICE_PORT"], port);
     verify_with_jwks(
         env["TOKEN_FILE"],

@@ -18,5 +18,6 @@ mod limits;
 mod listeners;
 mod minting;
 mod observability;
+mod python_client;
 mod review;
 mod rotation;

@@ -274,6 +274,16 @@ pub async fn create(
     let minted = match mint_in_turn(state, cluster, &mint_request).await {
         Ok(m) => m,
         Err(e @ MintError::Invalid { .. }) => return Err(Invalid::token_request(name, e).into()),
+        Err(MintError::CannotSign(why)) => {
+            tracing::info!(cluster = cluster.id(), reason = %why, "TokenRequest refused: the cluster cannot sign");
+            return Err(AppError::kube(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "serviceaccounts {} is forbidden: {why}",
+                    serde_json::to_string(name).unwrap_or_default()
+                ),
+            ));
+        }
         Err(MintError::Signing) => {
             tracing::error!(cluster = cluster.id(), "signing failed");
             return Err(AppError::kube(

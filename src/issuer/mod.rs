@@ -11,4 +11,4 @@ pub mod discovery;
 pub mod mint;
 pub mod review;
 
-pub use cluster::{Cluster, Issuers, Published, Which};
+pub use cluster::{CannotSign, Cluster, Issuers, Published, Signer, Which};

@@ -5,7 +5,8 @@
 //! ```text
 //! <keys dir>/.lock                  exclusive lock held while the store changes
 //! <keys dir>/<cluster>/manifest.json  every key's kid, algorithm, state and times
-//! <keys dir>/<cluster>/<kid>.pem      one PKCS#8 private key per file, mode 0600
+//! <keys dir>/<cluster>/<kid>.pem      one PKCS#8 private key per file, mode 0600;
+//!                                     for an imported key, its PKIX public key
 //! ```
 //!
 //! A cluster has a *set* of keys: every key in the manifest is published in the
@@ -31,10 +32,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use super::keyset::{KeySet, Stamp, StoredKey};
+pub use super::keyset::{KeySet, Material, Stamp, StoredKey};
 use super::manifest::MANIFEST_VERSION;
 pub use super::manifest::{rfc3339, KeyRecord, KeyState, Manifest, MANIFEST};
 use super::material::{KeyError, KeySpec, SigningKey};
+use super::public::{PublicKey, PublicKeyError};
 use crate::fsutil::{ensure_dir, write_atomic};
 
 const LOCK_FILE: &str = ".lock";
@@ -68,6 +70,12 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: KeyError,
+    },
+    #[error("{path}: {source}")]
+    Public {
+        path: PathBuf,
+        #[source]
+        source: PublicKeyError,
     },
     #[error("{path}: the key's kid is {actual}, but the manifest says {expected}")]
     KidMismatch {
@@ -443,23 +451,62 @@ impl KeyStore {
         Ok(key)
     }
 
+    /// Writes an imported public key's file (not yet listed in the
+    /// manifest). Call with the lock held. A file already there is never
+    /// replaced: it may hold the private key of the same kid.
+    pub fn import_key(
+        &self,
+        _lock: &StoreLock,
+        cluster: &str,
+        key: &PublicKey,
+    ) -> Result<(), StoreError> {
+        let dir = self.cluster_dir(cluster);
+        ensure_dir(&dir, DIR_MODE).map_err(io_err(&dir))?;
+        let path = self.key_path(cluster, key.kid());
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(StoreError::Manifest {
+                path: self.manifest_path(cluster),
+                reason: format!(
+                    "the manifest does not list key {}, but {} exists: nothing was changed; \
+                     move that file away if it is not a key of this cluster",
+                    key.kid(),
+                    path.display()
+                ),
+            });
+        }
+        self.before(WritePoint::KeyFile, &path)?;
+        write_atomic(&path, key.to_pem().as_bytes(), KEY_MODE).map_err(io_err(&path))
+    }
+
     /// Loads the key file of `kid`, checking who may read it and that it
-    /// holds the key of that kid; with the file's stamp as it was read.
+    /// holds the key of that kid; with the file's stamp as it was read. The
+    /// file holds a private key, or (imported) a public key only.
     pub fn load_key(
         &self,
         cluster: &str,
         kid: &str,
-    ) -> Result<(SigningKey, Option<Stamp>), StoreError> {
+    ) -> Result<(Material, Option<Stamp>), StoreError> {
         let path = self.key_path(cluster, kid);
         let mut file = File::open(&path).map_err(io_err(&path))?;
         let meta = file.metadata().map_err(io_err(&path))?;
         self.check_private(&path, &meta, 0o077)?;
-        let mut pem = Vec::with_capacity(meta.len().try_into().unwrap_or(0));
+        let mut pem = rsa::pkcs8::der::zeroize::Zeroizing::new(Vec::with_capacity(
+            meta.len().try_into().unwrap_or(0),
+        ));
         io::Read::read_to_end(&mut file, &mut pem).map_err(io_err(&path))?;
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
-            path: path.clone(),
-            source,
-        })?;
+        let key: Material = if pem.starts_with(b"-----BEGIN PUBLIC KEY-----") {
+            let key = PublicKey::from_pem(&pem).map_err(|source| StoreError::Public {
+                path: path.clone(),
+                source,
+            })?;
+            Arc::new(key).into()
+        } else {
+            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
+                path: path.clone(),
+                source,
+            })?;
+            Arc::new(key).into()
+        };
         if key.kid() != kid {
             return Err(StoreError::KidMismatch {
                 path,
@@ -512,11 +559,23 @@ impl KeyStore {
                 .filter(|k| Stamp::read(&path).ok().flatten() == k.file);
             let (key, file) = match reusable {
                 Some(k) => (k.key.clone(), k.file),
-                None => {
-                    let (key, file) = self.load_key(cluster, &record.kid)?;
-                    (Arc::new(key), file)
-                }
+                None => self.load_key(cluster, &record.kid)?,
             };
+            if key.is_imported() != record.imported {
+                let (listed, holds) = if record.imported {
+                    ("imported (a public key only)", "a private key")
+                } else {
+                    ("generated here (a private key)", "only a public key")
+                };
+                return Err(StoreError::Manifest {
+                    path: self.manifest_path(cluster),
+                    reason: format!(
+                        "key {} is listed as {listed}, but {} holds {holds}",
+                        record.kid,
+                        path.display()
+                    ),
+                });
+            }
             keys.push(StoredKey {
                 record: record.clone(),
                 key,
@@ -560,6 +619,7 @@ impl KeyStore {
             published: at.clone(),
             activated: Some(at),
             retired: None,
+            imported: false,
         });
         self.write_manifest(&lock, &manifest)?;
         let set = self
@@ -585,12 +645,12 @@ mod tests {
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         assert!(created);
-        let kid = set.signer().kid().to_owned();
+        let kid = set.current().kid().to_owned();
         let (again, created) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         assert!(!created);
-        assert_eq!(again.signer().kid(), kid);
+        assert_eq!(again.current().kid(), kid);
         let mode = fs::metadata(store.key_path("demo", &kid))
             .unwrap()
             .permissions()
@@ -605,7 +665,7 @@ mod tests {
         let (set, _) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
-        let path = store.key_path("demo", set.signer().kid());
+        let path = store.key_path("demo", set.current().kid());
         fs::write(&path, b"garbage").unwrap();
         let err = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
@@ -624,7 +684,7 @@ mod tests {
         let (set, _) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
-        let kid = set.signer().kid().to_owned();
+        let kid = set.current().kid().to_owned();
         // Swap the file for another key under the same name.
         let (_, other) = SigningKey::generate(KeySpec::P256).unwrap();
         fs::write(store.key_path("demo", &kid), other.as_bytes()).unwrap();
@@ -662,7 +722,7 @@ mod tests {
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         let set = Arc::new(set);
-        let key = store.key_path("demo", set.signer().kid());
+        let key = store.key_path("demo", set.current().kid());
         let cases: [(&Path, u32, &str); 3] = [
             (
                 dir.path(),

@@ -123,13 +123,20 @@ impl StoredKey {
     }
 }
 
-/// Why keys do not make a set: exactly one must sign.
+/// Why keys do not make a set: exactly one must be current, and each key
+/// file must hold what its record says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeySetError {
     #[error("no key is in state \"current\"")]
     NoCurrent,
     #[error("{0} keys are in state \"current\"")]
     ManyCurrent(usize),
+    #[error("key {kid} is listed as {listed}, but its file holds {holds}")]
+    NotAsListed {
+        kid: String,
+        listed: &'static str,
+        holds: &'static str,
+    },
 }
 
 /// A cluster's published keys and its current key, immutable once built. Rotation
@@ -149,6 +156,21 @@ pub struct KeySet {
 impl KeySet {
     /// Builds the set from loaded keys; exactly one must be `current`.
     pub fn new(keys: Vec<StoredKey>) -> Result<KeySet, KeySetError> {
+        if let Some(k) = keys
+            .iter()
+            .find(|k| k.key.is_imported() != k.record.imported)
+        {
+            let (listed, holds) = if k.record.imported {
+                ("imported (a public key only)", "a private key")
+            } else {
+                ("generated here (a private key)", "only a public key")
+            };
+            return Err(KeySetError::NotAsListed {
+                kid: k.record.kid.clone(),
+                listed,
+                holds,
+            });
+        }
         let currents: Vec<usize> = keys
             .iter()
             .enumerate()

@@ -20,7 +20,11 @@ use super::policy::{
 };
 use super::public::PublicKey;
 use super::steps::{tidy, Change};
-use super::store::{rfc3339, KeyRecord, KeyState, KeyStore};
+use super::store::{
+    io_err, rfc3339, KeyRecord, KeyState, KeyStore, StoreError, StoreLock, WritePoint, DIR_MODE,
+    KEY_MODE,
+};
+use crate::fsutil::{ensure_dir, write_atomic};
 
 fn show(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
@@ -107,7 +111,7 @@ pub fn import(
     }
 
     // The key file first, then the manifest (the commit point).
-    store.import_key(&lock, cluster, key)?;
+    write_key_file(store, &lock, cluster, key)?;
     change.manifest.removed.retain(|r| r != kid);
     let at = rfc3339(now);
     let first = current.is_none();
@@ -133,6 +137,33 @@ pub fn import(
         change.activate(i, true);
     }
     change.commit(false)
+}
+
+/// Writes an imported public key's file, not yet listed in the manifest.
+/// Call with the lock held. A file already there is never replaced: it may
+/// hold the private key of the same kid.
+fn write_key_file(
+    store: &KeyStore,
+    _lock: &StoreLock,
+    cluster: &str,
+    key: &PublicKey,
+) -> Result<(), StoreError> {
+    let dir = store.cluster_dir(cluster);
+    ensure_dir(&dir, DIR_MODE).map_err(io_err(&dir))?;
+    let path = store.key_path(cluster, key.kid());
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Err(StoreError::Manifest {
+            path: store.manifest_path(cluster),
+            reason: format!(
+                "the manifest does not list key {}, but {} exists: nothing was changed; move \
+                 that file away if it is not a key of this cluster",
+                key.kid(),
+                path.display()
+            ),
+        });
+    }
+    store.before(WritePoint::KeyFile, &path)?;
+    write_atomic(&path, key.to_pem().as_bytes(), KEY_MODE).map_err(io_err(&path))
 }
 
 /// `keys retire`: key `kid` stops being the key tokens are signed with, or

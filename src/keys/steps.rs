@@ -432,12 +432,14 @@ pub fn revoke(
     if let (Source::Imported, true) = (source, signing) {
         match index_of(&change.manifest, KeyState::Next) {
             Some(n) => change.activate(n, true),
-            None => return Err(RotationError::Refused(format!(
+            None => {
+                return Err(RotationError::Refused(format!(
                 "refused: key {kid} is the current key of cluster \"{cluster}\", whose keys are \
                      imported, and no next key is imported to take over: nothing was changed. \
                      Import the key the cluster signs with now (`keys import --cluster {cluster} \
                      --public-key NEW.pub --state current --force`), then revoke {kid}"
-            ))),
+            )))
+            }
         }
     }
     let i = change.find(kid)?;

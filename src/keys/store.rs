@@ -40,8 +40,8 @@ use super::public::{PublicKey, PublicKeyError};
 use crate::fsutil::{ensure_dir, write_atomic};
 
 const LOCK_FILE: &str = ".lock";
-const KEY_MODE: u32 = 0o600;
-const DIR_MODE: u32 = 0o700;
+pub(super) const KEY_MODE: u32 = 0o600;
+pub(super) const DIR_MODE: u32 = 0o700;
 
 /// Where the store is about to write or remove something; a [`WriteHook`]
 /// sees each point first (tests inject failures there).
@@ -109,7 +109,7 @@ pub enum StoreError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -177,7 +177,7 @@ impl KeyStore {
         self
     }
 
-    fn before(&self, point: WritePoint, path: &Path) -> Result<(), StoreError> {
+    pub(super) fn before(&self, point: WritePoint, path: &Path) -> Result<(), StoreError> {
         match &self.hook {
             Some(hook) => hook(point).map_err(io_err(path)),
             None => Ok(()),
@@ -451,33 +451,6 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// Writes an imported public key's file (not yet listed in the
-    /// manifest). Call with the lock held. A file already there is never
-    /// replaced: it may hold the private key of the same kid.
-    pub fn import_key(
-        &self,
-        _lock: &StoreLock,
-        cluster: &str,
-        key: &PublicKey,
-    ) -> Result<(), StoreError> {
-        let dir = self.cluster_dir(cluster);
-        ensure_dir(&dir, DIR_MODE).map_err(io_err(&dir))?;
-        let path = self.key_path(cluster, key.kid());
-        if fs::symlink_metadata(&path).is_ok() {
-            return Err(StoreError::Manifest {
-                path: self.manifest_path(cluster),
-                reason: format!(
-                    "the manifest does not list key {}, but {} exists: nothing was changed; \
-                     move that file away if it is not a key of this cluster",
-                    key.kid(),
-                    path.display()
-                ),
-            });
-        }
-        self.before(WritePoint::KeyFile, &path)?;
-        write_atomic(&path, key.to_pem().as_bytes(), KEY_MODE).map_err(io_err(&path))
-    }
-
     /// Loads the key file of `kid`, checking who may read it and that it
     /// holds the key of that kid; with the file's stamp as it was read. The
     /// file holds a private key, or (imported) a public key only.
@@ -561,21 +534,6 @@ impl KeyStore {
                 Some(k) => (k.key.clone(), k.file),
                 None => self.load_key(cluster, &record.kid)?,
             };
-            if key.is_imported() != record.imported {
-                let (listed, holds) = if record.imported {
-                    ("imported (a public key only)", "a private key")
-                } else {
-                    ("generated here (a private key)", "only a public key")
-                };
-                return Err(StoreError::Manifest {
-                    path: self.manifest_path(cluster),
-                    reason: format!(
-                        "key {} is listed as {listed}, but {} holds {holds}",
-                        record.kid,
-                        path.display()
-                    ),
-                });
-            }
             keys.push(StoredKey {
                 record: record.clone(),
                 key,

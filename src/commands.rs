@@ -25,7 +25,11 @@ pub fn check_config(file: &std::path::Path) -> ExitCode {
                 c.clusters.len(),
                 c.clusters
                     .iter()
-                    .map(|c| format!("{} ({})", c.issuer, c.key_spec))
+                    .map(|c| if c.publish_only {
+                        format!("{} (publish_only)", c.issuer)
+                    } else {
+                        format!("{} ({})", c.issuer, c.key_spec)
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );

@@ -3,6 +3,8 @@
 //!
 //! Reads `keys::store::KeySet` (never `keys::rotation`); signs through the
 //! `SigningKey` a key set hands out, never touching private-key types itself.
+//! Every signing path takes that key from `Cluster::signer`, which refuses a
+//! `publish_only` cluster (one whose own kube-apiserver signs its tokens).
 
 pub mod auth;
 pub mod claims;

@@ -602,4 +602,39 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn retire_on_a_generated_cluster_follows_the_same_rules_and_points_to_rotate() {
+        use crate::keys::steps::apply_policy;
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        let first = kid_in(&store, KeyState::Current).unwrap();
+        let why = refused(retire(&store, "c", &first, &p, t0() + HOUR, false));
+        assert!(why.contains("keys rotate --cluster c"), "{why}");
+        // The policy publishes a next key ahead; retiring the current key
+        // hands over once that key has been published for publish_ahead.
+        run(&store, spec, &p, t0(), t0() + 29 * DAY);
+        let next = kid_in(&store, KeyState::Next).unwrap();
+        let why = refused(retire(
+            &store,
+            "c",
+            &first,
+            &p,
+            t0() + 29 * DAY + HOUR,
+            false,
+        ));
+        assert!(why.contains("less than publish_ahead"), "{why}");
+        let t = retire(&store, "c", &first, &p, t0() + 30 * DAY, false).unwrap();
+        assert!(
+            t.contains(&Transition::Activated {
+                kid: next.clone(),
+                early: false
+            }),
+            "{t:?}"
+        );
+        let set = store.load("c", None).unwrap().unwrap();
+        assert_eq!(set.signer().map(|k| k.kid().to_owned()), Some(next));
+    }
 }

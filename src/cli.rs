@@ -320,6 +320,41 @@ pub enum KeysCommand {
         #[arg(long, allow_hyphen_values = true)]
         kid: String,
     },
+    /// Publish a public key of a publish_only cluster, one that signs its own
+    /// tokens (its kube-apiserver's sa.pub): PEM "PUBLIC KEY" or "RSA PUBLIC KEY".
+    Import {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        cluster: String,
+        /// The PEM file of the public key (RSA 2048/3072/4096 or EC P-256).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// `current`: the cluster signs with it now; `next`: it will, once it has
+        /// been published for publish_ahead. Default: current for the cluster's
+        /// first key, next after.
+        #[arg(long, value_enum)]
+        state: Option<ImportState>,
+        /// Import as current beside a current key, though relying parties may
+        /// not have the new key in their cached JWKS yet.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop publishing a key as current (the next key takes over) or as next;
+    /// it stays in the JWKS, retired, for the retention.
+    Retire {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        cluster: String,
+        /// The key's kid, as `keys list` prints it.
+        #[arg(long, allow_hyphen_values = true)]
+        kid: String,
+        /// Let the next key take over though it was published for less than
+        /// publish_ahead.
+        #[arg(long)]
+        force: bool,
+    },
     /// Rebuild a cluster's lost manifest.json from the key files in its
     /// directory, keeping their kids: one key signs, the others stay
     /// published as retired for a whole retention.
@@ -333,6 +368,13 @@ pub enum KeysCommand {
         #[arg(long, allow_hyphen_values = true)]
         current: Option<String>,
     },
+}
+
+/// The state a public key is imported in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportState {
+    Next,
+    Current,
 }
 
 /// Where the configuration comes from, and the values that override it.

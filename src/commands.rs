@@ -1,4 +1,5 @@
-//! The one-shot commands: `check-config` and `keys list|rotate|revoke|recover`.
+//! The one-shot commands: `check-config` and
+//! `keys list|rotate|revoke|import|retire|recover`.
 //! Each returns the process exit code: 0 done, 1 refused or failed, 2 bad input.
 
 use crate::clock::system_now;
@@ -6,11 +7,14 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::cli::{ConfigArgs, KeysCommand};
+use crate::cli::{ConfigArgs, ImportState, KeysCommand};
 use crate::config::{ClusterConfig, Config, Overrides};
+use crate::keys::manual;
 use crate::keys::policy::{next_transition, RotationError, Transition};
+use crate::keys::public::PublicKey;
 use crate::keys::steps;
 use crate::keys::store::{KeyRecord, KeyState, KeyStore};
+use crate::serve::key_source;
 
 pub fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(Some(file), &Overrides::default()) {
@@ -21,7 +25,11 @@ pub fn check_config(file: &std::path::Path) -> ExitCode {
                 c.clusters.len(),
                 c.clusters
                     .iter()
-                    .map(|c| format!("{} ({})", c.issuer, c.key_spec))
+                    .map(|c| if c.publish_only {
+                        format!("{} (publish_only)", c.issuer)
+                    } else {
+                        format!("{} ({})", c.issuer, c.key_spec)
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -106,6 +114,14 @@ fn run_keys(command: KeysCommand) -> Result<(), CommandError> {
         } => {
             let config = load(&config)?;
             let c = cluster(&config, &id)?;
+            if c.publish_only {
+                return Err(CommandError::BadInput(format!(
+                    "--cluster {id}: the cluster is publish_only: its keys are imported, never \
+                     generated here. Rotate by hand: `keys import --cluster {id} --public-key \
+                     NEW.pub --state next`, then, once the cluster signs with it, `keys retire \
+                     --cluster {id} --kid CURRENT_KID`"
+                )));
+            }
             let store = crate::serve::key_store(&config);
             report(
                 &id,
@@ -122,7 +138,54 @@ fn run_keys(command: KeysCommand) -> Result<(), CommandError> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                steps::revoke(&store, &id, &kid, c.key_spec, system_now()),
+                steps::revoke(&store, &id, &kid, key_source(c), system_now()),
+            )
+        }
+        KeysCommand::Import {
+            config,
+            cluster: id,
+            public_key,
+            state,
+            force,
+        } => {
+            let config = load(&config)?;
+            let c = cluster(&config, &id)?;
+            if !c.publish_only {
+                return Err(CommandError::BadInput(format!(
+                    "--cluster {id}: the cluster is not publish_only: its keys are generated and \
+                     rotated here, and an imported key could not sign its tokens. Set \
+                     publish_only = true in its [[clusters]] table if its own kube-apiserver \
+                     signs its tokens"
+                )));
+            }
+            let pem = std::fs::read(&public_key).map_err(|e| {
+                CommandError::BadInput(format!("--public-key {}: {e}", public_key.display()))
+            })?;
+            let key = PublicKey::from_pem(&pem).map_err(|e| {
+                CommandError::BadInput(format!("--public-key {}: {e}", public_key.display()))
+            })?;
+            let state = state.map(|s| match s {
+                ImportState::Next => KeyState::Next,
+                ImportState::Current => KeyState::Current,
+            });
+            let store = crate::serve::key_store(&config);
+            report(
+                &id,
+                manual::import(&store, &id, &key, state, &c.rotation, system_now(), force),
+            )
+        }
+        KeysCommand::Retire {
+            config,
+            cluster: id,
+            kid,
+            force,
+        } => {
+            let config = load(&config)?;
+            let c = cluster(&config, &id)?;
+            let store = crate::serve::key_store(&config);
+            report(
+                &id,
+                manual::retire(&store, &id, &kid, &c.rotation, system_now(), force),
             )
         }
         KeysCommand::Recover {
@@ -224,15 +287,23 @@ fn list(store: &KeyStore, clusters: &[&ClusterConfig], json: bool) -> Result<(),
         return Ok(());
     }
     for (c, l) in clusters.iter().zip(&listed) {
+        let kind = if c.publish_only {
+            "publish_only: public keys imported by hand".to_owned()
+        } else {
+            c.key_spec.to_string()
+        };
         println!(
-            "cluster {} ({}), issuer {}; rotate every {}, publish ahead {}, retention {}",
+            "cluster {} ({kind}), issuer {}; rotate every {}, publish ahead {}, retention {}",
             c.id,
-            c.key_spec,
             c.issuer,
             humantime::format_duration(c.rotation.rotate_every),
             humantime::format_duration(c.rotation.publish_ahead),
             humantime::format_duration(c.rotation.retention),
         );
+        if l.keys.is_empty() && c.publish_only {
+            println!("  no keys yet: import the cluster's public key with `keys import`");
+            continue;
+        }
         if l.keys.is_empty() {
             println!("  no keys yet: the server creates the first key at its first start");
             continue;

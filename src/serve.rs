@@ -14,6 +14,7 @@ use crate::health::ListenerInfo;
 use crate::http::{app_for, AppState, Face};
 use crate::issuer::auth::ApiClients;
 use crate::issuer::Issuers;
+use crate::keys::policy::Source;
 use crate::keys::rotation::{self, Background, BackgroundSettings, Managed};
 use crate::keys::store::KeyStore;
 use crate::server::{self, ListenerStats, TlsSource};
@@ -43,6 +44,16 @@ pub fn key_store(config: &Config) -> KeyStore {
         .allow_insecure_permissions(config.allow_insecure_key_permissions)
 }
 
+/// Where a cluster's keys come from: generated of its configured kind, or
+/// imported by hand when it signs its own tokens.
+pub fn key_source(c: &crate::config::ClusterConfig) -> Source {
+    if c.publish_only {
+        Source::Imported
+    } else {
+        Source::Generated(c.key_spec)
+    }
+}
+
 /// Loads or creates every cluster's keys and the API clients; `clock` is
 /// the time the server stamps tokens and keys with.
 pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, StartError> {
@@ -60,7 +71,7 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
             let keys = rotation::load_at_start(
                 &store,
                 &c.id,
-                c.key_spec,
+                key_source(&c),
                 &c.rotation,
                 rotate,
                 now,
@@ -69,8 +80,8 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
                 cluster: c.id.clone(),
                 source,
             })?;
-            let signer = keys.signer();
-            if signer.spec() != c.key_spec {
+            let signer = keys.current();
+            if !c.publish_only && signer.spec() != c.key_spec {
                 tracing::warn!(
                     cluster = c.id,
                     kid = signer.kid(),
@@ -104,7 +115,10 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
     let mut state = AppState::new(
         issuers,
         clients,
-        |records, c| crate::keys::policy::next_due(records, c.key_spec, &c.rotation),
+        |records, c| match key_source(c) {
+            Source::Generated(spec) => crate::keys::policy::next_due(records, spec, &c.rotation),
+            Source::Imported => crate::keys::policy::replace_by_hand_due(records, &c.rotation),
+        },
         clock,
     )?;
     state.request_timeout = config.limits.request_timeout;
@@ -273,8 +287,9 @@ fn log_clusters(state: &AppState) {
         tracing::info!(
             cluster = c.id(),
             issuer = c.config.issuer,
-            kid = published.keys.signer().kid(),
-            alg = %published.keys.signer().algorithm(),
+            kid = published.keys.current().kid(),
+            alg = %published.keys.current().algorithm(),
+            publish_only = c.config.publish_only,
             "serving issuer"
         );
     }
@@ -295,7 +310,7 @@ fn start_background(config: &Config, state: &AppState) -> Background {
         let target = cluster.clone();
         managed.push(Managed {
             cluster: cluster.id().to_owned(),
-            spec: cluster.config.key_spec,
+            source: key_source(&cluster.config),
             policy: cluster.config.rotation,
             publish: Box::new(move |set| target.replace_keys(set)),
         });

@@ -101,6 +101,7 @@ const CLUSTER: &[Field] = &[
     f("publish_ahead", Kind::Duration),
     f("clock_skew", Kind::Duration),
     f("retention", Kind::Duration),
+    f("publish_only", Kind::Bool),
 ];
 
 const ROTATION: &[Field] = &[

@@ -120,6 +120,10 @@ pub struct ClusterConfig {
     pub max_token_lifetime: Duration,
     pub jwks_max_age: Duration,
     pub rotation: RotationPolicy,
+    /// The cluster signs its own tokens (its kube-apiserver holds the private
+    /// key): this issuer only publishes the public keys imported with `keys
+    /// import`, generates none, and refuses to sign for it.
+    pub publish_only: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -88,6 +88,8 @@ pub(super) struct FileCluster {
     pub(super) clock_skew: Option<String>,
     #[serde(default)]
     pub(super) retention: Option<String>,
+    #[serde(default)]
+    pub(super) publish_only: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

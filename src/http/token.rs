@@ -124,6 +124,10 @@ pub(super) enum Format {
     Protobuf,
 }
 
+/// The format of a Kubernetes API request body, by its Content-Type. A
+/// request without one (or with an empty one) is JSON, as kube-apiserver
+/// reads it (apiserver/pkg/endpoints/handlers/rest.go): the official Python
+/// client sends none on create calls. Any other type is a 415 naming it.
 pub(super) fn content_format(headers: &HeaderMap) -> Result<Format, AppError> {
     if headers
         .get_all(header::CONTENT_TYPE)
@@ -136,10 +140,19 @@ pub(super) fn content_format(headers: &HeaderMap) -> Result<Format, AppError> {
             "more than one Content-Type header; send exactly one",
         ));
     }
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let value = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => "",
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            return Err(AppError::kube(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the Content-Type header is not ASCII; send application/json or application/vnd.kubernetes.protobuf",
+            ))
+        }
+    };
+    if value.trim().is_empty() {
+        return Ok(Format::Json);
+    }
     let essence = value
         .split(';')
         .next()
@@ -261,6 +274,16 @@ pub async fn create(
     let minted = match mint_in_turn(state, cluster, &mint_request).await {
         Ok(m) => m,
         Err(e @ MintError::Invalid { .. }) => return Err(Invalid::token_request(name, e).into()),
+        Err(MintError::CannotSign(why)) => {
+            tracing::info!(cluster = cluster.id(), reason = %why, "TokenRequest refused: the cluster cannot sign");
+            return Err(AppError::kube(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "serviceaccounts {} is forbidden: {why}",
+                    serde_json::to_string(name).unwrap_or_default()
+                ),
+            ));
+        }
         Err(MintError::Signing) => {
             tracing::error!(cluster = cluster.id(), "signing failed");
             return Err(AppError::kube(
@@ -382,5 +405,45 @@ mod tests {
             HeaderValue::from_static("bearer def"),
         );
         assert!(bearer(&h).is_err());
+    }
+
+    #[test]
+    fn a_missing_content_type_is_json_and_a_wrong_one_is_refused() {
+        let format = |values: &[&[u8]]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_TYPE, HeaderValue::from_bytes(v).unwrap());
+            }
+            content_format(&h).map_err(|e| (e.status().as_u16(), e.message().to_owned()))
+        };
+        // kube-apiserver reads a request without Content-Type as JSON.
+        assert!(matches!(format(&[]), Ok(Format::Json)));
+        assert!(matches!(format(&[b""]), Ok(Format::Json)));
+        assert!(matches!(
+            format(&[b"Application/JSON; charset=utf-8"]),
+            Ok(Format::Json)
+        ));
+        assert!(matches!(
+            format(&[b"application/vnd.kubernetes.protobuf"]),
+            Ok(Format::Protobuf)
+        ));
+        for (values, says) in [
+            (
+                &[&b"text/plain"[..]][..],
+                "content type \"text/plain\" is not supported",
+            ),
+            (&[b"; charset=utf-8"], "is not supported"),
+            (&[b"application/\xff"], "not ASCII"),
+            (
+                &[b"application/json", b"application/json"],
+                "more than one Content-Type",
+            ),
+        ] {
+            let (status, err) = format(values).err().unwrap_or_default();
+            assert!(
+                status == 415 && err.contains(says),
+                "{values:?}: {status} {err}"
+            );
+        }
     }
 }

@@ -15,6 +15,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::discovery;
 use crate::config::ClusterConfig;
+use crate::keys::material::SigningKey;
 use crate::keys::store::KeySet;
 
 /// Length of an entity tag: 128 bits of SHA-256 in base64url, quoted.
@@ -47,6 +48,29 @@ impl Document {
     }
 }
 
+/// The published set a token is signed for, and the key that signs it.
+#[derive(Debug)]
+pub struct Signer {
+    pub published: Arc<Published>,
+    pub key: Arc<SigningKey>,
+}
+
+/// Why a cluster's tokens cannot be signed here.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CannotSign {
+    #[error(
+        "cluster {cluster:?} is publish_only: it publishes imported public keys and cannot \
+         sign; its own kube-apiserver signs its tokens"
+    )]
+    PublishOnly { cluster: String },
+    #[error(
+        "cluster {cluster:?} cannot sign: its current key {kid} was imported without its \
+         private key (the cluster was publish_only); `keys rotate --cluster {cluster}` brings \
+         in a key generated here"
+    )]
+    Imported { cluster: String, kid: String },
+}
+
 /// Which of a cluster's two documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
@@ -68,7 +92,7 @@ pub struct Published {
 
 impl Published {
     pub fn new(issuer: &str, max_age: Duration, keys: Arc<KeySet>) -> Self {
-        let signer = keys.signer();
+        let signer = keys.current();
         // RFC 7515 §4.1; members sorted as Kubernetes emits them.
         let header = format!(
             r#"{{"alg":"{}","kid":"{}","typ":"JWT"}}"#,
@@ -154,7 +178,30 @@ impl Cluster {
     /// Whether signing takes long enough (RSA: hundreds of microseconds) to
     /// wait for a turn between other requests (see `crate::signing`).
     pub fn signs_slowly(&self) -> bool {
-        self.current().keys.signer().algorithm() == crate::keys::material::Algorithm::Rs256
+        self.current().keys.current().algorithm() == crate::keys::material::Algorithm::Rs256
+    }
+
+    /// What signs this cluster's tokens now: its published set and the
+    /// private key of its current key. Every signing path takes its key
+    /// here, so each refuses a cluster that signs its own tokens the same
+    /// way.
+    pub fn signer(&self) -> Result<Signer, CannotSign> {
+        if self.config.publish_only {
+            return Err(CannotSign::PublishOnly {
+                cluster: self.config.id.clone(),
+            });
+        }
+        let published = self.published();
+        match published.keys.signer() {
+            Some(key) => Ok(Signer {
+                key: key.clone(),
+                published,
+            }),
+            None => Err(CannotSign::Imported {
+                cluster: self.config.id.clone(),
+                kid: published.keys.current().kid().to_owned(),
+            }),
+        }
     }
 
     /// Replaces the key set; readers see the old or the new set, never a mix.
@@ -354,5 +401,66 @@ mod tests {
         let body = before.body(Which::Jwks);
         drop(before);
         assert_eq!(&body[..], &c0.jwks.body[..]);
+    }
+
+    #[test]
+    fn a_cluster_that_signs_its_own_tokens_is_refused_every_signer() {
+        use crate::issuer::mint::{mint, MintError, MintRequest};
+        use crate::keys::manual::import;
+        use crate::keys::material::{KeySpec, SigningKey};
+        let text = "listen = \"127.0.0.1:0\"\npublic_url = \"https://oidc.example.com\"\n\
+                    keys_dir = \"k\"\n[[clusters]]\nid = \"own\"\npublish_only = true\n";
+        let mut config = Config::parse("test", text, &Overrides::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path().to_path_buf());
+        let (key, _) = SigningKey::generate(KeySpec::P256).unwrap();
+        let c = config.clusters.remove(0);
+        import(
+            &store,
+            "own",
+            key.public(),
+            None,
+            &c.rotation,
+            SystemTime::now(),
+            false,
+        )
+        .unwrap();
+        let keys = Arc::new(store.load("own", None).unwrap().unwrap());
+        let request = MintRequest {
+            namespace: "ns".into(),
+            name: "sa".into(),
+            ..MintRequest::default()
+        };
+
+        let cluster = Cluster::new(c.clone(), keys.clone());
+        let err = cluster.signer().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cluster \"own\" is publish_only: it publishes imported public keys and cannot \
+             sign; its own kube-apiserver signs its tokens"
+        );
+        assert_eq!(
+            mint(&cluster, &request, SystemTime::now()).unwrap_err(),
+            MintError::CannotSign(err)
+        );
+        // Its documents are served all the same, with the imported key.
+        let jwks: serde_json::Value =
+            serde_json::from_slice(&cluster.published().jwks.body).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], key.kid());
+
+        // Once no longer publish_only, a current key imported without its
+        // private half still signs nothing.
+        let cluster = Cluster::new(
+            ClusterConfig {
+                publish_only: false,
+                ..c
+            },
+            keys,
+        );
+        let err = cluster.signer().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("its current key {} was imported", key.kid())),
+            "{err}"
+        );
     }
 }

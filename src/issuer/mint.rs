@@ -12,7 +12,7 @@ use base64::Engine as _;
 use uuid::Uuid;
 
 use super::claims::{service_account_uid, subject, Claims, KubernetesClaims, ObjectRef};
-use super::cluster::Cluster;
+use super::cluster::{CannotSign, Cluster};
 use crate::k8s::names::{
     check_audience, is_dns_label, is_dns_subdomain, DNS_LABEL_RULE, DNS_SUBDOMAIN_RULE,
 };
@@ -65,6 +65,9 @@ pub enum MintError {
     /// The request is wrong; `field` is its path, as Kubernetes prints it.
     #[error("{field}: {detail}")]
     Invalid { field: String, detail: String },
+    /// The cluster signs its own tokens: nothing here may sign for it.
+    #[error(transparent)]
+    CannotSign(#[from] CannotSign),
     #[error("signing failed")]
     Signing,
 }
@@ -158,6 +161,8 @@ fn validate_bound(b: &BoundObjectRef) -> Result<BoundKind, MintError> {
 /// Validates `req` against `cluster`'s rules and signs a token with its
 /// current key. `now` is passed in so tests control the clock.
 pub fn mint(cluster: &Cluster, req: &MintRequest, now: SystemTime) -> Result<Minted, MintError> {
+    // First: a cluster that cannot sign says so whatever else is asked.
+    let signer = cluster.signer()?;
     let cfg = &cluster.config;
     validate_names(&req.namespace, &req.name)?;
 
@@ -245,14 +250,14 @@ pub fn mint(cluster: &Cluster, req: &MintRequest, now: SystemTime) -> Result<Min
         sub: subject(&req.namespace, &req.name),
     };
 
-    let published = cluster.published();
-    let signer = published.keys.signer();
+    let published = &signer.published;
     let payload = serde_json::to_vec(&claims).map_err(|_| MintError::Signing)?;
     let mut token = String::with_capacity(published.header_b64.len() + payload.len() * 4 / 3 + 400);
     token.push_str(&published.header_b64);
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
     let signature = signer
+        .key
         .sign(token.as_bytes())
         .map_err(|_| MintError::Signing)?;
     token.push('.');
@@ -260,7 +265,7 @@ pub fn mint(cluster: &Cluster, req: &MintRequest, now: SystemTime) -> Result<Min
 
     Ok(Minted {
         token,
-        kid: signer.kid().to_owned(),
+        kid: signer.key.kid().to_owned(),
         expiration_seconds: lifetime,
         expires_at: UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64),
         warning,

@@ -3,6 +3,8 @@
 //!
 //! Reads `keys::store::KeySet` (never `keys::rotation`); signs through the
 //! `SigningKey` a key set hands out, never touching private-key types itself.
+//! Every signing path takes that key from `Cluster::signer`, which refuses a
+//! `publish_only` cluster (one whose own kube-apiserver signs its tokens).
 
 pub mod auth;
 pub mod claims;
@@ -11,4 +13,4 @@ pub mod discovery;
 pub mod mint;
 pub mod review;
 
-pub use cluster::{Cluster, Issuers, Published, Which};
+pub use cluster::{CannotSign, Cluster, Issuers, Published, Signer, Which};

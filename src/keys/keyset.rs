@@ -1,6 +1,10 @@
-//! A cluster's key set in memory: the published keys and the one that
-//! signs, with the JWKS serialized once; immutable, swapped whole. Each key
-//! and the set remember the version ([`Stamp`]) of the file they came from.
+//! A cluster's key set in memory: the published keys and the current one,
+//! with the JWKS serialized once; immutable, swapped whole. Each key and the
+//! set remember the version ([`Stamp`]) of the file they came from.
+//!
+//! A key is either generated here (its private half signs) or imported as a
+//! public key only (a `publish_only` cluster, whose kube-apiserver signs):
+//! a set whose current key is imported has no signer.
 
 use std::fs;
 use std::io;
@@ -10,6 +14,7 @@ use std::sync::Arc;
 use super::jwk::{jwks_json, PublicJwk};
 use super::manifest::{KeyRecord, KeyState};
 use super::material::{Algorithm, SigningKey};
+use super::public::PublicKey;
 
 /// Identifies one version of a file: an atomic rename gives a new inode, and
 /// an edit in place, a chmod or a chown a new ctime, so a change is seen
@@ -44,36 +49,97 @@ impl Stamp {
     }
 }
 
+/// What the keys dir holds of a key: the private key (generated here), or
+/// only the public key (imported).
+#[derive(Clone, Debug)]
+pub enum Material {
+    Signing(Arc<SigningKey>),
+    Public(Arc<PublicKey>),
+}
+
+impl Material {
+    pub fn public(&self) -> &PublicKey {
+        match self {
+            Material::Signing(k) => k.public(),
+            Material::Public(k) => k,
+        }
+    }
+
+    /// The private key, for a key generated here.
+    pub fn signing(&self) -> Option<&Arc<SigningKey>> {
+        match self {
+            Material::Signing(k) => Some(k),
+            Material::Public(_) => None,
+        }
+    }
+
+    /// Whether only the public key is held (imported).
+    pub fn is_imported(&self) -> bool {
+        matches!(self, Material::Public(_))
+    }
+
+    pub fn kid(&self) -> &str {
+        self.public().kid()
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.public().algorithm()
+    }
+
+    pub fn public_jwk(&self) -> &PublicJwk {
+        self.public().public_jwk()
+    }
+}
+
+impl From<Arc<SigningKey>> for Material {
+    fn from(key: Arc<SigningKey>) -> Material {
+        Material::Signing(key)
+    }
+}
+
+impl From<Arc<PublicKey>> for Material {
+    fn from(key: Arc<PublicKey>) -> Material {
+        Material::Public(key)
+    }
+}
+
 /// A key with its manifest record.
 #[derive(Debug)]
 pub struct StoredKey {
     pub record: KeyRecord,
-    pub key: Arc<SigningKey>,
+    pub key: Material,
     /// The version of the key file it was loaded from.
     pub(crate) file: Option<Stamp>,
 }
 
 impl StoredKey {
     /// A key and its record, not (yet) tied to a file on disk.
-    pub fn new(record: KeyRecord, key: Arc<SigningKey>) -> StoredKey {
+    pub fn new(record: KeyRecord, key: impl Into<Material>) -> StoredKey {
         StoredKey {
             record,
-            key,
+            key: key.into(),
             file: None,
         }
     }
 }
 
-/// Why keys do not make a set: exactly one must sign.
+/// Why keys do not make a set: exactly one must be current, and each key
+/// file must hold what its record says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeySetError {
     #[error("no key is in state \"current\"")]
     NoCurrent,
     #[error("{0} keys are in state \"current\"")]
     ManyCurrent(usize),
+    #[error("key {kid} is listed as {listed}, but its file holds {holds}")]
+    NotAsListed {
+        kid: String,
+        listed: &'static str,
+        holds: &'static str,
+    },
 }
 
-/// A cluster's published keys and its signer, immutable once built. Rotation
+/// A cluster's published keys and its current key, immutable once built. Rotation
 /// and reload build a new one and swap it in whole.
 #[derive(Debug)]
 pub struct KeySet {
@@ -90,6 +156,21 @@ pub struct KeySet {
 impl KeySet {
     /// Builds the set from loaded keys; exactly one must be `current`.
     pub fn new(keys: Vec<StoredKey>) -> Result<KeySet, KeySetError> {
+        if let Some(k) = keys
+            .iter()
+            .find(|k| k.key.is_imported() != k.record.imported)
+        {
+            let (listed, holds) = if k.record.imported {
+                ("imported (a public key only)", "a private key")
+            } else {
+                ("generated here (a private key)", "only a public key")
+            };
+            return Err(KeySetError::NotAsListed {
+                kid: k.record.kid.clone(),
+                listed,
+                holds,
+            });
+        }
         let currents: Vec<usize> = keys
             .iter()
             .enumerate()
@@ -135,9 +216,17 @@ impl KeySet {
         self.checked.as_deref()
     }
 
-    /// The key that signs new tokens.
-    pub fn signer(&self) -> &Arc<SigningKey> {
-        &self.keys[self.current].key
+    /// The key that signs new tokens: `None` when the current key was
+    /// imported without its private half (a cluster that signs its own
+    /// tokens). Whether a cluster may sign at all is the issuer's to say.
+    pub fn signer(&self) -> Option<&Arc<SigningKey>> {
+        self.keys[self.current].key.signing()
+    }
+
+    /// The public half of the current key: the one tokens are signed with,
+    /// here or by the cluster itself.
+    pub fn current(&self) -> &PublicKey {
+        self.keys[self.current].key.public()
     }
 
     /// The JWK Set document, serialized once.
@@ -155,10 +244,10 @@ impl KeySet {
     }
 
     /// Finds a published key by kid.
-    pub fn find(&self, kid: &str) -> Option<&Arc<SigningKey>> {
+    pub fn find(&self, kid: &str) -> Option<&PublicKey> {
         self.keys
             .iter()
             .find(|k| k.key.kid() == kid)
-            .map(|k| &k.key)
+            .map(|k| k.key.public())
     }
 }

@@ -48,6 +48,10 @@ pub struct KeyRecord {
     /// When it stopped signing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<String>,
+    /// Only the public key is held: imported with `keys import` for a
+    /// cluster that signs its own tokens. Such a key never signs here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,15 +15,14 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    EcdsaKeyPair, KeyPair as _, RsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
-    ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
+    EcdsaKeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
 };
 use p256::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
 use rsa::pkcs8::der::pem::LineEnding;
 use rsa::pkcs8::der::zeroize::Zeroizing;
-use rsa::traits::PublicKeyParts as _;
 
-use super::jwk::{kid_from_spki_der, PublicJwk};
+use super::jwk::PublicJwk;
+use super::public::{PublicKey, PublicKeyError};
 
 pub use crate::config::{Algorithm, KeySpec, RSA_BITS};
 
@@ -56,17 +55,14 @@ enum Private {
 /// prints the kid and algorithm only.
 pub struct SigningKey {
     private: Private,
-    alg: Algorithm,
-    kid: String,
-    jwk: PublicJwk,
-    bits: u32,
+    public: PublicKey,
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
-            .field("alg", &self.alg)
-            .field("kid", &self.kid)
+            .field("alg", &self.public.algorithm())
+            .field("kid", &self.public.kid())
             .field("private", &"<redacted>")
             .finish()
     }
@@ -136,27 +132,27 @@ impl SigningKey {
         let info = rsa::pkcs8::PrivateKeyInfo::try_from(der)
             .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
         let oid = info.algorithm.oid;
+        // The public half comes from the same code as an imported public
+        // key's, so both get their kid and JWK one way.
+        let public = |spki: &[u8]| {
+            PublicKey::from_spki_der(spki).map_err(|e| match e {
+                PublicKeyError::RsaSize(bits) => KeyError::RsaSize(bits),
+                other => KeyError::Pkcs8(other.to_string()),
+            })
+        };
         if oid == rsa::pkcs1::ALGORITHM_OID {
             let parsed = rsa::RsaPrivateKey::from_pkcs8_der(der)
                 .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
-            let public = parsed.to_public_key();
-            let bits = public.n().bits();
-            if !RSA_BITS.contains(&(bits as u32)) {
-                return Err(KeyError::RsaSize(bits));
-            }
-            let spki = public
+            let spki = parsed
+                .to_public_key()
                 .to_public_key_der()
                 .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
-            let kid = kid_from_spki_der(spki.as_bytes());
-            let jwk = PublicJwk::rsa(&kid, &public.n().to_bytes_be(), &public.e().to_bytes_be());
+            let public = public(spki.as_bytes())?;
             let pair =
                 RsaKeyPair::from_pkcs8(der).map_err(|e| KeyError::Rejected(e.to_string()))?;
             Ok(SigningKey {
                 private: Private::Rsa(pair),
-                alg: Algorithm::Rs256,
-                kid,
-                jwk,
-                bits: bits as u32,
+                public,
             })
         } else if oid == p256::elliptic_curve::ALGORITHM_OID {
             // The p256 crate checks the encoding and that the key is on P-256
@@ -165,23 +161,14 @@ impl SigningKey {
             p256::SecretKey::from_pkcs8_der(der).map_err(|_| KeyError::UnsupportedType)?;
             let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
                 .map_err(|e| KeyError::Rejected(e.to_string()))?;
-            let public = pair.public_key();
-            let spki = public
+            let spki = pair
+                .public_key()
                 .as_der()
                 .map_err(|_| KeyError::Rejected("cannot encode the public key".into()))?;
-            let kid = kid_from_spki_der(spki.as_ref());
-            // SEC1 uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
-            let point = public.as_ref();
-            if point.len() != 65 || point[0] != 4 {
-                return Err(KeyError::UnsupportedType);
-            }
-            let jwk = PublicJwk::ec_p256(&kid, &point[1..33], &point[33..65]);
+            let public = public(spki.as_ref())?;
             Ok(SigningKey {
                 private: Private::Ec(pair),
-                alg: Algorithm::Es256,
-                kid,
-                jwk,
-                bits: 256,
+                public,
             })
         } else {
             Err(KeyError::UnsupportedType)
@@ -189,27 +176,29 @@ impl SigningKey {
     }
 
     pub fn algorithm(&self) -> Algorithm {
-        self.alg
+        self.public.algorithm()
     }
 
     pub fn kid(&self) -> &str {
-        &self.kid
+        self.public.kid()
     }
 
     pub fn public_jwk(&self) -> &PublicJwk {
-        &self.jwk
+        self.public.public_jwk()
+    }
+
+    /// The public half: kid, JWK, and the signature check.
+    pub fn public(&self) -> &PublicKey {
+        &self.public
     }
 
     /// RSA modulus size, or 256 for P-256.
     pub fn bits(&self) -> u32 {
-        self.bits
+        self.public.bits()
     }
 
     pub fn spec(&self) -> KeySpec {
-        match self.alg {
-            Algorithm::Rs256 => KeySpec::Rsa { bits: self.bits },
-            Algorithm::Es256 => KeySpec::P256,
-        }
+        self.public.spec()
     }
 
     /// Signs `message` as JWS RS256 (RSASSA-PKCS1-v1_5 with SHA-256) or ES256
@@ -236,18 +225,7 @@ impl SigningKey {
     /// Checks a JWS signature made by this key (for TokenReview): the public
     /// half only, in constant time as aws-lc-rs does it.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        match &self.private {
-            Private::Rsa(pair) => {
-                UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pair.public_key().as_ref())
-                    .verify(message, signature)
-                    .is_ok()
-            }
-            Private::Ec(pair) => {
-                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pair.public_key().as_ref())
-                    .verify(message, signature)
-                    .is_ok()
-            }
-        }
+        self.public.verify(message, signature)
     }
 }
 
@@ -291,7 +269,10 @@ mod tests {
         let secret =
             p256::SecretKey::from_pkcs8_pem(std::str::from_utf8(pem.as_bytes()).unwrap()).unwrap();
         let spki = secret.public_key().to_public_key_der().unwrap();
-        assert_eq!(key.kid(), kid_from_spki_der(spki.as_bytes()));
+        assert_eq!(
+            key.kid(),
+            crate::keys::jwk::kid_from_spki_der(spki.as_bytes())
+        );
         let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
             &secret.public_key(),
             false,

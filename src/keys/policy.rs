@@ -36,6 +36,12 @@ pub enum RotationError {
     #[error("{0}")]
     Refused(String),
     #[error(
+        "cluster \"{cluster}\" is publish_only and has no keys: import the public key its \
+         kube-apiserver signs with first (`workload-issuer keys import --cluster {cluster} \
+         --public-key sa.pub`)"
+    )]
+    NothingImported { cluster: String },
+    #[error(
         "cluster \"{cluster}\": the manifest has a bad time in {field} of key {kid}: {value:?}"
     )]
     BadTime {
@@ -53,6 +59,24 @@ pub enum RotationError {
         kty: &'static str,
         count: usize,
     },
+}
+
+/// Where a cluster's keys come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Generated here, of this kind, and rotated by the policy.
+    Generated(KeySpec),
+    /// Imported by hand (`publish_only`: the cluster signs its own tokens):
+    /// nothing is ever generated, and a key changes state only by `keys
+    /// import`, `keys retire` or `keys revoke`; retired keys still leave
+    /// after their retention.
+    Imported,
+}
+
+impl From<KeySpec> for Source {
+    fn from(spec: KeySpec) -> Source {
+        Source::Generated(spec)
+    }
 }
 
 /// One change to a cluster's keys, logged with cluster and kid.
@@ -98,6 +122,12 @@ pub enum Transition {
         kid: String,
         state: KeyState,
     },
+    /// A public key imported by `keys import`, published in `state`.
+    Imported {
+        kid: String,
+        alg: String,
+        state: KeyState,
+    },
 }
 
 impl fmt::Display for Transition {
@@ -126,6 +156,9 @@ impl fmt::Display for Transition {
             ),
             Transition::Recovered { kid, state } => {
                 write!(f, "key {kid} recovered from its file as {}", state.as_str())
+            }
+            Transition::Imported { kid, alg, state } => {
+                write!(f, "imported {alg} public key {kid} as {}", state.as_str())
             }
         }
     }
@@ -266,6 +299,35 @@ pub fn next_due(records: &[KeyRecord], spec: KeySpec, policy: &RotationPolicy) -
     at
 }
 
+/// When the first retired key of imported ones passes its retention: the
+/// only change the background makes to a `publish_only` cluster's keys.
+/// `None` with no retired key; the epoch when a time cannot be read.
+pub fn retention_due(records: &[KeyRecord], policy: &RotationPolicy) -> Option<SystemTime> {
+    records
+        .iter()
+        .filter(|k| k.state == KeyState::Retired)
+        .map(|k| {
+            k.retired
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .map_or(SystemTime::UNIX_EPOCH, |t| t + policy.retention)
+        })
+        .min()
+}
+
+/// When a `publish_only` cluster's current key is due to be replaced by
+/// hand (`rotate_every` after it started signing): what the next-rotation
+/// metric shows for it. The epoch when it cannot tell.
+pub fn replace_by_hand_due(records: &[KeyRecord], policy: &RotationPolicy) -> SystemTime {
+    records
+        .iter()
+        .find(|k| k.state == KeyState::Current)
+        .and_then(|c| times("", c).ok())
+        .map_or(SystemTime::UNIX_EPOCH, |t| {
+            t.activated.unwrap_or(t.published) + policy.rotate_every
+        })
+}
+
 /// When a key's next transition is due, for `keys list`.
 pub fn next_transition(
     rec: &KeyRecord,
@@ -273,6 +335,17 @@ pub fn next_transition(
     policy: &RotationPolicy,
 ) -> Option<(String, SystemTime)> {
     let t = times("", rec).ok()?;
+    if rec.imported {
+        // Imported keys move on by hand; only the retention runs on its own.
+        return match rec.state {
+            KeyState::Current => Some((
+                "to replace by hand from".into(),
+                t.activated.unwrap_or(t.published) + policy.rotate_every,
+            )),
+            KeyState::Next => Some(("may sign from".into(), t.published + policy.publish_ahead)),
+            KeyState::Retired => Some(("deleted".into(), t.retired? + policy.retention)),
+        };
+    }
     match rec.state {
         KeyState::Current => Some((
             "retires".into(),
@@ -304,6 +377,7 @@ pub(crate) fn kid_of(t: &Transition) -> &str {
         | Transition::Discarded { kid }
         | Transition::Revoked { kid }
         | Transition::Withheld { kid, .. }
-        | Transition::Recovered { kid, .. } => kid,
+        | Transition::Recovered { kid, .. }
+        | Transition::Imported { kid, .. } => kid,
     }
 }

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::material::KeySpec;
+use super::manual::apply_retention;
 use super::policy::{
-    heartbeat_due, next_due, ClockTrust, RotationError, RotationPolicy, Transition,
+    heartbeat_due, next_due, retention_due, ClockTrust, RotationError, RotationPolicy, Source,
+    Transition,
 };
 use super::steps::{apply_policy, apply_policy_trusting, log_transitions};
 use super::store::{KeyRecord, KeySet, KeyStore, StoreError};
@@ -24,18 +25,41 @@ use crate::clock::{unix_seconds, SharedClock};
 /// cluster with nothing due is loaded without the lock. The set carries the
 /// stamp of its manifest, taken before it was read, so the background task
 /// sees any change made since.
+///
+/// A cluster whose keys are imported (`publish_only`) gets no key made: it
+/// must have had its first key imported.
 pub fn load_at_start(
     store: &KeyStore,
     cluster: &str,
-    spec: KeySpec,
+    source: impl Into<Source>,
     policy: &RotationPolicy,
     rotate: bool,
     now: SystemTime,
 ) -> Result<KeySet, RotationError> {
+    let spec = match source.into() {
+        Source::Generated(spec) => spec,
+        Source::Imported => {
+            let loaded = store.load(cluster, None)?;
+            let due = loaded.as_ref().is_some_and(|set| {
+                let records: Vec<KeyRecord> = set.keys().iter().map(|k| k.record.clone()).collect();
+                retention_due(&records, policy).is_some_and(|at| at <= now)
+            });
+            let loaded = if rotate && due {
+                let transitions = apply_retention(store, cluster, policy, now, ClockTrust::Check)?;
+                log_transitions(cluster, &transitions);
+                store.load(cluster, loaded.as_ref())?
+            } else {
+                loaded
+            };
+            return loaded.ok_or_else(|| RotationError::NothingImported {
+                cluster: cluster.to_owned(),
+            });
+        }
+    };
     if !rotate {
         let (keys, created) = store.load_or_create(cluster, spec, now)?;
         if created {
-            let signer = keys.signer();
+            let signer = keys.current();
             tracing::info!(cluster, kid = signer.kid(), alg = %signer.algorithm(), "generated the first signing key");
         }
         return Ok(keys);
@@ -105,7 +129,9 @@ impl ReloadStatus {
 /// One cluster as the background task sees it.
 pub struct Managed {
     pub cluster: String,
-    pub spec: KeySpec,
+    /// Generated keys of a kind, or imported ones (`publish_only`), which
+    /// only leave after their retention here.
+    pub source: Source,
     pub policy: RotationPolicy,
     /// Called with the new key set whenever the manifest changed.
     pub publish: Box<dyn Fn(Arc<KeySet>) + Send + Sync>,
@@ -133,8 +159,13 @@ fn apply_due(
     let mut failing = Vec::new();
     for (m, t) in managed.iter().zip(tracked.iter_mut()) {
         let records: Vec<KeyRecord> = t.set.keys().iter().map(|k| k.record.clone()).collect();
-        let due =
-            next_due(&records, m.spec, &m.policy).min(heartbeat_due(t.set.checked(), &m.policy));
+        let heartbeat = heartbeat_due(t.set.checked(), &m.policy);
+        let due = match m.source {
+            Source::Generated(spec) => next_due(&records, spec, &m.policy).min(heartbeat),
+            Source::Imported => {
+                retention_due(&records, &m.policy).map_or(heartbeat, |at| at.min(heartbeat))
+            }
+        };
         if due > now {
             continue;
         }
@@ -155,7 +186,13 @@ fn apply_due(
             }
             _ => ClockTrust::Check,
         };
-        match apply_policy_trusting(store, &m.cluster, m.spec, &m.policy, now, trust) {
+        let step = match m.source {
+            Source::Generated(spec) => {
+                apply_policy_trusting(store, &m.cluster, spec, &m.policy, now, trust)
+            }
+            Source::Imported => apply_retention(store, &m.cluster, &m.policy, now, trust),
+        };
+        match step {
             Ok(transitions) => {
                 log_transitions(&m.cluster, &transitions);
                 let withheld = transitions
@@ -393,7 +430,7 @@ fn reload(
                 } else {
                     tracing::info!(
                         cluster = m.cluster,
-                        signing = new_set.signer().kid(),
+                        current = new_set.current().kid(),
                         published = new_set.keys().len(),
                         "key set reloaded"
                     );
@@ -414,6 +451,7 @@ fn reload(
 mod tests {
     use super::*;
     use crate::clock::Clock as _;
+    use crate::keys::material::KeySpec;
     use crate::keys::steps::rotate;
     use crate::keys::store::KeyState;
     use crate::keys::testkit::*;
@@ -421,7 +459,7 @@ mod tests {
     fn noop_managed(p: RotationPolicy) -> Managed {
         Managed {
             cluster: "c".into(),
-            spec: KeySpec::P256,
+            source: Source::Generated(KeySpec::P256),
             policy: p,
             publish: Box::new(|_| {}),
         }
@@ -519,12 +557,12 @@ mod tests {
             .load_set(&old)
             .unwrap()
             .restamped(store.stamp("c").unwrap());
-        let old_signer = stale.signer().kid().to_owned();
+        let old_signer = stale.current().kid().to_owned();
         let published = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = published.clone();
         let managed = [Managed {
             publish: Box::new(move |set: Arc<KeySet>| {
-                sink.lock().unwrap().push(set.signer().kid().to_owned())
+                sink.lock().unwrap().push(set.current().kid().to_owned())
             }),
             ..noop_managed(p)
         }];
@@ -551,7 +589,7 @@ mod tests {
         let sink = signing.clone();
         let managed = vec![Managed {
             publish: Box::new(move |set: Arc<KeySet>| {
-                *sink.lock().unwrap() = set.signer().kid().to_owned();
+                *sink.lock().unwrap() = set.current().kid().to_owned();
             }),
             ..noop_managed(p)
         }];

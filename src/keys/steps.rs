@@ -15,25 +15,25 @@ use std::time::{Duration, SystemTime};
 use super::material::KeySpec;
 use super::policy::{
     clock_ahead, heartbeat_due, index_of, kid_of, kty, spec_of, times, ClockTrust, RotationError,
-    RotationPolicy, Transition, MAX_KEYS_PER_TYPE,
+    RotationPolicy, Source, Transition, MAX_KEYS_PER_TYPE,
 };
 use super::store::{rfc3339, KeyRecord, KeyState, KeyStore, Manifest, StoreError, StoreLock};
 
-/// A change being prepared under the lock.
-struct Change<'a> {
-    store: &'a KeyStore,
-    lock: &'a StoreLock,
-    manifest: Manifest,
-    transitions: Vec<Transition>,
+/// A change being prepared under the lock (`keys::manual` makes its own).
+pub(super) struct Change<'a> {
+    pub(super) store: &'a KeyStore,
+    pub(super) lock: &'a StoreLock,
+    pub(super) manifest: Manifest,
+    pub(super) transitions: Vec<Transition>,
     /// Key files to remove once the manifest no longer lists them.
     remove: Vec<String>,
-    now: SystemTime,
+    pub(super) now: SystemTime,
     /// Whether this step's clock may be written as the manifest's `checked`.
-    vouch: bool,
+    pub(super) vouch: bool,
 }
 
 impl<'a> Change<'a> {
-    fn begin(
+    pub(super) fn begin(
         store: &'a KeyStore,
         lock: &'a StoreLock,
         cluster: &str,
@@ -53,25 +53,33 @@ impl<'a> Change<'a> {
         })
     }
 
-    fn cluster(&self) -> &str {
+    pub(super) fn cluster(&self) -> &str {
         &self.manifest.cluster
+    }
+
+    /// The index of key `kid`, or an error listing the kids there are.
+    pub(super) fn find(&self, kid: &str) -> Result<usize, RotationError> {
+        self.manifest
+            .keys
+            .iter()
+            .position(|k| k.kid == kid)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.manifest.keys.iter().map(|k| k.kid.as_str()).collect();
+                RotationError::UnknownKid {
+                    cluster: self.cluster().to_owned(),
+                    kid: kid.to_owned(),
+                    known: if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    },
+                }
+            })
     }
 
     /// Generates a key file and lists it in `state`.
     fn generate(&mut self, spec: KeySpec, state: KeyState) -> Result<usize, RotationError> {
-        let count = self
-            .manifest
-            .keys
-            .iter()
-            .filter(|k| spec_of(k).map(kty) == Some(kty(spec)))
-            .count();
-        if count >= MAX_KEYS_PER_TYPE {
-            return Err(RotationError::TooManyKeys {
-                cluster: self.cluster().to_owned(),
-                kty: kty(spec),
-                count,
-            });
-        }
+        self.room_for(spec)?;
         let key = self
             .store
             .generate_key(self.lock, &self.manifest.cluster, spec)?;
@@ -85,6 +93,7 @@ impl<'a> Change<'a> {
             published: at.clone(),
             activated: (state == KeyState::Current).then_some(at),
             retired: None,
+            imported: false,
         });
         self.transitions.push(Transition::Generated {
             kid: key.kid().to_owned(),
@@ -94,8 +103,26 @@ impl<'a> Change<'a> {
         Ok(self.manifest.keys.len() - 1)
     }
 
+    /// Refuses one more key of `spec`'s type past what AWS accepts.
+    pub(super) fn room_for(&self, spec: KeySpec) -> Result<(), RotationError> {
+        let count = self
+            .manifest
+            .keys
+            .iter()
+            .filter(|k| spec_of(k).map(kty) == Some(kty(spec)))
+            .count();
+        if count >= MAX_KEYS_PER_TYPE {
+            return Err(RotationError::TooManyKeys {
+                cluster: self.cluster().to_owned(),
+                kty: kty(spec),
+                count,
+            });
+        }
+        Ok(())
+    }
+
     /// Makes key `i` current, retiring the current one.
-    fn activate(&mut self, i: usize, early: bool) {
+    pub(super) fn activate(&mut self, i: usize, early: bool) {
         let at = rfc3339(self.now);
         if let Some(c) = index_of(&self.manifest, KeyState::Current) {
             let cur = &mut self.manifest.keys[c];
@@ -116,7 +143,7 @@ impl<'a> Change<'a> {
 
     /// Takes key `i` out of the manifest and lists it as removed, so that
     /// its file may be deleted.
-    fn drop_key(&mut self, i: usize) -> KeyRecord {
+    pub(super) fn drop_key(&mut self, i: usize) -> KeyRecord {
         let rec = self.manifest.keys.remove(i);
         self.remove.push(rec.kid.clone());
         if !self.manifest.removed.contains(&rec.kid) {
@@ -146,6 +173,39 @@ impl<'a> Change<'a> {
         Ok(())
     }
 
+    /// Drops the retired keys past their retention from the JWKS, unless
+    /// the clock reads `ahead` of what the manifest vouches for.
+    pub(super) fn expire_retired(
+        &mut self,
+        policy: &RotationPolicy,
+        ahead: Option<Duration>,
+    ) -> Result<(), RotationError> {
+        let mut i = 0;
+        while i < self.manifest.keys.len() {
+            let rec = &self.manifest.keys[i];
+            let expired = match (rec.state, times(self.cluster(), rec)?.retired) {
+                (KeyState::Retired, Some(at)) => at + policy.retention <= self.now,
+                _ => false,
+            };
+            match (expired, ahead) {
+                (true, None) => {
+                    let rec = self.drop_key(i);
+                    self.transitions.push(Transition::Deleted { kid: rec.kid });
+                }
+                (true, Some(ahead)) => {
+                    let kid = rec.kid.clone();
+                    self.transitions.push(Transition::Withheld {
+                        kid,
+                        ahead_secs: ahead.as_secs(),
+                    });
+                    i += 1;
+                }
+                (false, _) => i += 1,
+            }
+        }
+        Ok(())
+    }
+
     /// Whether anything but a withheld deletion happened.
     fn changed(&self) -> bool {
         self.transitions
@@ -155,7 +215,7 @@ impl<'a> Change<'a> {
 
     /// Writes the manifest if anything changed (or `heartbeat`), then
     /// removes the files of dropped keys.
-    fn commit(mut self, heartbeat: bool) -> Result<Vec<Transition>, RotationError> {
+    pub(super) fn commit(mut self, heartbeat: bool) -> Result<Vec<Transition>, RotationError> {
         let write = self.changed() || (heartbeat && self.vouch);
         if !write {
             return Ok(self.transitions);
@@ -215,32 +275,7 @@ pub fn apply_policy_trusting(
     };
     change.vouch = ahead.is_none();
 
-    // Retired keys past retention leave the JWKS.
-    let mut i = 0;
-    while i < change.manifest.keys.len() {
-        let rec = &change.manifest.keys[i];
-        let expired = match (rec.state, times(cluster, rec)?.retired) {
-            (KeyState::Retired, Some(at)) => at + policy.retention <= now,
-            _ => false,
-        };
-        match (expired, ahead) {
-            (true, None) => {
-                let rec = change.drop_key(i);
-                change
-                    .transitions
-                    .push(Transition::Deleted { kid: rec.kid });
-            }
-            (true, Some(ahead)) => {
-                let kid = rec.kid.clone();
-                change.transitions.push(Transition::Withheld {
-                    kid,
-                    ahead_secs: ahead.as_secs(),
-                });
-                i += 1;
-            }
-            (false, _) => i += 1,
-        }
-    }
+    change.expire_retired(policy, ahead)?;
 
     // A next key that never signed can go at any time; replace one of a type
     // the configuration no longer asks for (RS256 -> ES256 and back).
@@ -286,7 +321,14 @@ pub fn apply_policy_trusting(
 
     let heartbeat = heartbeat_due(change.manifest.checked.as_deref(), policy) <= now;
     let transitions = change.commit(heartbeat)?;
-    let leftovers = store.remove_leftovers(&lock, cluster)?;
+    tidy(store, &lock, cluster)?;
+    Ok(transitions)
+}
+
+/// Removes what a crash left half done, and warns of key files no manifest
+/// lists (they are kept).
+pub(super) fn tidy(store: &KeyStore, lock: &StoreLock, cluster: &str) -> Result<(), RotationError> {
+    let leftovers = store.remove_leftovers(lock, cluster)?;
     for path in &leftovers.unlisted {
         tracing::warn!(
             cluster,
@@ -296,7 +338,7 @@ pub fn apply_policy_trusting(
              once you know it never signed)"
         );
     }
-    Ok(transitions)
+    Ok(())
 }
 
 /// `keys rotate`: the next key takes over now. Refused while it has been
@@ -371,37 +413,43 @@ pub fn rotate(
 /// `keys revoke`: removes a key from the JWKS at once (a compromised key) and
 /// deletes its file. If it was signing, the next key takes over at once, or a
 /// new key is made to sign.
+///
+/// For imported keys (a `publish_only` cluster) nothing is generated: the
+/// current key is revoked only when a next key can take over at once;
+/// otherwise the replacement must be imported first.
 pub fn revoke(
     store: &KeyStore,
     cluster: &str,
     kid: &str,
-    spec: KeySpec,
+    source: impl Into<Source>,
     now: SystemTime,
 ) -> Result<Vec<Transition>, RotationError> {
+    let source: Source = source.into();
     let lock = store.lock()?;
     let mut change = Change::begin(store, &lock, cluster, now)?;
-    let Some(i) = change.manifest.keys.iter().position(|k| k.kid == kid) else {
-        let known: Vec<&str> = change
-            .manifest
-            .keys
-            .iter()
-            .map(|k| k.kid.as_str())
-            .collect();
-        return Err(RotationError::UnknownKid {
-            cluster: cluster.to_owned(),
-            kid: kid.to_owned(),
-            known: if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            },
-        });
-    };
+    let i = change.find(kid)?;
+    let signing = change.manifest.keys[i].state == KeyState::Current;
+    if let (Source::Imported, true) = (source, signing) {
+        match index_of(&change.manifest, KeyState::Next) {
+            Some(n) => change.activate(n, true),
+            None => {
+                return Err(RotationError::Refused(format!(
+                "refused: key {kid} is the current key of cluster \"{cluster}\", whose keys are \
+                     imported, and no next key is imported to take over: nothing was changed. \
+                     Import the key the cluster signs with now (`keys import --cluster {cluster} \
+                     --public-key NEW.pub --state current --force`), then revoke {kid}"
+            )))
+            }
+        }
+    }
+    let i = change.find(kid)?;
     let rec = change.drop_key(i);
     change
         .transitions
         .push(Transition::Revoked { kid: rec.kid });
-    change.ensure_current(spec)?;
+    if let Source::Generated(spec) = source {
+        change.ensure_current(spec)?;
+    }
     change.commit(false)
 }
 
@@ -471,7 +519,7 @@ pub fn recover(
                 found
                     .iter()
                     .enumerate()
-                    .filter(|(_, (k, _))| !of_spec || k.spec() == spec)
+                    .filter(|(_, (k, _))| !of_spec || k.public().spec() == spec)
                     .max_by_key(|(_, (_, at))| *at)
                     .map(|(i, _)| i)
             };
@@ -491,12 +539,13 @@ pub fn recover(
         manifest.keys.push(KeyRecord {
             kid: key.kid().to_owned(),
             alg: key.algorithm().as_str().to_owned(),
-            bits: key.bits(),
+            bits: key.public().bits(),
             state,
             created: made.clone(),
             published: made,
             activated: Some(at.clone()),
             retired: (state == KeyState::Retired).then(|| at.clone()),
+            imported: key.is_imported(),
         });
         transitions.push(Transition::Recovered {
             kid: key.kid().to_owned(),
@@ -780,7 +829,7 @@ mod tests {
         assert!(matches!(t[0], Transition::Discarded { .. }), "{t:?}");
         apply_policy(&store, "c", KeySpec::P256, &p, t0() + 30 * DAY + HOUR).unwrap();
         let set = store.load_set(&manifest(&store)).unwrap();
-        assert_eq!(set.signer().algorithm().as_str(), "ES256");
+        assert_eq!(set.current().algorithm().as_str(), "ES256");
         let algs: Vec<&str> = set.algorithms().iter().map(|a| a.as_str()).collect();
         assert_eq!(
             algs,
@@ -791,7 +840,7 @@ mod tests {
         let _ = rotate(&store, "c", rsa, &p, t0() + 31 * DAY, false);
         rotate(&store, "c", rsa, &p, t0() + 32 * DAY + HOUR, false).unwrap();
         let set = store.load_set(&manifest(&store)).unwrap();
-        assert_eq!(set.signer().algorithm().as_str(), "RS256");
+        assert_eq!(set.current().algorithm().as_str(), "RS256");
     }
 
     #[test]
@@ -832,7 +881,7 @@ mod tests {
             let set = plain
                 .load_set(&after)
                 .unwrap_or_else(|e| panic!("fail_at {fail_at}: {e}"));
-            assert!(!set.signer().kid().is_empty());
+            assert!(!set.current().kid().is_empty());
             // ...and every key of the old manifest still within retention is
             // still there.
             for k in &before.keys {
@@ -989,7 +1038,7 @@ mod tests {
             }
 
             // Mint a token with the current key, for as long as allowed.
-            let signer = loaded.signer().kid().to_owned();
+            let signer = loaded.current().kid().to_owned();
             tokens.push((signer, now + max_lifetime));
 
             // (a) every unexpired token's key is in the JWKS (unless revoked).
@@ -1102,7 +1151,7 @@ mod tests {
             assert_eq!(k.retired.as_deref(), Some(rfc3339(now).as_str()));
         }
         let set = store.load("c", None).unwrap().unwrap();
-        assert_eq!(set.signer().kid(), signing);
+        assert_eq!(set.current().kid(), signing);
         // The other keys stay published for a whole retention from now.
         let t = run(&store, spec, &p, now, now + p.retention - HOUR);
         assert!(

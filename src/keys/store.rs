@@ -5,7 +5,8 @@
 //! ```text
 //! <keys dir>/.lock                  exclusive lock held while the store changes
 //! <keys dir>/<cluster>/manifest.json  every key's kid, algorithm, state and times
-//! <keys dir>/<cluster>/<kid>.pem      one PKCS#8 private key per file, mode 0600
+//! <keys dir>/<cluster>/<kid>.pem      one PKCS#8 private key per file, mode 0600;
+//!                                     for an imported key, its PKIX public key
 //! ```
 //!
 //! A cluster has a *set* of keys: every key in the manifest is published in the
@@ -31,15 +32,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use super::keyset::{KeySet, Stamp, StoredKey};
+pub use super::keyset::{KeySet, Material, Stamp, StoredKey};
 use super::manifest::MANIFEST_VERSION;
 pub use super::manifest::{rfc3339, KeyRecord, KeyState, Manifest, MANIFEST};
 use super::material::{KeyError, KeySpec, SigningKey};
+use super::public::{PublicKey, PublicKeyError};
 use crate::fsutil::{ensure_dir, write_atomic};
 
 const LOCK_FILE: &str = ".lock";
-const KEY_MODE: u32 = 0o600;
-const DIR_MODE: u32 = 0o700;
+pub(super) const KEY_MODE: u32 = 0o600;
+pub(super) const DIR_MODE: u32 = 0o700;
 
 /// Where the store is about to write or remove something; a [`WriteHook`]
 /// sees each point first (tests inject failures there).
@@ -68,6 +70,12 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: KeyError,
+    },
+    #[error("{path}: {source}")]
+    Public {
+        path: PathBuf,
+        #[source]
+        source: PublicKeyError,
     },
     #[error("{path}: the key's kid is {actual}, but the manifest says {expected}")]
     KidMismatch {
@@ -101,7 +109,7 @@ pub enum StoreError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -169,7 +177,7 @@ impl KeyStore {
         self
     }
 
-    fn before(&self, point: WritePoint, path: &Path) -> Result<(), StoreError> {
+    pub(super) fn before(&self, point: WritePoint, path: &Path) -> Result<(), StoreError> {
         match &self.hook {
             Some(hook) => hook(point).map_err(io_err(path)),
             None => Ok(()),
@@ -444,22 +452,34 @@ impl KeyStore {
     }
 
     /// Loads the key file of `kid`, checking who may read it and that it
-    /// holds the key of that kid; with the file's stamp as it was read.
+    /// holds the key of that kid; with the file's stamp as it was read. The
+    /// file holds a private key, or (imported) a public key only.
     pub fn load_key(
         &self,
         cluster: &str,
         kid: &str,
-    ) -> Result<(SigningKey, Option<Stamp>), StoreError> {
+    ) -> Result<(Material, Option<Stamp>), StoreError> {
         let path = self.key_path(cluster, kid);
         let mut file = File::open(&path).map_err(io_err(&path))?;
         let meta = file.metadata().map_err(io_err(&path))?;
         self.check_private(&path, &meta, 0o077)?;
-        let mut pem = Vec::with_capacity(meta.len().try_into().unwrap_or(0));
+        let mut pem = rsa::pkcs8::der::zeroize::Zeroizing::new(Vec::with_capacity(
+            meta.len().try_into().unwrap_or(0),
+        ));
         io::Read::read_to_end(&mut file, &mut pem).map_err(io_err(&path))?;
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
-            path: path.clone(),
-            source,
-        })?;
+        let key: Material = if pem.starts_with(b"-----BEGIN PUBLIC KEY-----") {
+            let key = PublicKey::from_pem(&pem).map_err(|source| StoreError::Public {
+                path: path.clone(),
+                source,
+            })?;
+            Arc::new(key).into()
+        } else {
+            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
+                path: path.clone(),
+                source,
+            })?;
+            Arc::new(key).into()
+        };
         if key.kid() != kid {
             return Err(StoreError::KidMismatch {
                 path,
@@ -512,10 +532,7 @@ impl KeyStore {
                 .filter(|k| Stamp::read(&path).ok().flatten() == k.file);
             let (key, file) = match reusable {
                 Some(k) => (k.key.clone(), k.file),
-                None => {
-                    let (key, file) = self.load_key(cluster, &record.kid)?;
-                    (Arc::new(key), file)
-                }
+                None => self.load_key(cluster, &record.kid)?,
             };
             keys.push(StoredKey {
                 record: record.clone(),
@@ -560,6 +577,7 @@ impl KeyStore {
             published: at.clone(),
             activated: Some(at),
             retired: None,
+            imported: false,
         });
         self.write_manifest(&lock, &manifest)?;
         let set = self
@@ -585,12 +603,12 @@ mod tests {
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         assert!(created);
-        let kid = set.signer().kid().to_owned();
+        let kid = set.current().kid().to_owned();
         let (again, created) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         assert!(!created);
-        assert_eq!(again.signer().kid(), kid);
+        assert_eq!(again.current().kid(), kid);
         let mode = fs::metadata(store.key_path("demo", &kid))
             .unwrap()
             .permissions()
@@ -605,7 +623,7 @@ mod tests {
         let (set, _) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
-        let path = store.key_path("demo", set.signer().kid());
+        let path = store.key_path("demo", set.current().kid());
         fs::write(&path, b"garbage").unwrap();
         let err = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
@@ -624,7 +642,7 @@ mod tests {
         let (set, _) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
-        let kid = set.signer().kid().to_owned();
+        let kid = set.current().kid().to_owned();
         // Swap the file for another key under the same name.
         let (_, other) = SigningKey::generate(KeySpec::P256).unwrap();
         fs::write(store.key_path("demo", &kid), other.as_bytes()).unwrap();
@@ -662,7 +680,7 @@ mod tests {
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         let set = Arc::new(set);
-        let key = store.key_path("demo", set.signer().kid());
+        let key = store.key_path("demo", set.current().kid());
         let cases: [(&Path, u32, &str); 3] = [
             (
                 dir.path(),

@@ -67,7 +67,9 @@ async fn every_bad_request_gets_its_status_and_a_message_naming_the_field() {
         Case { method: reqwest::Method::GET, code: 405, reason: "MethodNotAllowed", ..json_case("GET on the token subresource", json!({}), "GET is not supported on the token subresource") },
         Case { body: vec![b' '; 70 * 1024], code: 413, reason: "RequestEntityTooLarge", ..json_case("body over the limit", json!({}), "larger than 65536 bytes") },
         Case { content_type: Some("text/plain"), code: 415, reason: "UnsupportedMediaType", ..json_case("text body", json!({}), "content type \"text/plain\" is not supported") },
-        Case { content_type: None, code: 415, reason: "UnsupportedMediaType", ..json_case("no content type", json!({}), "content type \"\" is not supported") },
+        // No Content-Type is JSON, as kube-apiserver reads it: the body is checked as JSON.
+        Case { content_type: None, body: b"not json".to_vec(), ..json_case("no content type", json!({}), "the body is not a valid TokenRequest") },
+        Case { content_type: Some("application/xml"), code: 415, reason: "UnsupportedMediaType", ..json_case("xml body", json!({}), "content type \"application/xml\" is not supported; send application/json") },
     ];
     for c in cases.iter_mut().filter(|c| c.what.is_empty()) {
         c.what = "name check";

@@ -11,7 +11,7 @@ use crate::harness::Server;
 
 /// Whether PyJWT is importable; in CI (`WORKLOAD_ISSUER_REQUIRE_INTEROP=1`)
 /// its absence fails the test instead of skipping it.
-async fn pyjwt_available() -> bool {
+pub(crate) async fn pyjwt_available() -> bool {
     let ok = tokio::process::Command::new("python3")
         .args(["-c", "import jwt, cryptography"])
         .output()
@@ -29,7 +29,12 @@ async fn pyjwt_available() -> bool {
     ok
 }
 
-async fn pyjwt(jwks_url: &str, issuer: &str, audience: &str, token: &str) -> (bool, String) {
+pub(crate) async fn pyjwt(
+    jwks_url: &str,
+    issuer: &str,
+    audience: &str,
+    token: &str,
+) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/verify_pyjwt.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)

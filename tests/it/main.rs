@@ -19,5 +19,7 @@ mod limits;
 mod listeners;
 mod minting;
 mod observability;
+mod publish_only;
+mod python_client;
 mod review;
 mod rotation;

@@ -141,6 +141,7 @@ pub(super) fn validate_cluster(
         min_token_lifetime: min?,
         max_token_lifetime: max?,
         jwks_max_age: max_age?,
+        publish_only: c.publish_only,
     })
 }
 
@@ -318,6 +319,29 @@ mod tests {
         let err = parse(&text).unwrap_err().to_string();
         assert!(
             err.contains("write it as \"https://oidc.example.com/a\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn publish_only_is_set_in_the_file_or_by_its_variable_and_is_off_by_default() {
+        use crate::config::{Config, Overrides};
+        let text = format!(
+            "{BASE}\n[[clusters]]\nid = \"a\"\npublish_only = true\n[[clusters]]\nid = \"b\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert!(c.clusters[0].publish_only);
+        assert!(!c.clusters[1].publish_only);
+        let env = [("WORKLOAD_ISSUER_CLUSTERS__1__PUBLISH_ONLY", "true")];
+        let c = Config::parse_with_env("test.toml", &text, env, &Overrides::default()).unwrap();
+        assert!(c.clusters[1].publish_only);
+        let env = [("WORKLOAD_ISSUER_CLUSTERS__0__PUBLISH_ONLY", "yes")];
+        let err = Config::parse_with_env("test.toml", &text, env, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("WORKLOAD_ISSUER_CLUSTERS__0__PUBLISH_ONLY")
+                && err.contains("true or false"),
             "{err}"
         );
     }

@@ -2,9 +2,11 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+pub(crate) use crate::harness::support::Spawned;
+use crate::harness::support::{self, listening_addr, BIN};
 
 #[test]
 fn check_config_accepts_the_example() {
@@ -84,72 +86,19 @@ id = "a"
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
 }
 
-/// A server process, killed if the test ends (or fails) without stopping it.
-pub(crate) struct Spawned(Option<std::process::Child>);
-
-impl Spawned {
-    pub(crate) fn new(child: std::process::Child) -> Self {
-        Spawned(Some(child))
-    }
-
-    pub(crate) fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, std::process::Child::id)
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts `serve` and returns the process and the address from its log.
+/// Starts `serve` and returns the process, the address from its log and the
+/// lines logged until it listened.
 pub(crate) fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (Spawned, String, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .env_remove("WORKLOAD_ISSUER_CONFIG")
-        .envs(envs.iter().copied())
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining after the caller stops listening, so the server
-        // never writes into a closed pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
+    let on_line = move |line: &str| lines.lock().unwrap().push(line.to_owned());
+    match support::spawn_serve(args, envs, on_line) {
+        Ok((process, addr)) => {
+            let lines = log.lock().unwrap().clone();
+            (process, addr, lines)
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
-            continue;
-        };
-        lines.push(line.clone());
-        if let Some(addr) = listening_addr(&line) {
-            return (Spawned(Some(child)), addr, lines);
-        }
+        Err(e) => panic!("{e}"),
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not start: {lines:?}");
-}
-
-/// The address in the server's "listening on http://ADDR" log line.
-fn listening_addr(line: &str) -> Option<String> {
-    let pos = line.find("listening on http://")?;
-    line[pos + "listening on http://".len()..]
-        .split_whitespace()
-        .next()
-        .map(str::to_owned)
 }
 
 /// Starts `serve` with its log piped back, line by line, and nothing waited for.
@@ -168,32 +117,19 @@ fn spawn_logging(
         .spawn()
         .unwrap();
     let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    (Spawned(Some(child)), lines)
+    (Spawned::new(child), lines)
 }
 
 /// Waits up to `limit` for the process to exit by itself.
 pub(crate) fn wait_exit(mut spawned: Spawned, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    let child = spawned.0.as_mut().expect("a running process");
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            spawned.0 = None;
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    spawned.wait_exit(limit).expect("the process did not exit")
 }
 
-/// Sends SIGTERM and waits for the exit.
-pub(crate) fn terminate(mut spawned: Spawned) -> std::process::ExitStatus {
-    let mut child = spawned.0.take().expect("a running process");
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    child.wait().unwrap()
+/// Sends SIGTERM and waits (up to 30 s) for the exit.
+pub(crate) fn terminate(spawned: Spawned) -> std::process::ExitStatus {
+    spawned
+        .terminate(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -417,7 +353,7 @@ fn a_sighup_while_the_server_starts_is_not_fatal() {
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !keys.join("c0").exists() {
-        let exited = child.0.as_mut().and_then(|c| c.try_wait().unwrap());
+        let exited = child.try_wait();
         assert!(exited.is_none(), "the server exited: {exited:?}");
         assert!(Instant::now() < deadline, "the start wrote no keys");
         std::thread::sleep(Duration::from_millis(2));

@@ -1,4 +1,6 @@
-//! Starts the real server in-process on 127.0.0.1:0 and stops it on drop.
+//! Starts the real server in-process on 127.0.0.1:0 and stops it on drop;
+//! TLS fixtures, JWKS verification and polling for the integration tests.
+//! What the soak run shares with them lives in `tests/support`.
 
 use std::path::{Path, PathBuf};
 
@@ -7,50 +9,32 @@ use base64::Engine as _;
 use tokio::sync::oneshot;
 use workload_issuer::config::{Config, Overrides};
 
-/// The token of the scoped client in [`DEFAULT_CLUSTERS`]: it may mint only for
-/// cluster `edge`, in namespace `ci`.
-pub const CI_TOKEN: &str = "ci-token-for-tests";
+#[path = "../support/mod.rs"]
+pub mod support;
 
-/// Two clusters and two clients, like config/example.toml plus a scoped client.
-/// Hex SHA-256 of a bearer token, as `token_sha256` takes it.
-pub fn token_sha256(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use support::{api_client, config_file, token_path, token_sha256, CLUSTERS};
+
+/// The token of the scoped client in [`default_clusters`]: it may mint only
+/// for cluster `edge`, in namespace `ci`.
+pub const CI_TOKEN: &str = "ci-token-for-tests";
 
 /// A config file for the binary in `dir`: listen on 127.0.0.1:0, one ES256
 /// cluster, one API client holding `token`.
 pub fn write_config(dir: &Path, cluster: &str, client: &str, token: &str) -> PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\nkeys_dir = {:?}\n\
-             [[clusters]]\nid = \"{cluster}\"\nalgorithm = \"ES256\"\n\
-             [[api_clients]]\nname = \"{client}\"\ntoken_sha256 = \"{}\"\nclusters = [\"*\"]\n",
-            dir.join("keys").display().to_string(),
-            token_sha256(token)
+    config_file(
+        dir,
+        &format!(
+            "[[clusters]]\nid = \"{cluster}\"\nalgorithm = \"ES256\"\n{}",
+            api_client(client, token)
         ),
     )
-    .unwrap();
-    path
 }
 
+/// Two clusters and two clients, like config/example.toml plus a scoped client.
 pub fn default_clusters() -> String {
     let hex = token_sha256(CI_TOKEN);
     format!(
-        r#"
-[[clusters]]
-id = "demo"
-algorithm = "RS256"
-jwks_max_age = "5m"
-
-[[clusters]]
-id = "edge"
-algorithm = "ES256"
-audiences = ["sts.amazonaws.com"]
-max_token_lifetime = "12h"
-
+        r#"{CLUSTERS}
 [[api_clients]]
 name = "admin"
 token_file = "admin.token"
@@ -481,10 +465,6 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     false
-}
-
-pub fn token_path(cluster: &str, ns: &str, sa: &str) -> String {
-    format!("/c/{cluster}/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token")
 }
 
 pub async fn metrics(client: &reqwest::Client, base: &str) -> String {

@@ -1,12 +1,15 @@
 //! The binary itself: check-config, and serve on its defaults with overrides.
 
 use std::io::{BufRead as _, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) use crate::harness::support::Spawned;
 use crate::harness::support::{self, listening_addr, BIN};
+use crate::harness::{check_config, signal};
+use rustix::process::Signal;
 
 #[test]
 fn check_config_accepts_the_example() {
@@ -49,13 +52,8 @@ id = "a"
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("public_url: \"https://oidc.example.com/\" must not end with '/'"),
         "{stderr}"
@@ -70,20 +68,13 @@ id = "a"
     );
 
     std::fs::write(&file, "listen = \"x\"\nbogus = 1\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `bogus`"));
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown field `bogus`"), "{stderr}");
 
-    let out = Command::new(BIN)
-        .args(["check-config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+    let (code, stderr) = check_config(Path::new("/nonexistent.toml"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("cannot read the file"), "{stderr}");
 }
 
 /// Starts `serve` and returns the process, the address from its log and the
@@ -280,18 +271,28 @@ fn a_broken_key_file_stops_the_start_with_its_path() {
     assert!(std::fs::read_to_string(&pem).unwrap().contains("AAAA"));
 }
 
-/// A minimal HTTP/1.1 GET, so this module needs no async runtime.
-pub(crate) fn http_get(addr: &str, path: &str) -> String {
+/// A minimal HTTP/1.1 request without a body, so this module needs no async
+/// runtime: the whole answer, status line first.
+fn http_request(addr: &str, method: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{length}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
+    http_request(addr, "GET", path)
 }
 
 #[test]
@@ -313,25 +314,16 @@ fn a_closed_log_pipe_does_not_take_the_server_down() {
     drop(lines); // the log reader goes away
     for _ in 0..3 {
         // A refused TokenRequest is logged; the write fails; serving goes on.
-        let r = http_post(&addr, "/c/demo/api/v1/namespaces/a/serviceaccounts/b/token");
+        let r = http_request(
+            &addr,
+            "POST",
+            "/c/demo/api/v1/namespaces/a/serviceaccounts/b/token",
+        );
         assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     }
     let body = http_get(&addr, "/c/demo/openid/v1/jwks");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(terminate(child).success());
-}
-
-fn http_post(addr: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]
@@ -358,11 +350,7 @@ fn a_sighup_while_the_server_starts_is_not_fatal() {
         assert!(Instant::now() < deadline, "the start wrote no keys");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let hup = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(pid, Signal::HUP);
     let mut seen = Vec::new();
     let addr = loop {
         let Some(Ok(line)) = lines.next() else {

@@ -2,15 +2,16 @@
 //! verifying them as a relying party (`verify`), the static bundle (`export`)
 //! and TokenReview.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{default_clusters, make_tls, verify_with_jwks, Options, Server};
-
-pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+pub(crate) use crate::harness::BIN;
+use crate::harness::{
+    default_clusters, file_mode, run_bin as run, sigterm_and_wait, token_args, verify_with_jwks,
+    Options, Server,
+};
 
 /// A cluster whose tokens live seconds, so refresh can be watched.
 pub(crate) fn short_lived() -> String {
@@ -33,44 +34,11 @@ clusters = ["*"]
     .to_owned()
 }
 
-async fn run(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn token_args<'a>(server: &'a str, token_file: &'a str) -> Vec<&'a str> {
-    vec![
-        "token",
-        "--server",
-        server,
-        "--token-file",
-        token_file,
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     let work = tempfile::tempdir().unwrap();
     let keys = work.path().join("keys");
-    let tls = make_tls(work.path());
-    let s = Server::start(Options {
-        tls: Some(&tls),
-        ..Options::new(&keys)
-    })
-    .await;
+    let (s, tls) = Server::tls_in(work.path()).await;
     let server = s.issuer("demo");
     let token_file = keys.join("admin.token");
     let ca_file = work.path().join("ca.pem");
@@ -97,10 +65,7 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     ]);
     let (code, _, err) = run(&args).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(file_mode(&out), 0o600);
     let token = std::fs::read_to_string(&out).unwrap();
     // Exactly the token, as kubelet writes it: SDKs read such files verbatim.
     assert!(!token.ends_with('\n'), "{token:?}");
@@ -145,10 +110,7 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     ]);
     let (code, _, err) = run(&args).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
-        0o640
-    );
+    assert_eq!(file_mode(&kubeconfig), 0o640);
     let view = tokio::process::Command::new("kubectl")
         .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
         .arg(&kubeconfig)
@@ -383,15 +345,7 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
     .unwrap();
 
     // SIGTERM ends it cleanly and leaves the file.
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(5)).await;
     assert!(status.success());
     assert!(out.exists());
     s.stop().await;
@@ -462,10 +416,7 @@ async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
     while !socket.exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(file_mode(&socket), 0o600);
     let jwks = s.jwks("s").await;
 
     let (status, a1) = unix_get(
@@ -502,12 +453,8 @@ async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
         assert_eq!(status, 400, "{path}");
         assert!(body.contains(needle), "{path}: {body}");
     }
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status()
-        .unwrap();
-    assert!(child.wait().await.unwrap().success());
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(30)).await;
+    assert!(status.success());
     assert!(!socket.exists(), "the socket is removed on exit");
 }
 

@@ -12,7 +12,7 @@ use workload_issuer::config::{Config, Overrides};
 #[path = "../support/mod.rs"]
 pub mod support;
 
-pub use support::{api_client, config_file, token_path, token_sha256, CLUSTERS};
+pub use support::{api_client, config_file, token_path, token_sha256, BIN, CLUSTERS};
 
 /// The token of the scoped client in [`default_clusters`]: it may mint only
 /// for cluster `edge`, in namespace `ci`.
@@ -209,6 +209,19 @@ impl Server {
     /// A server with the default two clusters on plain http.
     pub async fn default_in(keys_dir: &Path) -> Server {
         Server::start(Options::new(keys_dir)).await
+    }
+
+    /// A server with the default two clusters on https: a new CA and server
+    /// certificate in `dir` ([`make_tls`]), keys in `dir/keys`.
+    pub async fn tls_in(dir: &Path) -> (Server, Tls) {
+        let tls = make_tls(dir);
+        let keys = dir.join("keys");
+        let server = Server::start(Options {
+            tls: Some(&tls),
+            ..Options::new(&keys)
+        })
+        .await;
+        (server, tls)
     }
 
     pub fn issuer(&self, cluster: &str) -> String {
@@ -508,4 +521,94 @@ pub async fn tls_connect(
     let leaf = conn.peer_certificates().unwrap()[0].as_ref().to_vec();
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     Ok((stream, leaf, alpn))
+}
+
+/// Runs the binary with `args`: its exit code (-1 for a signal), stdout and
+/// stderr.
+pub async fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `token` against `server` with the API token in `token_file`, for
+/// service account `default` in namespace `ws-1`; add what a test needs.
+pub fn token_args<'a>(server: &'a str, token_file: &'a str) -> Vec<&'a str> {
+    vec![
+        "token",
+        "--server",
+        server,
+        "--token-file",
+        token_file,
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+    ]
+}
+
+/// `check-config FILE`: the exit code and stderr.
+pub fn check_config(file: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The permission bits of a file or directory.
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Sends `signal` to the process `pid`.
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .unwrap_or_else(|| panic!("{pid} is not a process id"));
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Asserts that the public listener's connection cap was reached at least
+/// once, by the metrics of the API listener at `api`.
+pub async fn assert_public_cap_reached(client: &reqwest::Client, api: &str) {
+    let text = metrics(client, api).await;
+    assert!(
+        sample(
+            &text,
+            r#"workload_issuer_connections_limited_total{listener="public"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the connection cap was never reached:\n{text}"
+    );
+}
+
+/// SIGTERM to a child process, then its exit status, which must come
+/// within `limit`.
+pub async fn sigterm_and_wait(
+    child: &mut tokio::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    signal(
+        child.id().expect("a running process"),
+        rustix::process::Signal::TERM,
+    );
+    tokio::time::timeout(limit, child.wait())
+        .await
+        .expect("the process ends on SIGTERM")
+        .unwrap()
 }

@@ -15,7 +15,7 @@ use crate::cli::{spawn_serve, terminate};
 use crate::harness::{eventually, verify_with_jwks, Options, Server};
 use crate::rotation::{fast_clusters, fast_config};
 
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+use crate::harness::BIN;
 
 fn kids(jwks: &serde_json::Value) -> Vec<String> {
     let mut kids: Vec<String> = jwks["keys"]

@@ -7,7 +7,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::harness::{metrics, sample, token_path, token_sha256, write_config, Options, Server};
+use crate::harness::{
+    assert_public_cap_reached, metrics, sample, token_path, token_sha256, write_config, Options,
+    Server,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
@@ -155,15 +158,7 @@ extra: "[limits]\nmax_connections = 16\nheader_read_timeout = \"1s\"\nrequest_ti
             .expect("discovery starved by slow clients");
         assert_eq!(r.status(), 200);
     }
-    let text = metrics(&c, s.api_base.as_deref().unwrap()).await;
-    assert!(
-        sample(
-            &text,
-            r#"workload_issuer_connections_limited_total{listener="public"}"#
-        )
-        .is_some_and(|n| n >= 1.0),
-        "the connection cap was never reached:\n{text}"
-    );
+    assert_public_cap_reached(&c, s.api_base.as_deref().unwrap()).await;
     for t in slow {
         t.abort();
     }

@@ -13,7 +13,7 @@ use workload_issuer::clock::{Clock as _, ManualClock};
 use crate::cli::{spawn_serve, terminate};
 use crate::harness::{verify_with_jwks, Options, Server};
 
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+use crate::harness::{check_config, BIN};
 
 /// A cluster that rotates every few seconds, for tests that watch it happen.
 pub(crate) fn fast_config(keys: &Path, reload: &str) -> String {
@@ -362,13 +362,8 @@ retention = "7d"
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_config(&file);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("clusters[0].publish_ahead: 1h is shorter than jwks_max_age 2h"),
         "{err}"

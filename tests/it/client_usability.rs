@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::delivery::{short_lived, unix_get_with_headers};
+use crate::delivery::{short_lived_server, unix_get_with_headers};
 use crate::harness::{
     file_mode as mode, run_bin as run, sigterm_and_wait, token_args, Options, Server, Tls, BIN,
 };
@@ -88,11 +88,7 @@ async fn token_out_creates_missing_parent_directories_private() {
 async fn agent_socket_creates_missing_parent_directories_private() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let s = Server::start(Options {
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, None).await;
     let socket = dir.path().join("run/workload/token.sock");
     let mut child = tokio::process::Command::new(BIN)
         .args(["agent", "--server", &s.issuer("s"), "--token-file"])

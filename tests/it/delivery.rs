@@ -10,7 +10,7 @@ use serde_json::json;
 pub(crate) use crate::harness::BIN;
 use crate::harness::{
     default_clusters, file_mode, run_bin as run, sigterm_and_wait, token_args, verify_with_jwks,
-    Options, Server,
+    Options, Server, ADMIN_CLIENT,
 };
 
 /// A cluster whose tokens live seconds, so refresh can be watched.
@@ -24,14 +24,23 @@ max_token_lifetime = "1h"
 jwks_max_age = "2s"
 publish_ahead = "2s"
 clock_skew = "1s"
-
-[[api_clients]]
-name = "admin"
-token_file = "admin.token"
-generate = true
-clusters = ["*"]
 "#
     .to_owned()
+        + ADMIN_CLIENT
+}
+
+/// A server with the [`short_lived`] cluster, keys in `keys`, on `listen`
+/// (127.0.0.1:0 when `None`).
+pub(crate) async fn short_lived_server(
+    keys: &Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Server {
+    Server::start(Options {
+        listen,
+        clusters: short_lived(),
+        ..Options::new(keys)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,11 +261,7 @@ fn check_reads(
 async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let s = Server::start(Options {
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, None).await;
     let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
     let issuer = s.issuer("s");
     let jwks = s.jwks("s").await;
@@ -315,12 +320,7 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
 
     // Back on the same address with the same keys: a fresh token appears
     // within the retry backoff, and stays fresh.
-    let s = Server::start(Options {
-        listen: Some(addr),
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, Some(addr)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let claims = crate::harness::decode_part(std::fs::read_to_string(&out).unwrap().trim(), 1);
@@ -387,11 +387,7 @@ pub(crate) async fn unix_get_with_headers(
 async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let s = Server::start(Options {
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, None).await;
     let issuer = s.issuer("s");
     let socket = dir.path().join("agent.sock");
     let mut child = tokio::process::Command::new(BIN)

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::delivery::{short_lived, unix_get_with_headers, BIN};
-use crate::harness::{decode_part, signal, sigterm_and_wait, Options, Server};
+use crate::delivery::{short_lived_server, unix_get_with_headers, BIN};
+use crate::harness::{decode_part, signal, sigterm_and_wait, Server};
 
 /// libfaketime's multi-threaded build (Debian package `faketime`), preloaded
 /// into the binary to skew its wall clock.
@@ -33,15 +33,6 @@ fn skewed(offset: &str) -> tokio::process::Command {
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .env("NO_COLOR", "1");
     cmd
-}
-
-async fn short_lived_server(keys: &Path, listen: Option<std::net::SocketAddr>) -> Server {
-    Server::start(Options {
-        listen,
-        clusters: short_lived(),
-        ..Options::new(keys)
-    })
-    .await
 }
 
 /// Seconds since the epoch, on the clock the in-process server also reads.

@@ -30,17 +30,21 @@ pub fn write_config(dir: &Path, cluster: &str, client: &str, token: &str) -> Pat
     )
 }
 
-/// Two clusters and two clients, like config/example.toml plus a scoped client.
-pub fn default_clusters() -> String {
-    let hex = token_sha256(CI_TOKEN);
-    format!(
-        r#"{CLUSTERS}
+/// The admin client of config/example.toml: its token generated into
+/// `<keys dir>/admin.token` ([`Server::admin_token`]), every cluster.
+pub const ADMIN_CLIENT: &str = r#"
 [[api_clients]]
 name = "admin"
 token_file = "admin.token"
 generate = true
 clusters = ["*"]
+"#;
 
+/// Two clusters and two clients, like config/example.toml plus a scoped client.
+pub fn default_clusters() -> String {
+    let hex = token_sha256(CI_TOKEN);
+    format!(
+        r#"{CLUSTERS}{ADMIN_CLIENT}
 [[api_clients]]
 name = "ci"
 token_sha256 = "{hex}"
@@ -183,15 +187,7 @@ impl Server {
             main: listener,
             api: api.map(|(l, _)| l),
         };
-        let reloads = workload_issuer::serve::reload_signal();
-        let task = tokio::spawn(async move {
-            let stop = async {
-                let _ = rx.await;
-            };
-            workload_issuer::serve::run(&config, state, sockets, stop, reloads)
-                .await
-                .unwrap();
-        });
+        let task = serve_in_background(config, state, sockets, rx);
         let admin_token = std::fs::read_to_string(opts.keys_dir.join("admin.token"))
             .map(|t| t.trim().to_owned())
             .unwrap_or_default();
@@ -254,6 +250,26 @@ impl Server {
         v["status"]["token"].as_str().unwrap().to_owned()
     }
 
+    /// POSTs a Kubernetes protobuf body (the "k8s\0" magic, then the
+    /// `runtime.Unknown` envelope) with the admin token, as kubectl does.
+    pub async fn post_protobuf(
+        &self,
+        url: &str,
+        envelope: &k8s_pb::apimachinery::pkg::runtime::Unknown,
+    ) -> reqwest::Response {
+        use prost::Message as _;
+        let mut body = b"k8s\0".to_vec();
+        body.extend(envelope.encode_to_vec());
+        self.client()
+            .post(url)
+            .bearer_auth(&self.admin_token)
+            .header("Content-Type", "application/vnd.kubernetes.protobuf")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn jwks(&self, cluster: &str) -> serde_json::Value {
         let url = format!("{}/openid/v1/jwks", self.issuer(cluster));
         self.client()
@@ -287,6 +303,24 @@ impl Server {
             task.await.unwrap();
         }
     }
+}
+
+/// Runs `serve::run` on a task until `stop` fires (or its sender is dropped).
+pub fn serve_in_background(
+    config: Config,
+    state: workload_issuer::http::AppState,
+    sockets: workload_issuer::serve::Sockets,
+    stop: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let reloads = workload_issuer::serve::reload_signal();
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = stop.await;
+        };
+        workload_issuer::serve::run(&config, state, sockets, stop, reloads)
+            .await
+            .unwrap();
+    })
 }
 
 impl Drop for Server {

@@ -17,31 +17,27 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let hex = token_sha256("limited-token");
     let s = Server::start(Options {
-extra: format!(
-            "[[api_clients]]\nname = \"limited\"\ntoken_sha256 = \"{hex}\"\nclusters = [\"*\"]\nrate_limit = \"2/m\"\n"
+        extra: format!(
+            "[[api_clients]]\nname = \"limited\"\ntoken_sha256 = \"{hex}\"\n\
+             clusters = [\"*\"]\nrate_limit = \"2/m\"\n"
         ),
-..Options::new(dir.path())
-})
+        ..Options::new(dir.path())
+    })
     .await;
     let c = s.client();
     let url = format!("{}{}", s.base, token_path("edge", "ns", "sa"));
-    for _ in 0..2 {
-        let r = c
-            .post(&url)
+    let mint = || async {
+        c.post(&url)
             .bearer_auth("limited-token")
             .json(&json!({}))
             .send()
             .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(mint().await.status(), 201);
     }
-    let r = c
-        .post(&url)
-        .bearer_auth("limited-token")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = mint().await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()

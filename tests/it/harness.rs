@@ -1,6 +1,7 @@
 //! Starts the real server in-process on 127.0.0.1:0 and stops it on drop;
-//! TLS fixtures, JWKS verification and polling for the integration tests.
-//! What the soak run shares with them lives in `tests/support`.
+//! JWKS verification, polling, metrics, and the binary's commands and
+//! signals for the integration tests. TLS fixtures are in `harness/tls.rs`;
+//! what the soak run shares with the tests lives in `tests/support`.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,10 @@ use workload_issuer::config::{Config, Overrides};
 pub mod support;
 
 pub use support::{api_client, config_file, token_path, token_sha256, BIN, CLUSTERS};
+
+mod tls;
+
+pub use tls::{make_tls, tls_client, tls_connect, ClientCa, ClientName, Tls};
 
 /// The token of the scoped client in [`default_clusters`]: it may mint only
 /// for cluster `edge`, in namespace `ci`.
@@ -52,39 +57,6 @@ clusters = ["edge"]
 namespaces = ["ci"]
 "#
     )
-}
-
-pub struct Tls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca_pem: String,
-}
-
-/// A CA and a server certificate for 127.0.0.1 and localhost, written to `dir`.
-pub fn make_tls(dir: &Path) -> Tls {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "workload-issuer test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    Tls {
-        cert,
-        key,
-        ca_pem: ca_cert.pem(),
-    }
 }
 
 pub struct Server {
@@ -359,104 +331,6 @@ pub fn decode_part(token: &str, index: usize) -> serde_json::Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-/// A CA for client certificates, written to `dir/client-ca.crt`, that issues
-/// client certificates on request.
-pub struct ClientCa {
-    /// The root the server trusts (`api.client_ca`).
-    pub path: PathBuf,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    /// PEM of the CA certificates between this issuer and the root, sent
-    /// after every leaf it issues.
-    intermediates: String,
-}
-
-/// What a client certificate names.
-pub enum ClientName<'a> {
-    Dns(&'a str),
-    Uri(&'a str),
-    /// Only a subject common name, no alternative names.
-    CommonName(&'a str),
-    /// A DNS subject alternative name and a different common name.
-    DnsAndCommonName(&'a str, &'a str),
-}
-
-impl ClientCa {
-    pub fn new(dir: &Path) -> ClientCa {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "workload-issuer test client CA");
-        let cert = params.self_signed(&key).unwrap();
-        let path = dir.join("client-ca.crt");
-        std::fs::write(&path, cert.pem()).unwrap();
-        ClientCa {
-            path,
-            issuer: Issuer::new(params, key),
-            intermediates: String::new(),
-        }
-    }
-
-    /// A sub-CA of this one whose name constraints permit only DNS names
-    /// under `permitted` (RFC 5280 §4.2.1.10), as a tenant's CA would be.
-    pub fn constrained_sub_ca(&self, permitted: &str) -> ClientCa {
-        use rcgen::{
-            BasicConstraints, CertificateParams, GeneralSubtree, IsCa, Issuer, KeyPair,
-            NameConstraints,
-        };
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("sub-CA for {permitted}"));
-        params.name_constraints = Some(NameConstraints {
-            permitted_subtrees: vec![GeneralSubtree::DnsName(permitted.to_owned())],
-            excluded_subtrees: Vec::new(),
-        });
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        ClientCa {
-            path: self.path.clone(),
-            issuer: Issuer::new(params, key),
-            intermediates: format!("{}{}", cert.pem(), self.intermediates),
-        }
-    }
-
-    /// A client certificate and its key, both PEM.
-    pub fn issue(&self, name: ClientName<'_>) -> (String, String) {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        match name {
-            ClientName::Dns(n) => params
-                .subject_alt_names
-                .push(SanType::DnsName(n.try_into().unwrap())),
-            ClientName::Uri(n) => params
-                .subject_alt_names
-                .push(SanType::URI(n.try_into().unwrap())),
-            ClientName::CommonName(n) => {
-                params.distinguished_name.push(rcgen::DnType::CommonName, n)
-            }
-            ClientName::DnsAndCommonName(dns, cn) => {
-                params
-                    .subject_alt_names
-                    .push(SanType::DnsName(dns.try_into().unwrap()));
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, cn)
-            }
-        }
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (
-            format!("{}{}", cert.pem(), self.intermediates),
-            key.serialize_pem(),
-        )
-    }
-}
-
 /// A rustls client configuration trusting `ca_pem`, presenting a client
 /// certificate when given, offering the ALPN protocols given.
 pub fn tls_client_config(
@@ -490,14 +364,6 @@ pub fn tls_client_config(
     config
 }
 
-/// A reqwest client over [`tls_client_config`].
-pub fn tls_client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls_client_config(ca_pem, identity, &[b"h2", b"http/1.1"]))
-        .build()
-        .unwrap()
-}
-
 /// Polls `check` every 100 ms for up to `limit`; whether it came true.
 pub async fn eventually<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
 where
@@ -528,33 +394,6 @@ pub async fn metrics(client: &reqwest::Client, base: &str) -> String {
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Opens a TLS connection and returns the stream, the server's leaf
-/// certificate and the negotiated ALPN protocol.
-pub async fn tls_connect(
-    base: &str,
-    ca_pem: &str,
-    alpn: &[&[u8]],
-) -> Result<
-    (
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-        Vec<u8>,
-        Option<Vec<u8>>,
-    ),
-    std::io::Error,
-> {
-    let addr = base.trim_start_matches("https://");
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(
-        ca_pem, None, alpn,
-    )));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = connector.connect(name, tcp).await?;
-    let (_, conn) = stream.get_ref();
-    let leaf = conn.peer_certificates().unwrap()[0].as_ref().to_vec();
-    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-    Ok((stream, leaf, alpn))
 }
 
 /// Runs the binary with `args`: its exit code (-1 for a signal), stdout and

@@ -19,26 +19,30 @@
 //! on its defaults. Exits 1 on any error (a transport error, an answer other
 //! than 2xx or 304, an unclean server exit), any failed verification, or
 //! memory that grew by more than 20 % and more than 10 MB from the warm-up
-//! sample to the end.
+//! sample to the end; 2 on arguments it does not take.
+//!
+//! The server process, its config file and the request paths come from the
+//! support the integration tests use (`tests/support`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::header::{ETAG, IF_NONE_MATCH};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-const DEFAULT_SECONDS: u64 = 30;
-const DEFAULT_CLIENTS: usize = 64;
+use support::{api_client, config_file, token_path, Spawned, BIN, CLUSTERS};
 /// A client fetches a cluster's JWKS (and verifies what it minted there)
 /// once it holds this many unverified tokens of that cluster.
 const VERIFY_EVERY: usize = 4;
@@ -60,13 +64,10 @@ const AUDIENCES: &[&str] = &[
 const LIFETIMES: &[u64] = &[600, 3600, 7200];
 
 fn main() {
-    let args = match Args::parse(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("soak: {e}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
+    if !args.filter.is_empty() {
+        eprintln!("soak: ignoring the filter {:?}", args.filter);
+    }
     // Everything that must be cleaned up (the server process, the temporary
     // directory) lives inside run() and is dropped before exit() here, which
     // runs no destructors.
@@ -74,62 +75,31 @@ fn main() {
     std::process::exit(code);
 }
 
-const USAGE: &str = "usage: cargo bench --bench soak -- [--seconds N] [--clients N]";
-
+/// A bounded soak test of the workload-issuer binary: prints figures; exits
+/// 1 on any error, failed verification or memory growth.
+#[derive(Parser)]
+#[command(bin_name = "cargo bench --bench soak --")]
 struct Args {
+    /// How long the load runs, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// How many clients run at once.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     clients: usize,
-}
-
-impl Args {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
-        let mut out = Args {
-            seconds: DEFAULT_SECONDS,
-            clients: DEFAULT_CLIENTS,
-        };
-        let mut ignored = Vec::new();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
-            match name.as_str() {
-                "--seconds" | "--clients" => {
-                    let value = inline
-                        .or_else(|| args.next())
-                        .ok_or_else(|| format!("{name} needs a value"))?;
-                    let n: u64 = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("{name}: {value:?} is not a positive number"))?;
-                    if name == "--seconds" {
-                        out.seconds = n;
-                    } else {
-                        out.clients = usize::try_from(n).map_err(|e| e.to_string())?;
-                    }
-                }
-                "-h" | "--help" => {
-                    println!("{USAGE}");
-                    std::process::exit(0);
-                }
-                // What `cargo bench` passes to every bench target.
-                "--bench" => {}
-                _ => ignored.push(arg),
-            }
-        }
-        if !ignored.is_empty() {
-            eprintln!("soak: ignoring arguments {ignored:?}");
-        }
-        Ok(out)
-    }
+    /// What `cargo bench` passes to every bench target; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// The filter of `cargo bench FILTER`; ignored.
+    #[arg(hide = true)]
+    filter: Vec<String>,
 }
 
 // --- the server process ------------------------------------------------------
 
-/// What the server wrote to stderr, read by a thread that drains the pipe
-/// until the process ends.
+/// What the server wrote to stderr, tallied line by line as the support's
+/// reader drains the pipe until the process ends.
 #[derive(Default)]
 struct ServerLog {
     lines: u64,
@@ -137,14 +107,27 @@ struct ServerLog {
     errors: u64,
     /// The first WARN and ERROR lines.
     notable: Vec<String>,
-    /// The last lines, shown when the server does not start.
-    tail: VecDeque<String>,
 }
 
-/// The server child process; killed by its pid when dropped, so a panic or an
-/// early return never leaves it running.
+impl ServerLog {
+    fn record(&mut self, line: &str) {
+        self.lines += 1;
+        let level = line.split_whitespace().nth(1).unwrap_or("");
+        match level {
+            "WARN" => self.warnings += 1,
+            "ERROR" => self.errors += 1,
+            _ => return,
+        }
+        if self.notable.len() < 10 {
+            self.notable.push(line.to_owned());
+        }
+    }
+}
+
+/// The server child process (killed when dropped, so a panic or an early
+/// return never leaves it running) and its log.
 struct Server {
-    child: Option<Child>,
+    process: Spawned,
     pid: u32,
     base: String,
     log: Arc<Mutex<ServerLog>>,
@@ -152,9 +135,9 @@ struct Server {
 
 impl Server {
     /// Starts `serve` on a free port (the port is taken from a listener bound
-    /// and dropped just before, so the public URL can name it) and waits for
-    /// the "listening on" line. Retries on another port if the server exits
-    /// before listening (the port was taken in between).
+    /// and dropped just before, so the public URL can name it). Retries on
+    /// another port if the server exits before listening (the port was taken
+    /// in between).
     fn start(config: &Path) -> Result<Server, String> {
         let mut last = String::new();
         for _ in 0..3 {
@@ -171,165 +154,52 @@ impl Server {
     }
 
     fn start_on(config: &Path, port: u16) -> Result<Server, String> {
-        let base = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--public-url", &base])
-            .env_remove("WORKLOAD_ISSUER_CONFIG")
-            .env_remove("WORKLOAD_ISSUER_LISTEN")
-            .env_remove("WORKLOAD_ISSUER_PUBLIC_URL")
-            .env_remove("WORKLOAD_ISSUER_KEYS_DIR")
-            .env_remove("WORKLOAD_ISSUER_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {BIN}: {e}"))?;
-        let pid = child.id();
-        let stderr = child.stderr.take().expect("piped stderr");
-        let mut server = Server {
-            child: Some(child),
-            pid,
+        let listen = format!("127.0.0.1:{port}");
+        let base = format!("http://{listen}");
+        let config = config.to_str().ok_or("the config path is not UTF-8")?;
+        let log: Arc<Mutex<ServerLog>> = Arc::default();
+        let tally = log.clone();
+        let (process, addr) = support::spawn_serve(
+            &[
+                "--config",
+                config,
+                "--listen",
+                &listen,
+                "--public-url",
+                &base,
+            ],
+            &[],
+            move |line| tally.lock().unwrap().record(line),
+        )?;
+        if addr != listen {
+            return Err(format!("the server listens on {addr}, not on {listen}"));
+        }
+        Ok(Server {
+            pid: process.id(),
+            process,
             base,
-            log: Arc::default(),
-        };
-        let (tx, rx) = mpsc::channel::<String>();
-        let log = server.log.clone();
-        std::thread::spawn(move || {
-            // Drains until the process ends, so the server never blocks on
-            // (or fails writing to) a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let level = line.split_whitespace().nth(1).unwrap_or("");
-                let mut log = log.lock().unwrap();
-                log.lines += 1;
-                if level == "WARN" || level == "ERROR" {
-                    if level == "WARN" {
-                        log.warnings += 1;
-                    } else {
-                        log.errors += 1;
-                    }
-                    if log.notable.len() < 10 {
-                        log.notable.push(line.clone());
-                    }
-                }
-                log.tail.push_back(line.clone());
-                if log.tail.len() > 20 {
-                    log.tail.pop_front();
-                }
-                drop(log);
-                if line.contains("listening on http://") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    let at = line.split("listening on http://").nth(1).unwrap_or("");
-                    let addr = at.split_whitespace().next().unwrap_or("");
-                    if addr != format!("127.0.0.1:{port}") {
-                        return Err(format!("the server listens on {addr}, not on port {port}"));
-                    }
-                    return Ok(server);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
-                    if let Some(status) = server.try_wait() {
-                        return Err(format!(
-                            "the server exited ({status}) before listening:\n{}",
-                            server.log_tail()
-                        ));
-                    }
-                }
-                Err(_) => {
-                    return Err(format!(
-                        "the server did not start in 60 s:\n{}",
-                        server.log_tail()
-                    ))
-                }
-            }
-        }
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log.lock().unwrap();
-        log.tail.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    /// Resident memory in kB (VmRSS).
-    fn rss_kb(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    fn open_fds(&self) -> Option<usize> {
-        Some(
-            std::fs::read_dir(format!("/proc/{}/fd", self.pid))
-                .ok()?
-                .count(),
-        )
-    }
-
-    fn threads(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    /// SIGTERM (by pid), then up to 10 s for a graceful exit; SIGKILL after.
-    /// Returns how it ended.
-    fn stop(&mut self) -> Result<ExitStatus, String> {
-        let Some(mut child) = self.child.take() else {
-            return Err("not running".into());
-        };
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("exited during the run ({status})"));
-        }
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        if !sent.is_ok_and(|s| s.success()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("could not send SIGTERM; killed".into());
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        Err("still running 10 s after SIGTERM; killed".into())
+            log,
+        })
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Child::kill is kill(pid, SIGKILL) on this very process.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// The number of a `Name:` line of /proc/PID/status.
+fn proc_status(pid: u32, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Resident memory in kB (VmRSS).
+fn rss_kb(pid: u32) -> Option<u64> {
+    proc_status(pid, "VmRSS")
+}
+
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 // --- tallies shared by the clients ------------------------------------------------
@@ -407,11 +277,12 @@ struct Cluster {
     key_alg: KeyAlgorithm,
     issuer: String,
     jwks_url: String,
-    token_url_prefix: String,
 }
 
 struct Ctx {
     http: reqwest::Client,
+    /// The server's base URL, below which the token paths are.
+    base: String,
     bearer: String,
     clusters: [Cluster; 2],
     errors: Tally,
@@ -441,30 +312,9 @@ impl Ctx {
 
 // --- a client -----------------------------------------------------------------
 
-/// xorshift64*: enough for picking names; seeded from the system's RNG.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let mut b = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut b).expect("random bytes");
-        Rng(u64::from_le_bytes(b) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
+/// One of `items` (a non-empty constant list), at random.
+fn pick<T: Copy>(rng: &mut fastrand::Rng, items: &[T]) -> T {
+    items[rng.usize(..items.len())]
 }
 
 /// A minted token, waiting to be verified against the cluster's JWKS.
@@ -513,7 +363,9 @@ fn unix_now() -> u64 {
 }
 
 async fn client(index: usize, ctx: Arc<Ctx>, deadline: Instant) -> Stats {
-    let mut rng = Rng::seeded();
+    // Seeded from the thread's generator, itself seeded from the system:
+    // enough for picking names.
+    let mut rng = fastrand::Rng::new();
     let mut stats = Stats::default();
     let mut caches = [JwksCache::default(), JwksCache::default()];
     let mut pending: [Vec<Minted>; 2] = [Vec::new(), Vec::new()];
@@ -539,19 +391,20 @@ async fn client(index: usize, ctx: Arc<Ctx>, deadline: Instant) -> Stats {
     stats
 }
 
-async fn mint(ctx: &Ctx, c: usize, rng: &mut Rng, stats: &mut Stats) -> Option<Minted> {
+async fn mint(ctx: &Ctx, c: usize, rng: &mut fastrand::Rng, stats: &mut Stats) -> Option<Minted> {
     let cluster = &ctx.clusters[c];
-    let namespace = *rng.pick(NAMESPACES);
-    let service_account = *rng.pick(SERVICE_ACCOUNTS);
-    let first = rng.below(AUDIENCES.len());
+    let namespace = pick(rng, NAMESPACES);
+    let service_account = pick(rng, SERVICE_ACCOUNTS);
+    let first = rng.usize(..AUDIENCES.len());
     let mut audiences = vec![AUDIENCES[first]];
-    if rng.below(3) == 0 {
-        audiences.push(AUDIENCES[(first + 1 + rng.below(AUDIENCES.len() - 1)) % AUDIENCES.len()]);
+    if rng.usize(..3) == 0 {
+        // A second, different one.
+        audiences.push(AUDIENCES[(first + rng.usize(1..AUDIENCES.len())) % AUDIENCES.len()]);
     }
-    let lifetime = *rng.pick(LIFETIMES);
-    let pod = (rng.below(4) == 0).then(|| {
+    let lifetime = pick(rng, LIFETIMES);
+    let pod = (rng.usize(..4) == 0).then(|| {
         (
-            format!("{service_account}-{}", rng.below(1000)).replace('.', "-"),
+            format!("{service_account}-{}", rng.usize(..1000)).replace('.', "-"),
             uuid::Uuid::new_v4().to_string(),
         )
     });
@@ -566,8 +419,9 @@ async fn mint(ctx: &Ctx, c: usize, rng: &mut Rng, stats: &mut Stats) -> Option<M
         "spec": spec,
     });
     let url = format!(
-        "{}/namespaces/{namespace}/serviceaccounts/{service_account}/token",
-        cluster.token_url_prefix
+        "{}{}",
+        ctx.base,
+        token_path(cluster.id, namespace, service_account)
     );
     let what = format!("POST token ({})", cluster.id);
     let sent_unix = unix_now();
@@ -952,52 +806,17 @@ fn thousands(n: u64) -> String {
 
 // --- the run ------------------------------------------------------------------
 
-fn sha256_hex(data: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn run(args: &Args) -> i32 {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut secret = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut secret).expect("random bytes");
-    let bearer: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let config = dir.path().join("soak.toml");
-    let keys_dir = dir.path().join("keys");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1"
-keys_dir = {keys:?}
-
-[[clusters]]
-id = "demo"
-algorithm = "RS256"
-rsa_bits = 2048
-
-[[clusters]]
-id = "edge"
-algorithm = "ES256"
-audiences = ["sts.amazonaws.com"]
-max_token_lifetime = "12h"
-
-[[api_clients]]
-name = "soak"
-token_sha256 = "{digest}"
-clusters = ["*"]
-"#,
-            keys = keys_dir.display().to_string(),
-            digest = sha256_hex(bearer.as_bytes()),
-        ),
-    )
-    .expect("writing the config");
+    // The API client's bearer token: 122 random bits, in hex.
+    let bearer = uuid::Uuid::new_v4().simple().to_string();
+    let config = config_file(
+        dir.path(),
+        &format!("{CLUSTERS}{}", api_client("soak", &bearer)),
+    );
 
     let started = Instant::now();
-    let mut server = match Server::start(&config) {
+    let server = match Server::start(&config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("soak: {e}");
@@ -1024,12 +843,12 @@ clusters = ["*"]
                 _ => KeyAlgorithm::ES256,
             },
             jwks_url: format!("{issuer}/openid/v1/jwks"),
-            token_url_prefix: format!("{issuer}/api/v1"),
             issuer,
         }
     });
     let ctx = Arc::new(Ctx {
         http: workload_issuer::client::http_client(None).expect("an HTTP client"),
+        base: server.base.clone(),
         bearer,
         clusters,
         errors: Tally::default(),
@@ -1080,8 +899,8 @@ clusters = ["*"]
     }
 
     // Memory: a sample now (idle, keys loaded), then every second of the load.
-    let idle_kb = server.rss_kb().unwrap_or(0);
-    let idle_fds = server.open_fds();
+    let idle_kb = rss_kb(server.pid).unwrap_or(0);
+    let idle_fds = open_fds(server.pid);
     let samples: Arc<Mutex<Vec<(f64, u64)>>> = Arc::default();
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let load_start = Instant::now();
@@ -1089,7 +908,6 @@ clusters = ["*"]
     let sampler = {
         let (samples, stop, ctx) = (samples.clone(), stop_sampling.clone(), ctx.clone());
         let pid = server.pid;
-        let status_path = format!("/proc/{pid}/status");
         std::thread::spawn(move || {
             let mut second = 0u64;
             let mut last_mints = 0;
@@ -1105,12 +923,7 @@ clusters = ["*"]
                     );
                 }
                 second += 1;
-                let Some(kb) = std::fs::read_to_string(&status_path).ok().and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.split_whitespace().next())
-                        .and_then(|v| v.parse::<u64>().ok())
-                }) else {
+                let Some(kb) = rss_kb(pid) else {
                     // No VmRSS: the process has exited (or is a zombie).
                     eprintln!("  t={second:>4}s  the server process is gone");
                     ctx.server_gone.store(true, Ordering::Relaxed);
@@ -1158,9 +971,9 @@ clusters = ["*"]
     let elapsed = load_start.elapsed();
     stop_sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
-    let end_kb = server.rss_kb();
-    let end_fds = server.open_fds();
-    let end_threads = server.threads();
+    let end_kb = rss_kb(server.pid);
+    let end_fds = open_fds(server.pid);
+    let end_threads = proc_status(server.pid, "Threads");
     // Close the clients' connections before stopping the server, so its
     // graceful shutdown has nothing to wait for.
     drop(runtime);
@@ -1175,7 +988,7 @@ clusters = ["*"]
         ..
     } = ctx;
     drop(http);
-    let exit = server.stop();
+    let exit = server.process.terminate(Duration::from_secs(10));
     if let Err(e) = &exit {
         errors.add(format!("server shutdown: {e}"), String::new());
     } else if let Ok(status) = &exit {
@@ -1380,5 +1193,5 @@ clusters = ["*"]
         println!("\nsoak: FAIL: {}", reasons.join("; "));
         1
     }
-    // `server` (already stopped) and `dir` are dropped here.
+    // `dir` is dropped here.
 }

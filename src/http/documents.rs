@@ -136,8 +136,8 @@ mod tests {
     mod routes {
         use std::sync::Arc;
 
-        use axum::body::Body;
-        use axum::http::{Request, StatusCode};
+        use axum::body::{Body, Bytes};
+        use axum::http::{header, HeaderMap, Method, Request, StatusCode};
         use tower::ServiceExt as _;
 
         use crate::clock::ManualClock;
@@ -147,23 +147,35 @@ mod tests {
         use crate::issuer::Issuers;
         use crate::keys::store::KeyStore;
 
+        const ISSUER: &str = "https://oidc.example.com/c/demo";
+
+        /// Two clusters: `demo` (RS256, JWKS max-age 5 min) and `edge`
+        /// (ES256, the default max-age), keys created in a temporary dir.
         async fn router() -> (axum::Router, tempfile::TempDir) {
             let dir = tempfile::tempdir().unwrap();
             let text = format!(
                 "listen = \"127.0.0.1:0\"\npublic_url = \"https://oidc.example.com\"\n\
-                 keys_dir = {:?}\n[[clusters]]\nid = \"demo\"\nalgorithm = \"ES256\"\n",
+                 keys_dir = {:?}\n\
+                 [[clusters]]\nid = \"demo\"\nalgorithm = \"RS256\"\njwks_max_age = \"5m\"\n\
+                 [[clusters]]\nid = \"edge\"\nalgorithm = \"ES256\"\n",
                 dir.path().display().to_string()
             );
             let config = Config::parse("test", &text, &Overrides::default()).unwrap();
-            let c = config.clusters[0].clone();
-            let (keys, _) = KeyStore::new(dir.path())
-                .load_or_create("demo", c.key_spec, std::time::UNIX_EPOCH)
-                .unwrap();
-            let issuers = Issuers::new(vec![(c, Arc::new(keys))]);
+            let store = KeyStore::new(dir.path());
+            let clusters = config
+                .clusters
+                .iter()
+                .map(|c| {
+                    let (keys, _) = store
+                        .load_or_create(&c.id, c.key_spec, std::time::UNIX_EPOCH)
+                        .unwrap();
+                    (c.clone(), Arc::new(keys))
+                })
+                .collect();
             let (clients, _) = ApiClients::load(&[], dir.path()).unwrap();
             let clock = ManualClock::new(std::time::UNIX_EPOCH);
             let state = AppState::new(
-                issuers,
+                Issuers::new(clusters),
                 clients,
                 |records, c| crate::keys::policy::next_due(records, c.key_spec, &c.rotation),
                 clock,
@@ -172,20 +184,33 @@ mod tests {
             (app(state), dir)
         }
 
-        async fn get(
+        /// Sends `method path` with `headers`; the status, headers and body.
+        async fn send(
             router: &axum::Router,
+            method: Method,
             path: &str,
-            etag: Option<&str>,
-        ) -> axum::response::Response {
-            let mut request = Request::get(path);
-            if let Some(etag) = etag {
-                request = request.header("if-none-match", etag);
+            headers: &[(header::HeaderName, &str)],
+        ) -> (StatusCode, HeaderMap, Bytes) {
+            let mut request = Request::builder().method(method).uri(path);
+            for (name, value) in headers {
+                request = request.header(name, *value);
             }
-            router
+            let r = router
                 .clone()
                 .oneshot(request.body(Body::empty()).unwrap())
                 .await
-                .unwrap()
+                .unwrap();
+            let (parts, body) = r.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            (parts.status, parts.headers, body)
+        }
+
+        async fn get(router: &axum::Router, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+            send(router, Method::GET, path, &[]).await
+        }
+
+        fn json(body: &[u8]) -> serde_json::Value {
+            serde_json::from_slice(body).unwrap()
         }
 
         #[tokio::test]
@@ -198,46 +223,134 @@ mod tests {
                 ),
                 ("/c/demo/openid/v1/jwks", "application/jwk-set+json"),
             ] {
-                let r = get(&router, path, None).await;
-                assert_eq!(r.status(), StatusCode::OK, "{path}");
-                let h = r.headers();
+                let (status, h, _) = get(&router, path).await;
+                assert_eq!(status, StatusCode::OK, "{path}");
                 assert_eq!(h["content-type"], kind, "{path}");
                 assert_eq!(h["access-control-allow-origin"], "*", "{path}");
+                assert_eq!(h["cache-control"], "public, max-age=300", "{path}");
+                let etag = h["etag"].to_str().unwrap();
                 assert!(
-                    h["cache-control"]
-                        .to_str()
-                        .unwrap()
-                        .starts_with("public, max-age="),
-                    "{path}"
+                    etag.starts_with('"') && !etag.starts_with("W/"),
+                    "{path}: a strong ETag: {etag}"
                 );
-                let etag = h["etag"].to_str().unwrap().to_owned();
-                let again = get(&router, path, Some(&etag)).await;
-                assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
             }
         }
 
         #[tokio::test]
-        async fn unknown_paths_and_methods_are_refused_with_a_message() {
+        async fn discovery_has_the_kubernetes_shape_and_each_clusters_alg_and_max_age() {
             let (router, _dir) = router().await;
-            let r = get(&router, "/c/nope/openid/v1/jwks", None).await;
-            assert_eq!(r.status(), StatusCode::NOT_FOUND);
-            let r = router
-                .clone()
-                .oneshot(
-                    Request::delete("/c/demo/openid/v1/jwks")
-                        .body(Body::empty())
-                        .unwrap(),
+            let (_, _, body) = get(&router, "/c/demo/.well-known/openid-configuration").await;
+            assert_eq!(
+                std::str::from_utf8(&body).unwrap(),
+                format!(
+                    r#"{{"issuer":"{ISSUER}","jwks_uri":"{ISSUER}/openid/v1/jwks","response_types_supported":["id_token"],"subject_types_supported":["public"],"id_token_signing_alg_values_supported":["RS256"]}}"#
                 )
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
-            assert!(r.headers()["allow"].to_str().unwrap().contains("GET"));
-            let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert!(
-                v["message"].as_str().unwrap().contains("GET or HEAD"),
-                "{v}"
             );
+            // The ES256 cluster announces its own algorithm and max-age.
+            let (_, h, body) = get(&router, "/c/edge/.well-known/openid-configuration").await;
+            assert_eq!(h["cache-control"], "public, max-age=3600");
+            let v = json(&body);
+            assert_eq!(v["issuer"], "https://oidc.example.com/c/edge");
+            assert_eq!(
+                v["id_token_signing_alg_values_supported"],
+                serde_json::json!(["ES256"])
+            );
+        }
+
+        #[tokio::test]
+        async fn jwks_has_use_alg_kid_and_no_private_members() {
+            let (router, _dir) = router().await;
+            let (_, _, body) = get(&router, "/c/demo/openid/v1/jwks").await;
+            let rsa = json(&body)["keys"][0].clone();
+            assert_eq!(rsa["kty"], "RSA");
+            assert_eq!(rsa["use"], "sig");
+            assert_eq!(rsa["alg"], "RS256");
+            assert_eq!(rsa["e"], "AQAB");
+            assert_eq!(rsa["kid"].as_str().unwrap().len(), 43);
+            let (_, _, body) = get(&router, "/c/edge/openid/v1/jwks").await;
+            let ec = json(&body)["keys"][0].clone();
+            assert_eq!(ec["kty"], "EC");
+            assert_eq!(ec["crv"], "P-256");
+            assert_eq!(ec["alg"], "ES256");
+            assert_eq!(ec["x"].as_str().unwrap().len(), 43, "32 bytes, unpadded");
+            for key in [rsa, ec] {
+                for member in ["d", "p", "q", "dp", "dq", "qi"] {
+                    assert!(key.get(member).is_none(), "private member {member}");
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn if_none_match_gets_304_with_validators_and_head_gets_headers_only() {
+            let (router, _dir) = router().await;
+            for path in [
+                "/c/demo/.well-known/openid-configuration",
+                "/c/demo/openid/v1/jwks",
+            ] {
+                let (_, first, body) = get(&router, path).await;
+                let etag = first["etag"].to_str().unwrap();
+
+                let if_none_match = [(header::IF_NONE_MATCH, etag)];
+                let (status, h, empty) = send(&router, Method::GET, path, &if_none_match).await;
+                assert_eq!(status, StatusCode::NOT_MODIFIED, "{path}");
+                assert_eq!(h["etag"], etag, "{path}");
+                assert_eq!(h["cache-control"], first["cache-control"], "{path}");
+                assert_eq!(h["access-control-allow-origin"], "*", "{path}");
+                assert!(empty.is_empty(), "{path}");
+
+                let stale = [(header::IF_NONE_MATCH, "\"stale\"")];
+                let (status, _, _) = send(&router, Method::GET, path, &stale).await;
+                assert_eq!(status, StatusCode::OK, "{path}");
+
+                let (status, h, empty) = send(&router, Method::HEAD, path, &[]).await;
+                assert_eq!(status, StatusCode::OK, "{path}");
+                assert_eq!(h["content-length"], body.len().to_string(), "{path}");
+                assert!(empty.is_empty(), "{path}");
+            }
+        }
+
+        #[tokio::test]
+        async fn cors_preflight_and_wrong_methods_are_answered() {
+            let (router, _dir) = router().await;
+            let path = "/c/demo/openid/v1/jwks";
+            let preflight = [
+                (header::ORIGIN, "https://example.com"),
+                (header::ACCESS_CONTROL_REQUEST_METHOD, "GET"),
+            ];
+            let (status, h, _) = send(&router, Method::OPTIONS, path, &preflight).await;
+            assert_eq!(status, StatusCode::NO_CONTENT);
+            assert_eq!(h["access-control-allow-origin"], "*");
+            for method in [Method::POST, Method::DELETE] {
+                let (status, h, body) = send(&router, method.clone(), path, &[]).await;
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+                assert_eq!(h["allow"], "GET, HEAD, OPTIONS", "{method}");
+                let message = json(&body)["message"].as_str().unwrap().to_owned();
+                assert!(
+                    message.contains(&format!("{method} is not allowed"))
+                        && message.contains("GET or HEAD"),
+                    "{message}"
+                );
+            }
+        }
+
+        #[tokio::test]
+        async fn unknown_paths_get_a_json_404() {
+            let (router, _dir) = router().await;
+            for path in [
+                "/",
+                "/c/nope/.well-known/openid-configuration",
+                "/c/nope/openid/v1/jwks",
+                "/c/demo/openid/v1/jwks/extra",
+            ] {
+                let (status, h, body) = get(&router, path).await;
+                assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+                assert_eq!(h["content-type"], "application/json", "{path}");
+                let v = json(&body);
+                assert!(
+                    v["message"].as_str().unwrap().contains("nothing is served"),
+                    "{path}: {v}"
+                );
+            }
         }
     }
 }

@@ -1,10 +1,15 @@
 //! The binary itself: check-config, and serve on its defaults with overrides.
 
 use std::io::{BufRead as _, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+pub(crate) use crate::harness::support::Spawned;
+use crate::harness::support::{self, listening_addr, BIN};
+use crate::harness::{check_config, signal};
+use rustix::process::Signal;
 
 #[test]
 fn check_config_accepts_the_example() {
@@ -47,13 +52,8 @@ id = "a"
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("public_url: \"https://oidc.example.com/\" must not end with '/'"),
         "{stderr}"
@@ -68,88 +68,28 @@ id = "a"
     );
 
     std::fs::write(&file, "listen = \"x\"\nbogus = 1\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `bogus`"));
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown field `bogus`"), "{stderr}");
 
-    let out = Command::new(BIN)
-        .args(["check-config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+    let (code, stderr) = check_config(Path::new("/nonexistent.toml"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("cannot read the file"), "{stderr}");
 }
 
-/// A server process, killed if the test ends (or fails) without stopping it.
-pub(crate) struct Spawned(Option<std::process::Child>);
-
-impl Spawned {
-    pub(crate) fn new(child: std::process::Child) -> Self {
-        Spawned(Some(child))
-    }
-
-    pub(crate) fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, std::process::Child::id)
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts `serve` and returns the process and the address from its log.
+/// Starts `serve` and returns the process, the address from its log and the
+/// lines logged until it listened.
 pub(crate) fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (Spawned, String, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .env_remove("WORKLOAD_ISSUER_CONFIG")
-        .envs(envs.iter().copied())
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining after the caller stops listening, so the server
-        // never writes into a closed pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
+    let on_line = move |line: &str| lines.lock().unwrap().push(line.to_owned());
+    match support::spawn_serve(args, envs, on_line) {
+        Ok((process, addr)) => {
+            let lines = log.lock().unwrap().clone();
+            (process, addr, lines)
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
-            continue;
-        };
-        lines.push(line.clone());
-        if let Some(addr) = listening_addr(&line) {
-            return (Spawned(Some(child)), addr, lines);
-        }
+        Err(e) => panic!("{e}"),
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not start: {lines:?}");
-}
-
-/// The address in the server's "listening on http://ADDR" log line.
-fn listening_addr(line: &str) -> Option<String> {
-    let pos = line.find("listening on http://")?;
-    line[pos + "listening on http://".len()..]
-        .split_whitespace()
-        .next()
-        .map(str::to_owned)
 }
 
 /// Starts `serve` with its log piped back, line by line, and nothing waited for.
@@ -168,32 +108,19 @@ fn spawn_logging(
         .spawn()
         .unwrap();
     let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    (Spawned(Some(child)), lines)
+    (Spawned::new(child), lines)
 }
 
 /// Waits up to `limit` for the process to exit by itself.
 pub(crate) fn wait_exit(mut spawned: Spawned, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    let child = spawned.0.as_mut().expect("a running process");
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            spawned.0 = None;
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    spawned.wait_exit(limit).expect("the process did not exit")
 }
 
-/// Sends SIGTERM and waits for the exit.
-pub(crate) fn terminate(mut spawned: Spawned) -> std::process::ExitStatus {
-    let mut child = spawned.0.take().expect("a running process");
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    child.wait().unwrap()
+/// Sends SIGTERM and waits (up to 30 s) for the exit.
+pub(crate) fn terminate(spawned: Spawned) -> std::process::ExitStatus {
+    spawned
+        .terminate(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -344,18 +271,28 @@ fn a_broken_key_file_stops_the_start_with_its_path() {
     assert!(std::fs::read_to_string(&pem).unwrap().contains("AAAA"));
 }
 
-/// A minimal HTTP/1.1 GET, so this module needs no async runtime.
-pub(crate) fn http_get(addr: &str, path: &str) -> String {
+/// A minimal HTTP/1.1 request without a body, so this module needs no async
+/// runtime: the whole answer, status line first.
+fn http_request(addr: &str, method: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{length}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
+    http_request(addr, "GET", path)
 }
 
 #[test]
@@ -377,25 +314,16 @@ fn a_closed_log_pipe_does_not_take_the_server_down() {
     drop(lines); // the log reader goes away
     for _ in 0..3 {
         // A refused TokenRequest is logged; the write fails; serving goes on.
-        let r = http_post(&addr, "/c/demo/api/v1/namespaces/a/serviceaccounts/b/token");
+        let r = http_request(
+            &addr,
+            "POST",
+            "/c/demo/api/v1/namespaces/a/serviceaccounts/b/token",
+        );
         assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     }
     let body = http_get(&addr, "/c/demo/openid/v1/jwks");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(terminate(child).success());
-}
-
-fn http_post(addr: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]
@@ -417,16 +345,12 @@ fn a_sighup_while_the_server_starts_is_not_fatal() {
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !keys.join("c0").exists() {
-        let exited = child.0.as_mut().and_then(|c| c.try_wait().unwrap());
+        let exited = child.try_wait();
         assert!(exited.is_none(), "the server exited: {exited:?}");
         assert!(Instant::now() < deadline, "the start wrote no keys");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let hup = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(pid, Signal::HUP);
     let mut seen = Vec::new();
     let addr = loop {
         let Some(Ok(line)) = lines.next() else {

@@ -4,33 +4,21 @@
 //! `--ca-file` (a server certificate from an unknown CA, and a CA
 //! certificate served as the server's own, as `openssl req -x509` makes).
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::delivery::{short_lived, unix_get_with_headers, BIN};
-use crate::harness::{make_tls, Options, Server, Tls};
+use crate::delivery::{short_lived_server, unix_get_with_headers};
+use crate::harness::{
+    file_mode as mode, run_bin as run, sigterm_and_wait, token_args, Options, Server, Tls, BIN,
+};
 
 /// A JWT-shaped token (RS256, kid "x") that gets `verify` as far as fetching
 /// discovery; its signature is never reached.
 const UNVERIFIED: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.e30.c2ln";
 
-async fn run(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+/// `verify` of a token for audience `aud` from `issuer`; add the rest.
+fn verify_args(issuer: &str) -> Vec<&str> {
+    vec!["verify", "--issuer", issuer, "--audience", "aud"]
 }
 
 async fn tls_server(keys: &Path, tls: &Tls) -> Server {
@@ -47,21 +35,13 @@ async fn token_prints_the_issuers_warning_when_it_shortens_the_lifetime() {
     let s = Server::default_in(dir.path()).await;
     let server = s.issuer("demo");
     let token_file = dir.path().join("admin.token");
+    let token = |duration| {
+        let mut args = token_args(&server, token_file.to_str().unwrap());
+        args.extend(["--duration", duration]);
+        args
+    };
     // demo's max_token_lifetime is the default 24h: 48h is cut to 24h.
-    let (code, stdout, err) = run(&[
-        "token",
-        "--server",
-        &server,
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-        "--duration",
-        "48h",
-    ])
-    .await;
+    let (code, stdout, err) = run(&token("48h")).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
     assert!(
@@ -69,20 +49,7 @@ async fn token_prints_the_issuers_warning_when_it_shortens_the_lifetime() {
         "the Warning header reaches stderr: {err:?}"
     );
     // A lifetime within the maximum draws no warning.
-    let (code, _, err) = run(&[
-        "token",
-        "--server",
-        &server,
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-        "--duration",
-        "1h",
-    ])
-    .await;
+    let (code, _, err) = run(&token("1h")).await;
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("shortened"), "{err:?}");
     s.stop().await;
@@ -93,21 +60,11 @@ async fn token_out_creates_missing_parent_directories_private() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::default_in(dir.path()).await;
     let out = dir.path().join("run/workload/aws.jwt");
+    let server = s.issuer("demo");
     let token_file = dir.path().join("admin.token");
-    let (code, _, err) = run(&[
-        "token",
-        "--server",
-        &s.issuer("demo"),
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .await;
+    let mut args = token_args(&server, token_file.to_str().unwrap());
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (code, _, err) = run(&args).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_to_string(&out).unwrap().split('.').count(), 3);
     assert_eq!(mode(&out), 0o600);
@@ -119,20 +76,9 @@ async fn token_out_creates_missing_parent_directories_private() {
     let blocked = dir.path().join("file");
     std::fs::write(&blocked, "").unwrap();
     let out = blocked.join("token");
-    let (code, _, err) = run(&[
-        "token",
-        "--server",
-        &s.issuer("demo"),
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .await;
+    let mut args = token_args(&server, token_file.to_str().unwrap());
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (code, _, err) = run(&args).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&format!("--out {}", out.display())), "{err:?}");
     s.stop().await;
@@ -142,11 +88,7 @@ async fn token_out_creates_missing_parent_directories_private() {
 async fn agent_socket_creates_missing_parent_directories_private() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let s = Server::start(Options {
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, None).await;
     let socket = dir.path().join("run/workload/token.sock");
     let mut child = tokio::process::Command::new(BIN)
         .args(["agent", "--server", &s.issuer("s"), "--token-file"])
@@ -181,15 +123,7 @@ async fn agent_socket_creates_missing_parent_directories_private() {
     assert_eq!(mode(&socket), 0o600);
     let (status, _, body) = unix_get_with_headers(&socket, "/v1/token?audience=vault").await;
     assert_eq!(status, 200, "{body}");
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the agent ends on SIGTERM")
-        .unwrap();
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(10)).await;
     assert!(status.success());
     s.stop().await;
 }
@@ -216,69 +150,31 @@ fn ca_as_leaf(dir: &Path) -> Tls {
 async fn a_server_certificate_from_an_unknown_ca_points_token_and_verify_to_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let tls = make_tls(dir.path());
-    let s = tls_server(&keys, &tls).await;
+    let (s, tls) = Server::tls_in(dir.path()).await;
     let server = s.issuer("demo");
     let token_file = keys.join("admin.token");
-    let (code, _, err) = run(&[
-        "token",
-        "--server",
-        &server,
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-    ])
-    .await;
+    let tf = token_file.to_str().unwrap();
+    let (code, _, err) = run(&token_args(&server, tf)).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("UnknownIssuer"), "{err}");
     assert!(err.contains("--ca-file"), "the fix is named: {err}");
 
-    let (code, stdout, err) = run(&[
-        "verify",
-        "--issuer",
-        &server,
-        "--audience",
-        "aud",
-        UNVERIFIED,
-    ])
-    .await;
+    let mut args = verify_args(&server);
+    args.push(UNVERIFIED);
+    let (code, stdout, err) = run(&args).await;
     assert_eq!(code, 1, "{stdout}{err}");
     assert!(stdout.contains("--ca-file"), "the fix is named: {stdout}");
 
     // With the CA, both work.
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &tls.ca_pem).unwrap();
-    let (code, token, err) = run(&[
-        "token",
-        "--server",
-        &server,
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "--ca-file",
-        ca_file.to_str().unwrap(),
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-        "--audience",
-        "aud",
-    ])
-    .await;
+    let mut args = token_args(&server, tf);
+    args.extend(["--ca-file", ca_file.to_str().unwrap(), "--audience", "aud"]);
+    let (code, token, err) = run(&args).await;
     assert_eq!(code, 0, "{err}");
-    let (code, stdout, err) = run(&[
-        "verify",
-        "--issuer",
-        &server,
-        "--audience",
-        "aud",
-        "--ca-file",
-        ca_file.to_str().unwrap(),
-        token.trim(),
-    ])
-    .await;
+    let mut args = verify_args(&server);
+    args.extend(["--ca-file", ca_file.to_str().unwrap(), token.trim()]);
+    let (code, stdout, err) = run(&args).await;
     assert_eq!(code, 0, "{stdout}{err}");
     s.stop().await;
 }
@@ -290,20 +186,10 @@ async fn a_ca_certificate_served_as_the_servers_own_is_explained_with_ca_file() 
     let tls = ca_as_leaf(dir.path());
     let s = tls_server(&keys, &tls).await;
     let server = s.issuer("demo");
-    let (code, _, err) = run(&[
-        "token",
-        "--server",
-        &server,
-        "--token-file",
-        keys.join("admin.token").to_str().unwrap(),
-        "--ca-file",
-        tls.cert.to_str().unwrap(),
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-    ])
-    .await;
+    let token_file = keys.join("admin.token");
+    let mut args = token_args(&server, token_file.to_str().unwrap());
+    args.extend(["--ca-file", tls.cert.to_str().unwrap()]);
+    let (code, _, err) = run(&args).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("CaUsedAsEndEntity"), "{err}");
     assert!(
@@ -311,17 +197,9 @@ async fn a_ca_certificate_served_as_the_servers_own_is_explained_with_ca_file() 
         "says what to do: {err}"
     );
 
-    let (code, stdout, err) = run(&[
-        "verify",
-        "--issuer",
-        &server,
-        "--audience",
-        "aud",
-        "--ca-file",
-        tls.cert.to_str().unwrap(),
-        UNVERIFIED,
-    ])
-    .await;
+    let mut args = verify_args(&server);
+    args.extend(["--ca-file", tls.cert.to_str().unwrap(), UNVERIFIED]);
+    let (code, stdout, err) = run(&args).await;
     assert_eq!(code, 1, "{stdout}{err}");
     assert!(
         stdout.contains("--ca-file") && stdout.contains("leaf"),

@@ -5,8 +5,7 @@
 use std::process::Command;
 
 use crate::cli::{http_get, spawn_serve, terminate};
-
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+use crate::harness::{check_config, BIN};
 
 #[test]
 fn serve_runs_on_environment_variables_and_a_file_holding_one_cluster() {
@@ -81,13 +80,8 @@ fn check_config_reports_every_unknown_field_with_its_line() {
          algo = \"ES256\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2));
     for needle in [
         "line 2: unknown field `listen_port`",
         "line 4: unknown field `max_conections` in [limits]",

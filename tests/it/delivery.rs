@@ -2,15 +2,16 @@
 //! verifying them as a relying party (`verify`), the static bundle (`export`)
 //! and TokenReview.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{default_clusters, make_tls, verify_with_jwks, Options, Server};
-
-pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+pub(crate) use crate::harness::BIN;
+use crate::harness::{
+    default_clusters, file_mode, run_bin as run, sigterm_and_wait, token_args, verify_with_jwks,
+    Options, Server, ADMIN_CLIENT,
+};
 
 /// A cluster whose tokens live seconds, so refresh can be watched.
 pub(crate) fn short_lived() -> String {
@@ -23,54 +24,30 @@ max_token_lifetime = "1h"
 jwks_max_age = "2s"
 publish_ahead = "2s"
 clock_skew = "1s"
-
-[[api_clients]]
-name = "admin"
-token_file = "admin.token"
-generate = true
-clusters = ["*"]
 "#
     .to_owned()
+        + ADMIN_CLIENT
 }
 
-async fn run(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn token_args<'a>(server: &'a str, token_file: &'a str) -> Vec<&'a str> {
-    vec![
-        "token",
-        "--server",
-        server,
-        "--token-file",
-        token_file,
-        "-n",
-        "ws-1",
-        "--service-account",
-        "default",
-    ]
+/// A server with the [`short_lived`] cluster, keys in `keys`, on `listen`
+/// (127.0.0.1:0 when `None`).
+pub(crate) async fn short_lived_server(
+    keys: &Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Server {
+    Server::start(Options {
+        listen,
+        clusters: short_lived(),
+        ..Options::new(keys)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     let work = tempfile::tempdir().unwrap();
     let keys = work.path().join("keys");
-    let tls = make_tls(work.path());
-    let s = Server::start(Options {
-        tls: Some(&tls),
-        ..Options::new(&keys)
-    })
-    .await;
+    let (s, tls) = Server::tls_in(work.path()).await;
     let server = s.issuer("demo");
     let token_file = keys.join("admin.token");
     let ca_file = work.path().join("ca.pem");
@@ -97,10 +74,7 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     ]);
     let (code, _, err) = run(&args).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(file_mode(&out), 0o600);
     let token = std::fs::read_to_string(&out).unwrap();
     // Exactly the token, as kubelet writes it: SDKs read such files verbatim.
     assert!(!token.ends_with('\n'), "{token:?}");
@@ -145,10 +119,7 @@ async fn token_writes_raw_json_kubeconfig_and_env_outputs() {
     ]);
     let (code, _, err) = run(&args).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
-        0o640
-    );
+    assert_eq!(file_mode(&kubeconfig), 0o640);
     let view = tokio::process::Command::new("kubectl")
         .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
         .arg(&kubeconfig)
@@ -292,11 +263,7 @@ fn check_reads(
 async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let s = Server::start(Options {
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, None).await;
     let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
     let issuer = s.issuer("s");
     let jwks = s.jwks("s").await;
@@ -355,12 +322,7 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
 
     // Back on the same address with the same keys: a fresh token appears
     // within the retry backoff, and stays fresh.
-    let s = Server::start(Options {
-        listen: Some(addr),
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, Some(addr)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let claims = crate::harness::decode_part(std::fs::read_to_string(&out).unwrap().trim(), 1);
@@ -385,15 +347,7 @@ async fn refresh_keeps_a_whole_valid_token_in_the_file_across_a_server_restart()
     .unwrap();
 
     // SIGTERM ends it cleanly and leaves the file.
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(5)).await;
     assert!(status.success());
     assert!(out.exists());
     s.stop().await;
@@ -435,11 +389,7 @@ pub(crate) async fn unix_get_with_headers(
 async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let s = Server::start(Options {
-        clusters: short_lived(),
-        ..Options::new(&keys)
-    })
-    .await;
+    let s = short_lived_server(&keys, None).await;
     let issuer = s.issuer("s");
     let socket = dir.path().join("agent.sock");
     let mut child = tokio::process::Command::new(BIN)
@@ -464,10 +414,7 @@ async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
     while !socket.exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(file_mode(&socket), 0o600);
     let jwks = s.jwks("s").await;
 
     let (status, a1) = unix_get(
@@ -504,12 +451,8 @@ async fn the_agent_serves_cached_tokens_per_audience_on_a_private_socket() {
         assert_eq!(status, 400, "{path}");
         assert!(body.contains(needle), "{path}: {body}");
     }
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status()
-        .unwrap();
-    assert!(child.wait().await.unwrap().success());
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(30)).await;
+    assert!(status.success());
     assert!(!socket.exists(), "the socket is removed on exit");
 }
 

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::delivery::{short_lived, unix_get_with_headers, BIN};
-use crate::harness::{decode_part, Options, Server};
+use crate::delivery::{short_lived_server, unix_get_with_headers, BIN};
+use crate::harness::{decode_part, signal, sigterm_and_wait, Server};
 
 /// libfaketime's multi-threaded build (Debian package `faketime`), preloaded
 /// into the binary to skew its wall clock.
@@ -33,15 +33,6 @@ fn skewed(offset: &str) -> tokio::process::Command {
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .env("NO_COLOR", "1");
     cmd
-}
-
-async fn short_lived_server(keys: &Path, listen: Option<std::net::SocketAddr>) -> Server {
-    Server::start(Options {
-        listen,
-        clusters: short_lived(),
-        ..Options::new(keys)
-    })
-    .await
 }
 
 /// Seconds since the epoch, on the clock the in-process server also reads.
@@ -86,15 +77,7 @@ fn start_logged(cmd: &mut tokio::process::Command) -> Logged {
 
 /// Sends SIGTERM, checks the child ends with 0, and returns its log.
 async fn terminate(mut logged: Logged) -> String {
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(logged.child.id().unwrap().to_string())
-        .status()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), logged.child.wait())
-        .await
-        .expect("the child ends on SIGTERM")
-        .unwrap();
+    let out = sigterm_and_wait(&mut logged.child, Duration::from_secs(10)).await;
     let log = logged.log.await.unwrap();
     assert!(out.success(), "{out}: {log}");
     log
@@ -122,20 +105,31 @@ fn refresh_args<'a>(issuer: &'a str, keys: &'a Path, duration: &'a str) -> Vec<S
     .to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_with_a_clock_two_hours_ahead_mints_once_per_lifetime_and_warns() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
+/// A short-lived server (keys in `dir/keys`), and `token --refresh` of a
+/// `duration` token from it under a clock moved by `offset`, writing
+/// `dir/token`. Returns both, the file and the first token, once written.
+async fn skewed_refresh(
+    dir: &Path,
+    offset: &str,
+    duration: &str,
+) -> (Server, Logged, PathBuf, String) {
+    let out = dir.join("token");
+    let keys = dir.join("keys");
     let s = short_lived_server(&keys, None).await;
-    let issuer = s.issuer("s");
-    let out = dir.path().join("token");
     let child = start_logged(
-        skewed("+2h")
-            .args(refresh_args(&issuer, &keys, "1h"))
+        skewed(offset)
+            .args(refresh_args(&s.issuer("s"), &keys, duration))
             .arg(&out),
     );
     wait_for(&out, "token file").await;
     let first = std::fs::read_to_string(&out).unwrap();
+    (s, child, out, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_with_a_clock_two_hours_ahead_mints_once_per_lifetime_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, child, out, first) = skewed_refresh(dir.path(), "+2h", "1h").await;
     // A 1h token is renewed after ~48 minutes; any second mint within this
     // window is the fault (it minted thousands of times in 5 s).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -158,17 +152,7 @@ async fn refresh_with_a_clock_two_hours_ahead_mints_once_per_lifetime_and_warns(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_with_a_clock_50_minutes_behind_renews_before_the_token_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    let s = short_lived_server(&keys, None).await;
-    let issuer = s.issuer("s");
-    let out = dir.path().join("token");
-    let child = start_logged(
-        skewed("-50m")
-            .args(refresh_args(&issuer, &keys, "10s"))
-            .arg(&out),
-    );
-    wait_for(&out, "token file").await;
-    let first = std::fs::read_to_string(&out).unwrap();
+    let (s, child, out, first) = skewed_refresh(dir.path(), "-50m", "10s").await;
     let exp = decode_part(&first, 1)["exp"].as_i64().unwrap();
     // The server's clock is this process's: the first token expires at exp.
     loop {
@@ -334,10 +318,7 @@ async fn trace_agent_start(dir: &Path, issuer: &str, keys: &Path) -> (String, Pa
     let (status, _, body) = unix_get_with_headers(&socket, "/v1/token?audience=a").await;
     assert_eq!(status, 200, "{body}");
     let pid = std::fs::read_to_string(&pidfile).unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", pid.trim()])
-        .status()
-        .unwrap();
+    signal(pid.trim().parse().unwrap(), rustix::process::Signal::TERM);
     let done = tokio::time::timeout(Duration::from_secs(10), strace.wait())
         .await
         .expect("the agent ends on SIGTERM")

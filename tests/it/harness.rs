@@ -1,4 +1,7 @@
-//! Starts the real server in-process on 127.0.0.1:0 and stops it on drop.
+//! Starts the real server in-process on 127.0.0.1:0 and stops it on drop;
+//! JWKS verification, polling, metrics, and the binary's commands and
+//! signals for the integration tests. TLS fixtures are in `harness/tls.rs`;
+//! what the soak run shares with the tests lives in `tests/support`.
 
 use std::path::{Path, PathBuf};
 
@@ -7,56 +10,46 @@ use base64::Engine as _;
 use tokio::sync::oneshot;
 use workload_issuer::config::{Config, Overrides};
 
-/// The token of the scoped client in [`DEFAULT_CLUSTERS`]: it may mint only for
-/// cluster `edge`, in namespace `ci`.
-pub const CI_TOKEN: &str = "ci-token-for-tests";
+#[path = "../support/mod.rs"]
+pub mod support;
 
-/// Two clusters and two clients, like config/example.toml plus a scoped client.
-/// Hex SHA-256 of a bearer token, as `token_sha256` takes it.
-pub fn token_sha256(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use support::{api_client, config_file, token_path, token_sha256, BIN, CLUSTERS};
+
+mod tls;
+
+pub use tls::{make_tls, tls_client, tls_connect, ClientCa, ClientName, Tls};
+
+/// The token of the scoped client in [`default_clusters`]: it may mint only
+/// for cluster `edge`, in namespace `ci`.
+pub const CI_TOKEN: &str = "ci-token-for-tests";
 
 /// A config file for the binary in `dir`: listen on 127.0.0.1:0, one ES256
 /// cluster, one API client holding `token`.
 pub fn write_config(dir: &Path, cluster: &str, client: &str, token: &str) -> PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\nkeys_dir = {:?}\n\
-             [[clusters]]\nid = \"{cluster}\"\nalgorithm = \"ES256\"\n\
-             [[api_clients]]\nname = \"{client}\"\ntoken_sha256 = \"{}\"\nclusters = [\"*\"]\n",
-            dir.join("keys").display().to_string(),
-            token_sha256(token)
+    config_file(
+        dir,
+        &format!(
+            "[[clusters]]\nid = \"{cluster}\"\nalgorithm = \"ES256\"\n{}",
+            api_client(client, token)
         ),
     )
-    .unwrap();
-    path
 }
 
-pub fn default_clusters() -> String {
-    let hex = token_sha256(CI_TOKEN);
-    format!(
-        r#"
-[[clusters]]
-id = "demo"
-algorithm = "RS256"
-jwks_max_age = "5m"
-
-[[clusters]]
-id = "edge"
-algorithm = "ES256"
-audiences = ["sts.amazonaws.com"]
-max_token_lifetime = "12h"
-
+/// The admin client of config/example.toml: its token generated into
+/// `<keys dir>/admin.token` ([`Server::admin_token`]), every cluster.
+pub const ADMIN_CLIENT: &str = r#"
 [[api_clients]]
 name = "admin"
 token_file = "admin.token"
 generate = true
 clusters = ["*"]
+"#;
 
+/// Two clusters and two clients, like config/example.toml plus a scoped client.
+pub fn default_clusters() -> String {
+    let hex = token_sha256(CI_TOKEN);
+    format!(
+        r#"{CLUSTERS}{ADMIN_CLIENT}
 [[api_clients]]
 name = "ci"
 token_sha256 = "{hex}"
@@ -64,39 +57,6 @@ clusters = ["edge"]
 namespaces = ["ci"]
 "#
     )
-}
-
-pub struct Tls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca_pem: String,
-}
-
-/// A CA and a server certificate for 127.0.0.1 and localhost, written to `dir`.
-pub fn make_tls(dir: &Path) -> Tls {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "workload-issuer test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    Tls {
-        cert,
-        key,
-        ca_pem: ca_cert.pem(),
-    }
 }
 
 pub struct Server {
@@ -199,15 +159,7 @@ impl Server {
             main: listener,
             api: api.map(|(l, _)| l),
         };
-        let reloads = workload_issuer::serve::reload_signal();
-        let task = tokio::spawn(async move {
-            let stop = async {
-                let _ = rx.await;
-            };
-            workload_issuer::serve::run(&config, state, sockets, stop, reloads)
-                .await
-                .unwrap();
-        });
+        let task = serve_in_background(config, state, sockets, rx);
         let admin_token = std::fs::read_to_string(opts.keys_dir.join("admin.token"))
             .map(|t| t.trim().to_owned())
             .unwrap_or_default();
@@ -225,6 +177,19 @@ impl Server {
     /// A server with the default two clusters on plain http.
     pub async fn default_in(keys_dir: &Path) -> Server {
         Server::start(Options::new(keys_dir)).await
+    }
+
+    /// A server with the default two clusters on https: a new CA and server
+    /// certificate in `dir` ([`make_tls`]), keys in `dir/keys`.
+    pub async fn tls_in(dir: &Path) -> (Server, Tls) {
+        let tls = make_tls(dir);
+        let keys = dir.join("keys");
+        let server = Server::start(Options {
+            tls: Some(&tls),
+            ..Options::new(&keys)
+        })
+        .await;
+        (server, tls)
     }
 
     pub fn issuer(&self, cluster: &str) -> String {
@@ -255,6 +220,26 @@ impl Server {
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
         let v: serde_json::Value = r.json().await.unwrap();
         v["status"]["token"].as_str().unwrap().to_owned()
+    }
+
+    /// POSTs a Kubernetes protobuf body (the "k8s\0" magic, then the
+    /// `runtime.Unknown` envelope) with the admin token, as kubectl does.
+    pub async fn post_protobuf(
+        &self,
+        url: &str,
+        envelope: &k8s_pb::apimachinery::pkg::runtime::Unknown,
+    ) -> reqwest::Response {
+        use prost::Message as _;
+        let mut body = b"k8s\0".to_vec();
+        body.extend(envelope.encode_to_vec());
+        self.client()
+            .post(url)
+            .bearer_auth(&self.admin_token)
+            .header("Content-Type", "application/vnd.kubernetes.protobuf")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn jwks(&self, cluster: &str) -> serde_json::Value {
@@ -290,6 +275,24 @@ impl Server {
             task.await.unwrap();
         }
     }
+}
+
+/// Runs `serve::run` on a task until `stop` fires (or its sender is dropped).
+pub fn serve_in_background(
+    config: Config,
+    state: workload_issuer::http::AppState,
+    sockets: workload_issuer::serve::Sockets,
+    stop: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let reloads = workload_issuer::serve::reload_signal();
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = stop.await;
+        };
+        workload_issuer::serve::run(&config, state, sockets, stop, reloads)
+            .await
+            .unwrap();
+    })
 }
 
 impl Drop for Server {
@@ -328,104 +331,6 @@ pub fn decode_part(token: &str, index: usize) -> serde_json::Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-/// A CA for client certificates, written to `dir/client-ca.crt`, that issues
-/// client certificates on request.
-pub struct ClientCa {
-    /// The root the server trusts (`api.client_ca`).
-    pub path: PathBuf,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    /// PEM of the CA certificates between this issuer and the root, sent
-    /// after every leaf it issues.
-    intermediates: String,
-}
-
-/// What a client certificate names.
-pub enum ClientName<'a> {
-    Dns(&'a str),
-    Uri(&'a str),
-    /// Only a subject common name, no alternative names.
-    CommonName(&'a str),
-    /// A DNS subject alternative name and a different common name.
-    DnsAndCommonName(&'a str, &'a str),
-}
-
-impl ClientCa {
-    pub fn new(dir: &Path) -> ClientCa {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "workload-issuer test client CA");
-        let cert = params.self_signed(&key).unwrap();
-        let path = dir.join("client-ca.crt");
-        std::fs::write(&path, cert.pem()).unwrap();
-        ClientCa {
-            path,
-            issuer: Issuer::new(params, key),
-            intermediates: String::new(),
-        }
-    }
-
-    /// A sub-CA of this one whose name constraints permit only DNS names
-    /// under `permitted` (RFC 5280 §4.2.1.10), as a tenant's CA would be.
-    pub fn constrained_sub_ca(&self, permitted: &str) -> ClientCa {
-        use rcgen::{
-            BasicConstraints, CertificateParams, GeneralSubtree, IsCa, Issuer, KeyPair,
-            NameConstraints,
-        };
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("sub-CA for {permitted}"));
-        params.name_constraints = Some(NameConstraints {
-            permitted_subtrees: vec![GeneralSubtree::DnsName(permitted.to_owned())],
-            excluded_subtrees: Vec::new(),
-        });
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        ClientCa {
-            path: self.path.clone(),
-            issuer: Issuer::new(params, key),
-            intermediates: format!("{}{}", cert.pem(), self.intermediates),
-        }
-    }
-
-    /// A client certificate and its key, both PEM.
-    pub fn issue(&self, name: ClientName<'_>) -> (String, String) {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        match name {
-            ClientName::Dns(n) => params
-                .subject_alt_names
-                .push(SanType::DnsName(n.try_into().unwrap())),
-            ClientName::Uri(n) => params
-                .subject_alt_names
-                .push(SanType::URI(n.try_into().unwrap())),
-            ClientName::CommonName(n) => {
-                params.distinguished_name.push(rcgen::DnType::CommonName, n)
-            }
-            ClientName::DnsAndCommonName(dns, cn) => {
-                params
-                    .subject_alt_names
-                    .push(SanType::DnsName(dns.try_into().unwrap()));
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, cn)
-            }
-        }
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (
-            format!("{}{}", cert.pem(), self.intermediates),
-            key.serialize_pem(),
-        )
-    }
-}
-
 /// A rustls client configuration trusting `ca_pem`, presenting a client
 /// certificate when given, offering the ALPN protocols given.
 pub fn tls_client_config(
@@ -459,14 +364,6 @@ pub fn tls_client_config(
     config
 }
 
-/// A reqwest client over [`tls_client_config`].
-pub fn tls_client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls_client_config(ca_pem, identity, &[b"h2", b"http/1.1"]))
-        .build()
-        .unwrap()
-}
-
 /// Polls `check` every 100 ms for up to `limit`; whether it came true.
 pub async fn eventually<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
 where
@@ -481,10 +378,6 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     false
-}
-
-pub fn token_path(cluster: &str, ns: &str, sa: &str) -> String {
-    format!("/c/{cluster}/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token")
 }
 
 pub async fn metrics(client: &reqwest::Client, base: &str) -> String {
@@ -503,29 +396,92 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Opens a TLS connection and returns the stream, the server's leaf
-/// certificate and the negotiated ALPN protocol.
-pub async fn tls_connect(
-    base: &str,
-    ca_pem: &str,
-    alpn: &[&[u8]],
-) -> Result<
+/// Runs the binary with `args`: its exit code (-1 for a signal), stdout and
+/// stderr.
+pub async fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
     (
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-        Vec<u8>,
-        Option<Vec<u8>>,
-    ),
-    std::io::Error,
-> {
-    let addr = base.trim_start_matches("https://");
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(
-        ca_pem, None, alpn,
-    )));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = connector.connect(name, tcp).await?;
-    let (_, conn) = stream.get_ref();
-    let leaf = conn.peer_certificates().unwrap()[0].as_ref().to_vec();
-    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-    Ok((stream, leaf, alpn))
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `token` against `server` with the API token in `token_file`, for
+/// service account `default` in namespace `ws-1`; add what a test needs.
+pub fn token_args<'a>(server: &'a str, token_file: &'a str) -> Vec<&'a str> {
+    vec![
+        "token",
+        "--server",
+        server,
+        "--token-file",
+        token_file,
+        "-n",
+        "ws-1",
+        "--service-account",
+        "default",
+    ]
+}
+
+/// `check-config FILE`: the exit code and stderr.
+pub fn check_config(file: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The permission bits of a file or directory.
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Sends `signal` to the process `pid`.
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .unwrap_or_else(|| panic!("{pid} is not a process id"));
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Asserts that the public listener's connection cap was reached at least
+/// once, by the metrics of the API listener at `api`.
+pub async fn assert_public_cap_reached(client: &reqwest::Client, api: &str) {
+    let text = metrics(client, api).await;
+    assert!(
+        sample(
+            &text,
+            r#"workload_issuer_connections_limited_total{listener="public"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the connection cap was never reached:\n{text}"
+    );
+}
+
+/// SIGTERM to a child process, then its exit status, which must come
+/// within `limit`.
+pub async fn sigterm_and_wait(
+    child: &mut tokio::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    signal(
+        child.id().expect("a running process"),
+        rustix::process::Signal::TERM,
+    );
+    tokio::time::timeout(limit, child.wait())
+        .await
+        .expect("the process ends on SIGTERM")
+        .unwrap()
 }

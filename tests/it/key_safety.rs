@@ -12,10 +12,8 @@ use workload_issuer::config::{Config, Overrides};
 use workload_issuer::clock::{Clock as _, ManualClock};
 
 use crate::cli::{spawn_serve, terminate};
-use crate::harness::{eventually, verify_with_jwks, Options, Server};
+use crate::harness::{eventually, serve_in_background, verify_with_jwks, Options, Server, BIN};
 use crate::rotation::{fast_clusters, fast_config};
-
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
 
 fn kids(jwks: &serde_json::Value) -> Vec<String> {
     let mut kids: Vec<String> = jwks["keys"]
@@ -204,15 +202,7 @@ async fn a_key_revoked_while_the_server_starts_leaves_the_jwks_within_the_reload
         main: listener,
         api: None,
     };
-    let reloads = workload_issuer::serve::reload_signal();
-    let task = tokio::spawn(async move {
-        let stop = async {
-            let _ = rx.await;
-        };
-        workload_issuer::serve::run(&config, state, sockets, stop, reloads)
-            .await
-            .unwrap();
-    });
+    let task = serve_in_background(config, state, sockets, rx);
     let client = workload_issuer::client::http_client(None).unwrap();
     let url = format!("http://{addr}/c/demo/openid/v1/jwks");
     let followed = eventually(Duration::from_secs(5), || async {

@@ -6,7 +6,7 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
-use crate::harness::{make_tls, verify_with_jwks, Options, Server};
+use crate::harness::{verify_with_jwks, Server};
 
 fn kubeconfig(dir: &Path, server: &str, ca_pem: &str, token: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
@@ -18,24 +18,29 @@ fn kubeconfig(dir: &Path, server: &str, ca_pem: &str, token: &str) -> std::path:
     path
 }
 
+/// kubectl with the kubeconfig `config` and its cache in `work`.
+async fn kubectl(config: &Path, work: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(config)
+        .arg("--cache-dir")
+        .arg(work.join("kube-cache"))
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl must be on PATH (the machine image ships it)")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_token_gets_a_token_that_verifies() {
     let work = tempfile::tempdir().unwrap();
-    let keys = work.path().join("keys");
-    let tls = make_tls(work.path());
-    let s = Server::start(Options {
-        tls: Some(&tls),
-        ..Options::new(&keys)
-    })
-    .await;
+    let (s, tls) = Server::tls_in(work.path()).await;
     for cluster in ["demo", "edge"] {
         let config = kubeconfig(work.path(), &s.issuer(cluster), &tls.ca_pem, &s.admin_token);
-        let out = tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&config)
-            .arg("--cache-dir")
-            .arg(work.path().join("kube-cache"))
-            .args([
+        let out = kubectl(
+            &config,
+            work.path(),
+            &[
                 "create",
                 "token",
                 "builder",
@@ -45,10 +50,9 @@ async fn kubectl_create_token_gets_a_token_that_verifies() {
                 "https://vault.example.com",
                 "--duration",
                 "1h",
-            ])
-            .output()
-            .await
-            .expect("kubectl must be on PATH (the machine image ships it)");
+            ],
+        )
+        .await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{cluster}: kubectl failed: {stderr}");
         let token = String::from_utf8(out.stdout).unwrap();
@@ -72,23 +76,10 @@ async fn kubectl_create_token_gets_a_token_that_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_shows_the_servers_message_for_a_refused_request() {
     let work = tempfile::tempdir().unwrap();
-    let keys = work.path().join("keys");
-    let tls = make_tls(work.path());
-    let s = Server::start(Options {
-        tls: Some(&tls),
-        ..Options::new(&keys)
-    })
-    .await;
+    let (s, tls) = Server::tls_in(work.path()).await;
     let config = kubeconfig(work.path(), &s.issuer("demo"), &tls.ca_pem, &s.admin_token);
-    let out = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&config)
-        .arg("--cache-dir")
-        .arg(work.path().join("kube-cache"))
-        .args(["create", "token", "builder", "-n", "ci", "--duration", "5m"])
-        .output()
-        .await
-        .expect("kubectl must be on PATH");
+    let create = ["create", "token", "builder", "-n", "ci", "--duration", "5m"];
+    let out = kubectl(&config, work.path(), &create).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -100,13 +91,7 @@ async fn kubectl_shows_the_servers_message_for_a_refused_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_tls_1_2_and_1_3_are_offered() {
     let work = tempfile::tempdir().unwrap();
-    let keys = work.path().join("keys");
-    let tls = make_tls(work.path());
-    let s = Server::start(Options {
-        tls: Some(&tls),
-        ..Options::new(&keys)
-    })
-    .await;
+    let (s, _tls) = Server::tls_in(work.path()).await;
     let addr = s.base.trim_start_matches("https://").to_owned();
     // SECLEVEL=0 lets this client offer TLS 1.1 at all; the server must refuse it.
     for (flag, ok) in [("-tls1_3", true), ("-tls1_2", true), ("-tls1_1", false)] {

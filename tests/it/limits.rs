@@ -7,38 +7,37 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::harness::{metrics, sample, token_path, token_sha256, write_config, Options, Server};
+use crate::harness::{
+    assert_public_cap_reached, metrics, sample, token_path, token_sha256, write_config, Options,
+    Server,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let hex = token_sha256("limited-token");
     let s = Server::start(Options {
-extra: format!(
-            "[[api_clients]]\nname = \"limited\"\ntoken_sha256 = \"{hex}\"\nclusters = [\"*\"]\nrate_limit = \"2/m\"\n"
+        extra: format!(
+            "[[api_clients]]\nname = \"limited\"\ntoken_sha256 = \"{hex}\"\n\
+             clusters = [\"*\"]\nrate_limit = \"2/m\"\n"
         ),
-..Options::new(dir.path())
-})
+        ..Options::new(dir.path())
+    })
     .await;
     let c = s.client();
     let url = format!("{}{}", s.base, token_path("edge", "ns", "sa"));
-    for _ in 0..2 {
-        let r = c
-            .post(&url)
+    let mint = || async {
+        c.post(&url)
             .bearer_auth("limited-token")
             .json(&json!({}))
             .send()
             .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(mint().await.status(), 201);
     }
-    let r = c
-        .post(&url)
-        .bearer_auth("limited-token")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = mint().await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -155,15 +154,7 @@ extra: "[limits]\nmax_connections = 16\nheader_read_timeout = \"1s\"\nrequest_ti
             .expect("discovery starved by slow clients");
         assert_eq!(r.status(), 200);
     }
-    let text = metrics(&c, s.api_base.as_deref().unwrap()).await;
-    assert!(
-        sample(
-            &text,
-            r#"workload_issuer_connections_limited_total{listener="public"}"#
-        )
-        .is_some_and(|n| n >= 1.0),
-        "the connection cap was never reached:\n{text}"
-    );
+    assert_public_cap_reached(&c, s.api_base.as_deref().unwrap()).await;
     for t in slow {
         t.abort();
     }

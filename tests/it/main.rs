@@ -7,7 +7,6 @@ mod client_usability;
 mod config;
 mod delivery;
 mod delivery_faults;
-mod documents;
 mod errors;
 mod hardening;
 mod harness;

@@ -204,17 +204,9 @@ async fn a_protobuf_token_request_as_kubectl_sends_it_is_accepted() {
         content_encoding: Some(String::new()),
         content_type: Some(String::new()),
     };
-    let mut body = b"k8s\0".to_vec();
-    body.extend(envelope.encode_to_vec());
     let r = s
-        .client()
-        .post(s.token_url("demo", "ns", "sa"))
-        .bearer_auth(&s.admin_token)
-        .header("Content-Type", "application/vnd.kubernetes.protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_protobuf(&s.token_url("demo", "ns", "sa"), &envelope)
+        .await;
     assert_eq!(r.status(), 201);
     let v: serde_json::Value = r.json().await.unwrap();
     let token = v["status"]["token"].as_str().unwrap();

@@ -5,6 +5,13 @@ use serde_json::json;
 
 use crate::harness::{Server, CI_TOKEN};
 
+fn review_url(s: &Server, cluster: &str) -> String {
+    format!(
+        "{}/apis/authentication.k8s.io/v1/tokenreviews",
+        s.issuer(cluster)
+    )
+}
+
 async fn review(
     s: &Server,
     cluster: &str,
@@ -13,10 +20,7 @@ async fn review(
 ) -> (u16, serde_json::Value) {
     let r = s
         .client()
-        .post(format!(
-            "{}/apis/authentication.k8s.io/v1/tokenreviews",
-            s.issuer(cluster)
-        ))
+        .post(review_url(s, cluster))
         .bearer_auth(bearer)
         .json(&body)
         .send()
@@ -133,51 +137,36 @@ async fn token_review_needs_an_allowed_api_client_and_a_well_formed_body() {
     let s = Server::default_in(dir.path()).await;
     let (status, v) = review(&s, "demo", "wrong", request("x", &[])).await;
     assert_eq!((status, v["reason"].as_str()), (401, Some("Unauthorized")));
-    let (status, v) = review(&s, "demo", CI_TOKEN, request("x", &[])).await;
-    assert_eq!(status, 403);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("API client \"ci\" may not mint tokens for cluster \"demo\""),
-        "{v}"
-    );
-    let (status, v) = review(
-        &s,
-        "demo",
-        &s.admin_token,
-        json!({"kind":"TokenReview","spec":{"token":""}}),
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("spec.token: Required value"),
-        "{v}"
-    );
-    let (status, v) = review(
-        &s,
-        "demo",
-        &s.admin_token,
-        json!({"kind":"TokenRequest","spec":{"token":"x"}}),
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("kind: Invalid value: \"TokenRequest\""),
-        "{v}"
-    );
+    for (bearer, body, status, needle) in [
+        (
+            CI_TOKEN,
+            request("x", &[]),
+            403,
+            "API client \"ci\" may not mint tokens for cluster \"demo\"",
+        ),
+        (
+            &s.admin_token,
+            json!({"kind":"TokenReview","spec":{"token":""}}),
+            400,
+            "spec.token: Required value",
+        ),
+        (
+            &s.admin_token,
+            json!({"kind":"TokenRequest","spec":{"token":"x"}}),
+            400,
+            "kind: Invalid value: \"TokenRequest\"",
+        ),
+    ] {
+        let (got, v) = review(&s, "demo", bearer, body).await;
+        assert_eq!(got, status, "{needle}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{needle}: {v}"
+        );
+    }
     let r = s
         .client()
-        .get(format!(
-            "{}/apis/authentication.k8s.io/v1/tokenreviews",
-            s.issuer("demo")
-        ))
+        .get(review_url(&s, "demo"))
         .bearer_auth(&s.admin_token)
         .send()
         .await
@@ -209,20 +198,7 @@ async fn a_protobuf_token_review_is_answered() {
         content_encoding: None,
         content_type: None,
     };
-    let mut body = b"k8s\0".to_vec();
-    body.extend(envelope.encode_to_vec());
-    let r = s
-        .client()
-        .post(format!(
-            "{}/apis/authentication.k8s.io/v1/tokenreviews",
-            s.issuer("edge")
-        ))
-        .bearer_auth(&s.admin_token)
-        .header("Content-Type", "application/vnd.kubernetes.protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = s.post_protobuf(&review_url(&s, "edge"), &envelope).await;
     assert_eq!(r.status(), 201);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"]["authenticated"], true, "{v}");

@@ -4,16 +4,17 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use workload_issuer::clock::{Clock as _, ManualClock};
 
 use crate::cli::{spawn_serve, terminate};
-use crate::harness::{verify_with_jwks, Options, Server};
-
-const BIN: &str = env!("CARGO_BIN_EXE_workload-issuer");
+use crate::harness::{
+    check_config, eventually, signal, verify_with_jwks, Options, Server, ADMIN_CLIENT, BIN,
+};
+use rustix::process::Signal;
 
 /// A cluster that rotates every few seconds, for tests that watch it happen.
 pub(crate) fn fast_config(keys: &Path, reload: &str) -> String {
@@ -35,13 +36,7 @@ jwks_max_age = "2s"
 rotate_every = "5s"
 publish_ahead = "2s"
 clock_skew = "1s"
-
-[[api_clients]]
-name = "admin"
-token_file = "admin.token"
-generate = true
-clusters = ["*"]
-"#,
+{ADMIN_CLIENT}"#,
         keys = keys.display().to_string()
     )
 }
@@ -68,8 +63,9 @@ async fn jwks(client: &reqwest::Client, addr: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// `keys ARGS --config CONFIG`, which must succeed; its output.
 async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(BIN)
+    let out = tokio::process::Command::new(BIN)
         .arg("keys")
         .args(args)
         .arg("--config")
@@ -77,7 +73,13 @@ async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
         .env("NO_COLOR", "1")
         .output()
         .await
-        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The cluster of `fast_config` with an admin client, for servers started
@@ -242,23 +244,13 @@ async fn a_running_server_follows_the_cli_and_sighup_reloads_at_once() {
     let client = workload_issuer::client::http_client(None).unwrap();
     let before = kids(&jwks(&client, &addr).await);
 
-    let out = keys_cli(&config, &["rotate", "--cluster", "r", "--force"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(server.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut after = before.clone();
-    while Instant::now() < deadline && after == before {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = kids(&jwks(&client, &addr).await);
-    }
+    keys_cli(&config, &["rotate", "--cluster", "r", "--force"]).await;
+    signal(server.id(), Signal::HUP);
+    eventually(Duration::from_secs(3), || async {
+        kids(&jwks(&client, &addr).await) != before
+    })
+    .await;
+    let after = kids(&jwks(&client, &addr).await);
     assert!(
         after.len() > before.len(),
         "SIGHUP picked up the new key: {before:?} -> {after:?}"
@@ -277,21 +269,12 @@ async fn a_running_server_follows_the_cli_and_sighup_reloads_at_once() {
         .unwrap()
         .to_owned();
     assert!(listed["clusters"][0]["keys"][0]["next_transition"]["at"].is_string());
-    let out = keys_cli(&config, &["revoke", "--cluster", "r", "--kid", &current]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(server.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && kids(&jwks(&client, &addr).await).contains(&current) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    keys_cli(&config, &["revoke", "--cluster", "r", "--kid", &current]).await;
+    signal(server.id(), Signal::HUP);
+    eventually(Duration::from_secs(3), || async {
+        !kids(&jwks(&client, &addr).await).contains(&current)
+    })
+    .await;
     assert!(
         !kids(&jwks(&client, &addr).await).contains(&current),
         "revoked key still published"
@@ -362,13 +345,8 @@ retention = "7d"
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_config(&file);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("clusters[0].publish_ahead: 1h is shorter than jwks_max_age 2h"),
         "{err}"

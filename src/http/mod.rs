@@ -211,7 +211,9 @@ async fn dispatch(
 }
 
 /// Runs an API handler for at most `limit`; past it, a 504 like
-/// kube-apiserver's request timeout.
+/// kube-apiserver's request timeout. Not tower-http's TimeoutLayer: that
+/// answers with an empty body, where a Kubernetes client is owed a `Status`
+/// naming the setting, and the connection must close (a body may be unread).
 async fn within(
     limit: Duration,
     work: impl std::future::Future<Output = Result<Response, AppError>>,

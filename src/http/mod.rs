@@ -1,5 +1,6 @@
 //! The HTTP surface: routes requests to a cluster by the path of its issuer
-//! URL, then to discovery, JWKS or the TokenRequest API.
+//! URL (one hash probe, axum's fallback), then to discovery, JWKS or the
+//! TokenRequest API; health and metrics are ordinary axum routes.
 //!
 //! Calls `issuer` and reads the key set it publishes; never imports
 //! `keys::rotation` or a crypto crate.

@@ -44,7 +44,9 @@ fn serve(
 ) -> Response {
     let method = request.method();
     if method == Method::OPTIONS {
-        // CORS preflight: anyone may GET these documents.
+        // CORS preflight: anyone may GET these documents. Three constant
+        // headers, by hand: tower-http's CorsLayer answers every OPTIONS
+        // with a 200 and no Allow, and adds Vary to every answer.
         let mut response = StatusCode::NO_CONTENT.into_response();
         let h = response.headers_mut();
         cors(h);
@@ -233,6 +235,53 @@ mod tests {
                     etag.starts_with('"') && !etag.starts_with("W/"),
                     "{path}: a strong ETag: {etag}"
                 );
+            }
+        }
+
+        #[tokio::test]
+        async fn health_routes_answer_get_and_head_refuse_the_rest_and_are_counted() {
+            let (router, _dir) = router().await;
+            let send = |method: &str, path: &str| {
+                let request = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap();
+                router.clone().oneshot(request)
+            };
+            let r = send("HEAD", "/healthz").await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["cache-control"], "no-store");
+            let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+            assert!(body.is_empty(), "{body:?}");
+            for (method, path) in [
+                ("POST", "/healthz"),
+                ("BREW", "/readyz"),
+                ("PUT", "/metrics"),
+            ] {
+                let r = send(method, path).await.unwrap();
+                assert_eq!(
+                    r.status(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path}"
+                );
+                assert_eq!(r.headers()["allow"], "GET, HEAD", "{method} {path}");
+                let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let message = v["message"].as_str().unwrap();
+                assert!(message.contains(&format!("{method} is not allowed")), "{v}");
+            }
+            let r = send("GET", "/metrics").await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            for line in [
+                r#"workload_issuer_http_requests_total{route="healthz",status="200"} 1"#,
+                r#"workload_issuer_http_requests_total{route="healthz",status="405"} 1"#,
+                r#"workload_issuer_http_requests_total{route="readyz",status="405"} 1"#,
+                r#"workload_issuer_http_requests_total{route="metrics",status="405"} 1"#,
+            ] {
+                assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
             }
         }
 

@@ -1,7 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (keys loaded, listeners up,
 //! last reloads good) and `/metrics` (Prometheus text format). Never cached.
 
-use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -10,44 +9,29 @@ use std::sync::Arc;
 use super::{AppState, Face};
 use crate::error::AppError;
 
-const ALLOW: &str = "GET, HEAD";
-
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
     super::uncached(status, "application/json", body.to_string())
 }
 
-/// `None` for GET and HEAD, else the 405 to answer.
-fn only_get(request: &Request) -> Option<Response> {
-    only_get_method(request.method())
-}
-
-fn only_get_method(method: &Method) -> Option<Response> {
-    if method == Method::GET || method == Method::HEAD {
-        return None;
-    }
-    Some(
-        AppError::plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed here; read it with GET or HEAD"),
-        )
-        .with_allow(ALLOW)
-        .into_response(),
+/// The 405 of a read-only route, as axum's method routing falls back to it.
+/// The Allow header is ours, spelled as before; axum only adds one when the
+/// answer has none.
+pub async fn not_allowed(method: Method) -> Response {
+    AppError::plain(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed here; read it with GET or HEAD"),
     )
+    .with_allow("GET, HEAD")
+    .into_response()
 }
 
-pub fn healthz(request: &Request) -> Response {
-    if let Some(r) = only_get(request) {
-        return r;
-    }
+pub fn healthz() -> Response {
     json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
 /// On the public face the problems are summaries: file paths and OS errors
 /// are for the operator (the API listener, the logs), not the internet.
-pub fn readyz(state: &AppState, face: Face, request: &Request) -> Response {
-    if let Some(r) = only_get(request) {
-        return r;
-    }
+pub fn readyz(state: &AppState, face: Face) -> Response {
     match state.health.readiness(&state.issuers) {
         Ok(()) => json(
             StatusCode::OK,
@@ -77,10 +61,7 @@ pub fn readyz(state: &AppState, face: Face, request: &Request) -> Response {
 
 /// Rendering walks every cluster's keys (thousands of them in a big
 /// fleet): it runs on the blocking pool, not on the threads serving JWKS.
-pub async fn metrics(state: &Arc<AppState>, method: Method) -> Response {
-    if let Some(r) = only_get_method(&method) {
-        return r;
-    }
+pub async fn metrics(state: &Arc<AppState>) -> Response {
     let shared = state.clone();
     let rendered = tokio::task::spawn_blocking(move || {
         shared

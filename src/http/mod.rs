@@ -1,5 +1,6 @@
 //! The HTTP surface: routes requests to a cluster by the path of its issuer
-//! URL, then to discovery, JWKS or the TokenRequest API.
+//! URL (one hash probe, axum's fallback), then to discovery, JWKS or the
+//! TokenRequest API; health and metrics are ordinary axum routes.
 //!
 //! Calls `issuer` and reads the key set it publishes; never imports
 //! `keys::rotation` or a crypto crate.
@@ -17,6 +18,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 
 use crate::error::AppError;
@@ -82,16 +84,62 @@ pub fn app(state: AppState) -> Router {
     app_for(state, Face::All)
 }
 
-/// The router of a listener serving `face`. One handler does the routing
-/// itself: with thousands of clusters at arbitrary issuer paths, one hash
-/// lookup on the issuer path beats a route table that grows with them.
+/// The router of a listener serving `face`. Health and metrics sit at fixed
+/// paths and are ordinary axum routes. Everything else is found by the
+/// issuer path, in the fallback: with thousands of clusters at arbitrary
+/// issuer paths, one hash lookup on the path beats a route table that grows
+/// with them.
 pub fn app_for(state: AppState, face: Face) -> Router {
     // One Arc per request to clone, not one per shared part.
-    Router::new()
+    let state = Arc::new(state);
+    let mut router = Router::new()
+        .route(
+            "/healthz",
+            read_only(&state, Route::Healthz, get(|| async { health::healthz() })),
+        )
+        .route(
+            "/readyz",
+            read_only(
+                &state,
+                Route::Readyz,
+                get(move |State(state): State<Arc<AppState>>| async move {
+                    health::readyz(&state, face)
+                }),
+            ),
+        );
+    if face != Face::Public {
+        router =
+            router.route(
+                "/metrics",
+                read_only(
+                    &state,
+                    Route::Metrics,
+                    get(|State(state): State<Arc<AppState>>| async move {
+                        health::metrics(&state).await
+                    }),
+                ),
+            );
+    }
+    router
         .fallback(
             move |State(state): State<Arc<AppState>>, request: Request| route(state, face, request),
         )
-        .with_state(Arc::new(state))
+        .with_state(state)
+}
+
+/// `get` (which answers HEAD too), our JSON 405 for any other method, and
+/// every answer counted under `route`.
+fn read_only(
+    state: &Arc<AppState>,
+    route: Route,
+    get: MethodRouter<Arc<AppState>>,
+) -> MethodRouter<Arc<AppState>> {
+    let metrics = state.metrics.clone();
+    get.fallback(health::not_allowed)
+        .layer(axum::middleware::map_response(move |response: Response| {
+            metrics.request(route, response.status().as_u16());
+            std::future::ready(response)
+        }))
 }
 
 async fn route(state: Arc<AppState>, face: Face, request: Request) -> Response {
@@ -123,18 +171,6 @@ async fn dispatch(
     request: Request,
 ) -> (Route, Option<Arc<Cluster>>, Response) {
     let path = request.uri().path();
-    match path {
-        "/healthz" => return (Route::Healthz, None, health::healthz(&request)),
-        "/readyz" => return (Route::Readyz, None, health::readyz(state, face, &request)),
-        "/metrics" if face != Face::Public => {
-            return (
-                Route::Metrics,
-                None,
-                health::metrics(state, request.method().clone()).await,
-            )
-        }
-        _ => {}
-    }
     if let Some(prefix) = path.strip_suffix(DISCOVERY_PATH) {
         let response = match state.issuers.published_at(prefix) {
             Some(published) => documents::discovery(published, &request),
@@ -176,7 +212,9 @@ async fn dispatch(
 }
 
 /// Runs an API handler for at most `limit`; past it, a 504 like
-/// kube-apiserver's request timeout.
+/// kube-apiserver's request timeout. Not tower-http's TimeoutLayer: that
+/// answers with an empty body, where a Kubernetes client is owed a `Status`
+/// naming the setting, and the connection must close (a body may be unread).
 async fn within(
     limit: Duration,
     work: impl std::future::Future<Output = Result<Response, AppError>>,

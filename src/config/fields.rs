@@ -101,6 +101,8 @@ const CLUSTER: &[Field] = &[
     f("publish_ahead", Kind::Duration),
     f("clock_skew", Kind::Duration),
     f("retention", Kind::Duration),
+    f("kubernetes_signer_socket", Kind::Str),
+    f("kubernetes_signer_socket_group", Kind::Str),
 ];
 
 const ROTATION: &[Field] = &[

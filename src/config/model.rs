@@ -120,6 +120,18 @@ pub struct ClusterConfig {
     pub max_token_lifetime: Duration,
     pub jwks_max_age: Duration,
     pub rotation: RotationPolicy,
+    /// Where `serve` answers kube-apiserver's external signer calls for
+    /// this cluster (REFERENCE §9), if anywhere.
+    pub kubernetes_signer: Option<SignerSocket>,
+}
+
+/// The Unix socket of a cluster's external signer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignerSocket {
+    pub path: PathBuf,
+    /// A group (name or numeric id) that may connect too: the socket is
+    /// then 0660 instead of 0600.
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -88,6 +88,10 @@ pub(super) struct FileCluster {
     pub(super) clock_skew: Option<String>,
     #[serde(default)]
     pub(super) retention: Option<String>,
+    #[serde(default)]
+    pub(super) kubernetes_signer_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) kubernetes_signer_socket_group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,3 +20,4 @@ mod minting;
 mod observability;
 mod review;
 mod rotation;
+mod signer;

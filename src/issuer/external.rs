@@ -5,7 +5,8 @@
 //! which the relay (`client::relay`) calls.
 //!
 //! The claims are signed exactly as given: checked, never rewritten. The key
-//! comes from `mint::signing_set`, as minting's does. Knows nothing of gRPC
+//! is taken in one place, [`signing_keys`], as minting takes its own. Knows
+//! nothing of gRPC
 //! or HTTP; the refusal kinds are named after gRPC's codes because that is
 //! what kube-apiserver reads.
 
@@ -15,8 +16,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
 use super::cluster::{Cluster, Published};
-use super::mint::{signing_set, MintError};
+use crate::keys::material::SigningKey;
 
 /// Largest payload accepted, encoded. A Kubernetes token's is about 1 KiB.
 pub const MAX_CLAIMS: usize = 64 * 1024;
@@ -177,19 +180,27 @@ pub fn max_lifetime_seconds(cluster: &Cluster) -> i64 {
     i64::try_from(cluster.config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// The key set that signs for `cluster`, or why it cannot sign. Cheap: call
-/// it before waiting for a signing turn.
-pub fn signing_keys(cluster: &Cluster) -> Result<std::sync::Arc<Published>, SignError> {
-    signing_set(cluster).map_err(|e| match e {
-        MintError::Signing => refuse(Refusal::Internal, "signing failed"),
-        other => refuse(Refusal::FailedPrecondition, other.to_string()),
-    })
+/// The published set a signature is made for and the key that makes it.
+#[derive(Debug)]
+pub struct SigningSet {
+    pub published: Arc<Published>,
+    pub key: Arc<SigningKey>,
 }
 
-/// Signs `header.claims` with the current key of `published`; the header
-/// holds only alg, kid and typ (REFERENCE §9).
-pub fn sign(published: &Published, checked: &Checked<'_>) -> Result<Signed, SignError> {
-    let signer = published.keys.signer();
+/// What signs for `cluster` now, taken as minting takes it (`mint::mint`):
+/// the current published set and its current key. A cluster that cannot
+/// sign here is to be refused with FAILED_PRECONDITION and the reason.
+/// Cheap: call it before waiting for a signing turn.
+pub fn signing_keys(cluster: &Cluster) -> Result<SigningSet, SignError> {
+    let published = cluster.published();
+    let key = published.keys.signer().clone();
+    Ok(SigningSet { published, key })
+}
+
+/// Signs `header.claims` with the current key; the header holds only alg,
+/// kid and typ (REFERENCE §9).
+pub fn sign(set: &SigningSet, checked: &Checked<'_>) -> Result<Signed, SignError> {
+    let (published, signer) = (&set.published, &set.key);
     let mut input =
         String::with_capacity(published.header_b64.len() + 1 + checked.claims_b64.len());
     input.push_str(&published.header_b64);
@@ -296,7 +307,6 @@ mod tests {
     use crate::config::{Config, Overrides};
     use crate::keys::jwk::kid_from_spki_der;
     use crate::keys::store::KeyStore;
-    use std::sync::Arc;
 
     fn cluster(algorithm: &str) -> (Cluster, tempfile::TempDir) {
         let text = format!(
@@ -379,24 +389,21 @@ mod tests {
             // Unsorted members and odd spacing: signed as is, not re-encoded.
             let claims =
                 b64(r#"{"sub":"s", "iss":"https://oidc.example.com/c/demo","iat":5,"exp":605}"#);
-            let published = signing_keys(&c).unwrap();
-            let signed = sign(&published, &check(&c, &claims).unwrap()).unwrap();
+            let set = signing_keys(&c).unwrap();
+            let signed = sign(&set, &check(&c, &claims).unwrap()).unwrap();
             let header: Value =
                 serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&signed.header).unwrap()).unwrap();
             let members: Vec<&String> = header.as_object().unwrap().keys().collect();
             assert_eq!(members, ["alg", "kid", "typ"]);
             assert_eq!(header["alg"], alg);
             assert_eq!(header["typ"], "JWT");
-            let data = key_data(&published).unwrap();
+            let data = key_data(&set.published).unwrap();
             assert_eq!(data.keys.len(), 1);
             assert_eq!(data.keys[0].kid, signed.kid);
             assert_eq!(kid_from_spki_der(&data.keys[0].der), signed.kid);
             let message = format!("{}.{claims}", signed.header);
             let signature = URL_SAFE_NO_PAD.decode(&signed.signature).unwrap();
-            assert!(published
-                .keys
-                .signer()
-                .verify(message.as_bytes(), &signature));
+            assert!(set.key.verify(message.as_bytes(), &signature));
         }
     }
 }

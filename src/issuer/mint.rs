@@ -5,7 +5,6 @@
 //! is refused below the minimum and cut to the maximum with a warning. Errors
 //! name the field the way kube-apiserver does, so kubectl users recognise them.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,7 +12,7 @@ use base64::Engine as _;
 use uuid::Uuid;
 
 use super::claims::{service_account_uid, subject, Claims, KubernetesClaims, ObjectRef};
-use super::cluster::{Cluster, Published};
+use super::cluster::Cluster;
 use crate::k8s::names::{
     check_audience, is_dns_label, is_dns_subdomain, DNS_LABEL_RULE, DNS_SUBDOMAIN_RULE,
 };
@@ -156,13 +155,6 @@ fn validate_bound(b: &BoundObjectRef) -> Result<BoundKind, MintError> {
     Ok(kind)
 }
 
-/// The published set whose current key signs for `cluster`. Minting and the
-/// external signer (`issuer::external`) both take their key here, so a
-/// cluster that may not sign is refused alike by both.
-pub fn signing_set(cluster: &Cluster) -> Result<Arc<Published>, MintError> {
-    Ok(cluster.published())
-}
-
 /// Validates `req` against `cluster`'s rules and signs a token with its
 /// current key. `now` is passed in so tests control the clock.
 pub fn mint(cluster: &Cluster, req: &MintRequest, now: SystemTime) -> Result<Minted, MintError> {
@@ -253,7 +245,7 @@ pub fn mint(cluster: &Cluster, req: &MintRequest, now: SystemTime) -> Result<Min
         sub: subject(&req.namespace, &req.name),
     };
 
-    let published = signing_set(cluster)?;
+    let published = cluster.published();
     let signer = published.keys.signer();
     let payload = serde_json::to_vec(&claims).map_err(|_| MintError::Signing)?;
     let mut token = String::with_capacity(published.header_b64.len() + payload.len() * 4 / 3 + 400);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::agent::AgentOptions;
+use crate::client::relay::RelayOptions;
 use crate::client::token::TokenOptions;
 use crate::client::verify::VerifyOptions;
 use crate::client::{Format, IdentityOptions, SecretOptions, SecretType, TargetOptions};
@@ -54,6 +55,9 @@ pub enum Command {
     Agent(AgentArgs),
     /// Verify a token as a relying party does, and say what is wrong with it.
     Verify(VerifyArgs),
+    /// Serve kube-apiserver's external token signer (--service-account-signing-endpoint)
+    /// on a Unix socket, relaying to the issuer's API: for a kube-apiserver on another machine.
+    KubernetesSigner(KubernetesSignerArgs),
     /// Write a cluster's discovery document and JWKS as static files, for object storage or a CDN.
     Export {
         #[command(flatten)]
@@ -157,6 +161,38 @@ pub struct AgentArgs {
     /// File mode of the socket, in octal.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     pub socket_mode: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct KubernetesSignerArgs {
+    /// The cluster's issuer URL on the issuer's API listener, such as
+    /// https://oidc.example.com/c/demo.
+    #[arg(long)]
+    pub server: String,
+    /// File holding the API client's bearer token; re-read on every call.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// PEM CA bundle to trust for the server; without it, the system's roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Unix socket kube-apiserver dials (its --service-account-signing-endpoint).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// A group (name or id) that may connect too: the socket is then 0660, not 0600.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+}
+
+impl From<KubernetesSignerArgs> for RelayOptions {
+    fn from(a: KubernetesSignerArgs) -> RelayOptions {
+        RelayOptions {
+            server: a.server,
+            token_file: a.token_file,
+            ca_file: a.ca_file,
+            socket: a.socket,
+            socket_group: a.socket_group,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

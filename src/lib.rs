@@ -5,7 +5,8 @@
 //! name rules) and `config` (settings, layered and validated); `keys`
 //! (material, JWKs, the on-disk store, the rotation policy, its steps and
 //! task); `issuer` (clusters, claims, minting, API clients; no HTTP); `http`
-//! (routes), `server` (listeners, TLS), `health` and `metrics`; `client`
+//! (routes), `server` (listeners, TLS), `signer` (Kubernetes' external token
+//! signer, gRPC on a Unix socket), `health` and `metrics`; `client`
 //! (`token`, `agent`, `verify`: the client side, which imports nothing of the
 //! server side); `serve` (start-up glue), `commands`, and `cli` (clap, the
 //! only module besides `main` that knows it).
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod metrics;
 pub mod serve;
 pub mod server;
+pub mod signer;
 pub mod signing;
 
 pub use http::{app, app_for, AppState, Face};

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         Command::Token(args) => block_on(client::token::run(args.into())),
         Command::Agent(args) => block_on(client::agent::run(args.into())),
         Command::Verify(args) => block_on(client::verify::run(args.into())),
+        Command::KubernetesSigner(args) => block_on(client::relay::run(args.into())),
     }
 }
 

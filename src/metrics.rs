@@ -25,6 +25,8 @@ pub enum Route {
     Jwks,
     Token,
     TokenReview,
+    /// The external signer's endpoints (`<issuer path>/externaljwt/v1/...`).
+    ExternalJwt,
     Healthz,
     Readyz,
     Metrics,
@@ -32,11 +34,12 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 8] = [
+    const ALL: [Route; 9] = [
         Route::Discovery,
         Route::Jwks,
         Route::Token,
         Route::TokenReview,
+        Route::ExternalJwt,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -54,6 +57,7 @@ impl Route {
             Route::Jwks => "jwks",
             Route::Token => "token",
             Route::TokenReview => "tokenreview",
+            Route::ExternalJwt => "externaljwt",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
@@ -86,6 +90,54 @@ impl MintOutcome {
     }
 }
 
+/// Where a request to sign for kube-apiserver came in: its Unix socket, or
+/// the issuer API's signing endpoint (the relay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignVia {
+    Socket,
+    Api,
+}
+
+impl SignVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            SignVia::Socket => "socket",
+            SignVia::Api => "api",
+        }
+    }
+}
+
+/// How a signing request ended, for `external_sign_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignOutcome {
+    Signed,
+    /// Malformed claims (gRPC INVALID_ARGUMENT).
+    Invalid,
+    /// Claims this cluster will not sign (PERMISSION_DENIED).
+    Denied,
+    /// The cluster cannot sign (FAILED_PRECONDITION).
+    CannotSign,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    Failed,
+}
+
+impl SignOutcome {
+    fn name(self) -> &'static str {
+        match self {
+            SignOutcome::Signed => "signed",
+            SignOutcome::Invalid => "invalid",
+            SignOutcome::Denied => "denied",
+            SignOutcome::CannotSign => "cannot_sign",
+            SignOutcome::Unauthorized => "unauthorized",
+            SignOutcome::Forbidden => "forbidden",
+            SignOutcome::RateLimited => "rate_limited",
+            SignOutcome::Failed => "failed",
+        }
+    }
+}
+
 const STATUS_SPAN: usize = 500; // 100..=599
 
 /// When a cluster's rotation policy next has something to do with these
@@ -101,6 +153,7 @@ pub struct Metrics {
     /// hot path then bumps an atomic without hashing labels.
     request_cells: Vec<Vec<OnceLock<IntCounter>>>,
     minted: IntCounterVec,
+    signed: IntCounterVec,
     /// Caught up at each scrape from requests_total's 304 children, so a
     /// conditional GET bumps one counter, as a 200 does.
     not_modified: IntCounterVec,
@@ -137,6 +190,15 @@ impl Metrics {
                 "TokenRequests by cluster and outcome (issued, unauthorized, forbidden, rate_limited, invalid, failed).",
             ),
             &["cluster", "outcome"],
+        )?;
+        let signed = IntCounterVec::new(
+            opts(
+                "external_sign_requests_total",
+                "Requests to sign kube-apiserver's tokens (external signer), by cluster, \
+                 where they came in (socket, api) and outcome (signed, invalid, denied, \
+                 cannot_sign, unauthorized, forbidden, rate_limited, failed).",
+            ),
+            &["cluster", "via", "outcome"],
         )?;
         let not_modified = IntCounterVec::new(
             opts(
@@ -204,6 +266,7 @@ impl Metrics {
         for c in [
             &requests,
             &minted,
+            &signed,
             &not_modified,
             &connections_accepted,
             &connections_waited,
@@ -232,6 +295,7 @@ impl Metrics {
             requests,
             request_cells,
             minted,
+            signed,
             not_modified,
             key_age,
             next_rotation,
@@ -272,6 +336,12 @@ impl Metrics {
     pub fn mint(&self, cluster: &str, outcome: MintOutcome) {
         self.minted
             .with_label_values(&[cluster, outcome.name()])
+            .inc();
+    }
+
+    pub fn sign(&self, cluster: &str, via: SignVia, outcome: SignOutcome) {
+        self.signed
+            .with_label_values(&[cluster, via.name(), outcome.name()])
             .inc();
     }
 

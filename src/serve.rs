@@ -1,7 +1,8 @@
 //! The `serve` command: load every cluster's keys (creating first keys), the
 //! API clients, then listen.
 //!
-//! Glue between `config`, `keys::store`, `issuer`, `http` and `server`.
+//! Glue between `config`, `keys::store`, `issuer`, `http`, `server` and
+//! `signer` (each cluster's external-signer socket).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::keys::policy::Source;
 use crate::keys::rotation::{self, Background, BackgroundSettings, Managed};
 use crate::keys::store::KeyStore;
 use crate::server::{self, ListenerStats, TlsSource};
+use crate::signer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,6 +33,11 @@ pub enum StartError {
     Join(String),
     #[error("keys dir: {0}")]
     Store(crate::keys::store::StoreError),
+    #[error("cluster \"{cluster}\": kubernetes_signer_socket: {source}")]
+    Signer {
+        cluster: String,
+        source: std::io::Error,
+    },
     #[error("cluster \"{cluster}\": {source}")]
     Rotation {
         cluster: String,
@@ -228,6 +235,7 @@ pub async fn run(
         ));
     }
     state.health.set_listeners(infos);
+    let signers = bind_signers(config, &state).await?;
     let background = start_background(config, &state);
     let hup = background.reload_handle();
     let sighup = tokio::spawn(async move {
@@ -254,6 +262,26 @@ pub async fn run(
 
     // One shutdown signal, fanned out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signing: Vec<_> = signers
+        .into_iter()
+        .map(|(cluster, socket)| {
+            let mut stop = stop_rx.clone();
+            let backend = Arc::new(signer::local::LocalSigner::new(
+                cluster.clone(),
+                state.signing.clone(),
+                state.metrics.clone(),
+            ));
+            tokio::spawn(async move {
+                let served = signer::serve(socket, backend, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(cluster = cluster.id(), error = %e, "the external signer stopped");
+                }
+            })
+        })
+        .collect();
     let serving: Vec<_> = listeners
         .into_iter()
         .map(|(listener, face)| {
@@ -266,7 +294,7 @@ pub async fn run(
         .collect();
     shutdown.await;
     let _ = stop_tx.send(true);
-    for task in serving {
+    for task in serving.into_iter().chain(signing) {
         task.await.map_err(|e| StartError::Join(e.to_string()))?;
     }
     for w in watchers {
@@ -276,6 +304,42 @@ pub async fn run(
     background.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the external-signer socket of each cluster that names one
+/// (REFERENCE §9), before anything is served: a socket that cannot be had
+/// stops the start.
+async fn bind_signers(
+    config: &Config,
+    state: &AppState,
+) -> Result<Vec<(Arc<crate::issuer::Cluster>, signer::Socket)>, StartError> {
+    let mut bound = Vec::new();
+    for c in &config.clusters {
+        let Some(at) = &c.kubernetes_signer else {
+            continue;
+        };
+        let failed = |source| StartError::Signer {
+            cluster: c.id.clone(),
+            source,
+        };
+        let gid = match &at.group {
+            Some(group) => Some(signer::group_id(group).map_err(failed)?),
+            None => None,
+        };
+        let socket = signer::bind(&at.path, gid).await.map_err(failed)?;
+        let Some(cluster) = state.issuers.by_id(&c.id).cloned() else {
+            continue;
+        };
+        tracing::info!(
+            cluster = c.id,
+            mode = if gid.is_some() { "0660" } else { "0600" },
+            group = at.group.as_deref().unwrap_or(""),
+            "external token signer (ExternalJWTSigner v1, v1alpha1) on unix://{}",
+            at.path.display()
+        );
+        bound.push((cluster, socket));
+    }
+    Ok(bound)
 }
 
 /// Every cluster, or a summary when there are many.
@@ -307,12 +371,12 @@ fn start_background(config: &Config, state: &AppState) -> Background {
     let mut managed = Vec::new();
     let mut loaded = Vec::new();
     for cluster in state.issuers.all() {
-        let target = cluster.clone();
+        let (target, clock) = (cluster.clone(), state.clock.clone());
         managed.push(Managed {
             cluster: cluster.id().to_owned(),
             source: key_source(&cluster.config),
             policy: cluster.config.rotation,
-            publish: Box::new(move |set| target.replace_keys(set)),
+            publish: Box::new(move |set| target.replace_keys(set, clock.now())),
         });
         loaded.push(cluster.published().keys.clone());
     }

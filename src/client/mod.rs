@@ -9,14 +9,17 @@
 //! `cli` builds from its parsed flags.
 //!
 //! Must not import the server side (`server`, `serve`, `http`, `issuer`,
-//! `keys`, `health`, `metrics`) nor clap: it talks to the issuer over HTTP
-//! like any other client. It may use the neutral helpers `fsutil` and the
-//! Kubernetes name rules of the bottom layer, `k8s::names`.
+//! `keys`, `health`, `metrics`, `signer::local`) nor clap: it talks to the
+//! issuer over HTTP like any other client. It may use the neutral helpers
+//! `fsutil`, the Kubernetes name rule `k8s::names::check_audience`, and the
+//! protocol half of `signer` (the external signer's gRPC service and socket,
+//! which `relay` serves).
 
 pub mod agent;
 mod identity;
 mod mint;
 pub mod output;
+pub mod relay;
 mod renewal;
 pub mod secret;
 mod signal;

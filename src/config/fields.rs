@@ -102,6 +102,8 @@ const CLUSTER: &[Field] = &[
     f("clock_skew", Kind::Duration),
     f("retention", Kind::Duration),
     f("publish_only", Kind::Bool),
+    f("kubernetes_signer_socket", Kind::Str),
+    f("kubernetes_signer_socket_group", Kind::Str),
 ];
 
 const ROTATION: &[Field] = &[

@@ -576,7 +576,8 @@ mod tests {
                  tls_key, client_ca",
                 "line 9: unknown field `algo` in clusters[1]; expected one of: id, issuer, \
                  algorithm, rsa_bits, audiences, min_token_lifetime, max_token_lifetime, \
-                 jwks_max_age, rotate_every, publish_ahead, clock_skew, retention, publish_only",
+                 jwks_max_age, rotate_every, publish_ahead, clock_skew, retention, publish_only, \
+                 kubernetes_signer_socket, kubernetes_signer_socket_group",
                 "line 10: clusters[1].rsa_bits: must be an integer, not a string",
                 "line 13: unknown field `token` in api_clients[0]; expected one of: name, \
                  token_sha256, token_file, generate, clusters, namespaces, certificate_names, \

@@ -33,5 +33,5 @@ pub use keyspec::{Algorithm, KeySpec, RSA_BITS};
 pub use load::{ConfigError, Overrides, EMBEDDED_DEFAULT};
 pub use model::{
     ApiClientConfig, ClusterConfig, Config, Credential, Limits, ListenerConfig, RateLimit,
-    RotationPolicy, RotationSettings, TlsFiles, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE,
+    RotationPolicy, RotationSettings, SignerSocket, TlsFiles, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE,
 };

@@ -124,6 +124,18 @@ pub struct ClusterConfig {
     /// key): this issuer only publishes the public keys imported with `keys
     /// import`, generates none, and refuses to sign for it.
     pub publish_only: bool,
+    /// Where `serve` answers kube-apiserver's external signer calls for
+    /// this cluster (REFERENCE §9), if anywhere.
+    pub kubernetes_signer: Option<SignerSocket>,
+}
+
+/// The Unix socket of a cluster's external signer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignerSocket {
+    pub path: PathBuf,
+    /// A group (name or numeric id) that may connect too: the socket is
+    /// then 0660 instead of 0600.
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -90,6 +90,10 @@ pub(super) struct FileCluster {
     pub(super) retention: Option<String>,
     #[serde(default)]
     pub(super) publish_only: bool,
+    #[serde(default)]
+    pub(super) kubernetes_signer_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) kubernetes_signer_socket_group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

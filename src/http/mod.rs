@@ -1,6 +1,7 @@
 //! The HTTP surface: routes requests to a cluster by the path of its issuer
-//! URL (one hash probe, axum's fallback), then to discovery, JWKS or the
-//! TokenRequest API; health and metrics are ordinary axum routes.
+//! URL (one hash probe, axum's fallback), then to discovery, JWKS, the
+//! TokenRequest API or the external signer's endpoints; health and metrics
+//! are ordinary axum routes.
 //!
 //! Calls `issuer` and reads the key set it publishes; never imports
 //! `keys::rotation` or a crypto crate.
@@ -9,6 +10,7 @@ mod documents;
 mod health;
 pub mod kube;
 mod review;
+mod sign;
 mod token;
 pub mod token_request;
 
@@ -196,6 +198,20 @@ async fn dispatch(
         let response = within(state.request_timeout, work).await;
         return (Route::TokenReview, Some(cluster), response);
     }
+    if let Some(response) = external_jwt(state, face, path) {
+        let (cluster, keys) = match response {
+            Ok(found) => found,
+            Err(refused) => return (Route::ExternalJwt, None, refused),
+        };
+        let work = async {
+            Ok(match keys {
+                true => sign::keys(state, &cluster, request).await,
+                false => sign::sign(state, &cluster, request).await,
+            })
+        };
+        let response = within(state.request_timeout, work).await;
+        return (Route::ExternalJwt, Some(cluster), response);
+    }
     if let Some(target) = token::TokenPath::parse(path) {
         if face == Face::Public {
             return (Route::Token, None, not_on_this_listener());
@@ -209,6 +225,34 @@ async fn dispatch(
         return (Route::Token, Some(cluster), response);
     }
     (Route::Other, None, not_found(path))
+}
+
+/// The external signer's endpoints (`http::sign`): the cluster and whether
+/// the keys are asked for; `None` for another path.
+fn external_jwt(
+    state: &AppState,
+    face: Face,
+    path: &str,
+) -> Option<Result<(Arc<Cluster>, bool), Response>> {
+    let (prefix, keys) = match (
+        path.strip_suffix(sign::SIGN_PATH),
+        path.strip_suffix(sign::KEYS_PATH),
+    ) {
+        (Some(prefix), _) => (prefix, false),
+        (_, Some(prefix)) => (prefix, true),
+        _ => return None,
+    };
+    if face == Face::Public {
+        return Some(Err(not_on_this_listener()));
+    }
+    Some(
+        state
+            .issuers
+            .by_path(prefix)
+            .cloned()
+            .map(|c| (c, keys))
+            .ok_or_else(no_cluster),
+    )
 }
 
 /// Runs an API handler for at most `limit`; past it, a 504 like

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -88,6 +88,10 @@ pub struct Published {
     pub keys: Arc<KeySet>,
     /// base64url of the JOSE header of tokens signed by the current key.
     pub header_b64: String,
+    /// When the published keys last changed, as far as this server knows:
+    /// the newest time in their records at start, then the time a reload
+    /// brought a different JWKS (a revoked key leaves no record behind).
+    pub changed: SystemTime,
 }
 
 impl Published {
@@ -104,6 +108,7 @@ impl Published {
             jwks: Document::new(keys.jwks_json().to_vec()),
             max_age: max_age.as_secs(),
             header_b64: URL_SAFE_NO_PAD.encode(header),
+            changed: newest_record_time(&keys),
             keys,
         }
     }
@@ -123,6 +128,20 @@ impl Published {
             which,
         })
     }
+}
+
+/// The newest publication, activation or retirement time of the keys.
+fn newest_record_time(keys: &KeySet) -> SystemTime {
+    keys.keys()
+        .iter()
+        .flat_map(|k| {
+            let r = &k.record;
+            [Some(&r.published), r.activated.as_ref(), r.retired.as_ref()]
+        })
+        .flatten()
+        .filter_map(|t| humantime::parse_rfc3339(t).ok())
+        .max()
+        .unwrap_or(UNIX_EPOCH)
 }
 
 struct Body {
@@ -204,13 +223,17 @@ impl Cluster {
         }
     }
 
-    /// Replaces the key set; readers see the old or the new set, never a mix.
-    pub fn replace_keys(&self, keys: Arc<KeySet>) {
-        self.shelf.0[self.slot].store(Arc::new(Published::new(
-            &self.config.issuer,
-            self.config.jwks_max_age,
-            keys,
-        )));
+    /// Replaces the key set, loaded at `now`; readers see the old or the
+    /// new set, never a mix.
+    pub fn replace_keys(&self, keys: Arc<KeySet>, now: SystemTime) {
+        let mut published = Published::new(&self.config.issuer, self.config.jwks_max_age, keys);
+        let before = self.current();
+        published.changed = if before.jwks.body == published.jwks.body {
+            before.changed
+        } else {
+            now.max(published.changed)
+        };
+        self.shelf.0[self.slot].store(Arc::new(published));
     }
 }
 
@@ -390,7 +413,7 @@ mod tests {
         let (other, _) = KeyStore::new(dir.path().to_path_buf())
             .load_or_create("c1", cluster.config.key_spec, SystemTime::now())
             .unwrap();
-        cluster.replace_keys(Arc::new(other));
+        cluster.replace_keys(Arc::new(other), SystemTime::now());
         let after = issuers.published_at("/c/c1").unwrap();
         assert_ne!(before.jwks.etag(), after.jwks.etag());
         assert_eq!(after.jwks.body, cluster.published().jwks.body);

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod claims;
 pub mod cluster;
 pub mod discovery;
+pub mod external;
 pub mod mint;
 pub mod review;
 

@@ -22,3 +22,4 @@ mod publish_only;
 mod python_client;
 mod review;
 mod rotation;
+mod signer;

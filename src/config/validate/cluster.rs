@@ -7,12 +7,16 @@
 use std::time::Duration;
 
 use super::duration;
-use crate::config::model::{ClusterConfig, RotationPolicy, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE};
+use crate::config::model::{
+    ClusterConfig, RotationPolicy, SignerSocket, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE,
+};
 use crate::config::schema::FileCluster;
 use crate::config::{KeySpec, RSA_BITS};
 use crate::k8s::names::{check_audience, is_dns_label};
 
 const MAX_LIFETIME_CAP: Duration = Duration::from_secs(365 * 86400);
+/// kube-apiserver's floor for `max_token_expiration_seconds`.
+const MIN_SIGNER_LIFETIME: Duration = Duration::from_secs(600);
 
 pub(super) fn validate_cluster(
     at: &str,
@@ -124,6 +128,7 @@ pub(super) fn validate_cluster(
             ));
         }
     }
+    let kubernetes_signer = validate_signer(at, &c, max, problems);
     let rotation = match (max, max_age) {
         (Some(max), Some(age)) => validate_policy(at, &c, max, age, problems),
         _ => None,
@@ -142,6 +147,57 @@ pub(super) fn validate_cluster(
         max_token_lifetime: max?,
         jwks_max_age: max_age?,
         publish_only: c.publish_only,
+        kubernetes_signer,
+    })
+}
+
+/// kube-apiserver refuses a signer whose maximum lifetime is under 10
+/// minutes (REFERENCE §9), and dials an absolute socket path.
+fn validate_signer(
+    at: &str,
+    c: &FileCluster,
+    max_lifetime: Option<Duration>,
+    problems: &mut Vec<String>,
+) -> Option<SignerSocket> {
+    let Some(path) = &c.kubernetes_signer_socket else {
+        if c.kubernetes_signer_socket_group.is_some() {
+            problems.push(format!(
+                "{at}.kubernetes_signer_socket_group: only applies with kubernetes_signer_socket"
+            ));
+        }
+        return None;
+    };
+    if c.publish_only {
+        problems.push(format!(
+            "{at}.kubernetes_signer_socket: a publish_only cluster holds no private key here \
+             and cannot sign; drop publish_only or kubernetes_signer_socket"
+        ));
+    }
+    if !path.is_absolute() || path.file_name().is_none() {
+        problems.push(format!(
+            "{at}.kubernetes_signer_socket: \"{}\" must be an absolute file path, as \
+             kube-apiserver's --service-account-signing-endpoint names it",
+            path.display()
+        ));
+    }
+    if let Some(max) = max_lifetime.filter(|m| *m < MIN_SIGNER_LIFETIME) {
+        problems.push(format!(
+            "{at}.max_token_lifetime: {} is under 10m, the least kube-apiserver accepts from \
+             an external signer (max_token_expiration_seconds >= 600); raise it or drop \
+             kubernetes_signer_socket",
+            humantime::format_duration(max)
+        ));
+    }
+    if let Some(group) = &c.kubernetes_signer_socket_group {
+        if group.is_empty() || group.contains(':') {
+            problems.push(format!(
+                "{at}.kubernetes_signer_socket_group: {group:?} is not a group name or id"
+            ));
+        }
+    }
+    Some(SignerSocket {
+        path: path.clone(),
+        group: c.kubernetes_signer_socket_group.clone(),
     })
 }
 

@@ -56,6 +56,7 @@ pub(super) fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<C
     let mut clusters = Vec::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut paths: HashMap<String, usize> = HashMap::new();
+    let mut sockets: HashMap<PathBuf, usize> = HashMap::new();
     for (i, c) in file.clusters.into_iter().enumerate() {
         let at = format!("clusters[{i}]");
         if let Some(first) = ids.get(&c.id) {
@@ -75,6 +76,15 @@ pub(super) fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<C
                 ));
             } else {
                 paths.insert(cluster.issuer_path.clone(), i);
+            }
+            if let Some(s) = &cluster.kubernetes_signer {
+                if let Some(first) = sockets.insert(s.path.clone(), i) {
+                    problems.push(format!(
+                        "{at}.kubernetes_signer_socket: \"{}\" is also clusters[{first}]'s; \
+                         each cluster's signer needs its own socket",
+                        s.path.display()
+                    ));
+                }
             }
             clusters.push(cluster);
         }

@@ -8,6 +8,7 @@ mod delivery;
 mod delivery_faults;
 mod documents;
 mod errors;
+mod federation;
 mod hardening;
 mod harness;
 mod interop;

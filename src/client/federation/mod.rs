@@ -32,7 +32,7 @@ use std::time::SystemTime;
 use super::{read_flag_file, ClientError};
 
 pub use fetch::Documents;
-pub use print::{print, PrintOptions};
+pub use print::{print, render, PrintOptions};
 pub use token::Token;
 
 /// A relying party whose rules are checked.

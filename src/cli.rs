@@ -383,8 +383,8 @@ pub struct FederationPrintArgs {
     pub namespace: String,
     #[arg(long)]
     pub service_account: String,
-    /// The audience to register; the cluster's audiences when it sets them, else the
-    /// provider's usual one.
+    /// The audience to register; without it, the provider's usual one (sts.amazonaws.com,
+    /// the GCP provider's name, api://AzureADTokenExchange, vault).
     #[arg(long)]
     pub audience: Option<String>,
     /// The 12-digit AWS account that holds the role (aws only).

@@ -1,7 +1,9 @@
 //! `workload-issuer federation print`: the trust policy, or the gcloud, az
 //! and vault commands, that make a provider trust one service account of a
-//! cluster, built from the configuration (the cluster's issuer, algorithm
-//! and audiences) so they agree with what `federation check` checks.
+//! cluster, built from the configuration (the cluster's issuer and
+//! algorithm; its audiences for a note when tokens minted without
+//! `--audience` would not match) so they agree with what `federation
+//! check` checks.
 //!
 //! Reads `config` (the bottom layer) and the Kubernetes name rules; nothing
 //! of the server side.
@@ -14,7 +16,7 @@ use serde_json::json;
 use super::rules::aws::{provider_name, DEFAULT_AUDIENCE as AWS_AUDIENCE};
 use super::rules::azure::DEFAULT_AUDIENCE as AZURE_AUDIENCE;
 use super::Provider;
-use crate::config::{Algorithm, ClusterConfig, Config, Overrides, DEFAULT_AUDIENCE};
+use crate::config::{Algorithm, ClusterConfig, Config, Overrides};
 use crate::k8s::names::{is_dns_label, is_dns_subdomain};
 
 /// The audience `federation print vault` binds when the cluster names none
@@ -28,8 +30,8 @@ pub struct PrintOptions {
     pub cluster: String,
     pub namespace: String,
     pub service_account: String,
-    /// The audience to register; the cluster's own when it sets some, else
-    /// the provider's usual one.
+    /// The audience to register; the provider's usual one when `None`
+    /// (with a note when the cluster mints another by default).
     pub audience: Option<String>,
     /// The AWS account holding the role (for the trust policy's principal).
     pub aws_account: Option<String>,
@@ -82,11 +84,10 @@ pub fn render(config: &Config, options: &PrintOptions) -> Result<String, String>
         "system:serviceaccount:{}:{}",
         options.namespace, options.service_account
     );
-    let audiences = audiences(cluster, options);
     let what = Target {
         cluster,
         subject: &subject,
-        audiences: &audiences,
+        audience: options.audience.as_deref(),
         options,
     };
     match options.provider {
@@ -97,30 +98,31 @@ pub fn render(config: &Config, options: &PrintOptions) -> Result<String, String>
     }
 }
 
-/// `--audience`, else the cluster's audiences when it sets its own, else
-/// none (each provider then takes its usual one).
-fn audiences(cluster: &ClusterConfig, options: &PrintOptions) -> Vec<String> {
-    match &options.audience {
-        Some(a) => vec![a.clone()],
-        None if cluster.audiences == [DEFAULT_AUDIENCE] => Vec::new(),
-        None => cluster.audiences.clone(),
-    }
-}
-
 struct Target<'a> {
     cluster: &'a ClusterConfig,
     subject: &'a str,
-    audiences: &'a [String],
+    /// `--audience`; each provider's usual one when `None`.
+    audience: Option<&'a str>,
     options: &'a PrintOptions,
 }
 
 impl Target<'_> {
-    fn or(&self, default: &str) -> Vec<String> {
-        if self.audiences.is_empty() {
-            vec![default.to_owned()]
-        } else {
-            self.audiences.to_vec()
-        }
+    fn or<'s>(&'s self, usual: &'s str) -> &'s str {
+        self.audience.unwrap_or(usual)
+    }
+
+    /// A warning, when the cluster's tokens carry another audience unless
+    /// minted with `--audience`: the registration alone would not admit
+    /// them.
+    fn audience_note(&self, registered: &str) -> Option<String> {
+        let auds = &self.cluster.audiences;
+        (!auds.iter().any(|a| a == registered)).then(|| {
+            format!(
+                "# cluster {:?} mints aud {auds:?} when a request names none: \
+                 mint with --audience {registered}\n",
+                self.cluster.id
+            )
+        })
     }
 
     fn header(&self, provider: &str) -> String {
@@ -141,11 +143,11 @@ impl Target<'_> {
             ));
         }
         let provider = provider_name(&self.cluster.issuer);
-        let auds = self.or(AWS_AUDIENCE);
-        let aud = match auds.as_slice() {
-            [one] => json!(one),
-            many => json!(many),
-        };
+        let aud = self.or(AWS_AUDIENCE);
+        // JSON has no comments: the note goes to standard error.
+        if let Some(note) = self.audience_note(aud) {
+            eprint!("{note}");
+        }
         let policy = json!({
             "Version": "2012-10-17",
             "Statement": [{
@@ -175,17 +177,19 @@ impl Target<'_> {
              --attribute-mapping=\"google.subject=assertion.sub,attribute.namespace=assertion['kubernetes.io']['namespace']\"\n",
             c.id,
             quote(&c.issuer),
-            if self.audiences.is_empty() {
-                String::new()
-            } else {
-                format!(" --allowed-audiences={}", quote(&self.audiences.join(",")))
+            match self.audience {
+                Some(a) => format!(" --allowed-audiences={}", quote(a)),
+                None => String::new(),
             },
         ));
         let pool = "//iam.googleapis.com/projects/$PROJECT_NUMBER/locations/global/workloadIdentityPools/$POOL";
-        if self.audiences.is_empty() {
-            out.push_str(&format!(
+        match self.audience {
+            Some(a) => out.extend(self.audience_note(a)),
+            // Without allowed audiences, the provider's own name is the
+            // audience (the cluster's cannot be it).
+            None => out.push_str(&format!(
                 "# tokens for it: --audience \"https:{pool}/providers/$PROVIDER\"\n"
-            ));
+            )),
         }
         out.push_str(&format!(
             "gcloud projects add-iam-policy-binding \"$PROJECT_ID\" \\\n  \
@@ -206,17 +210,7 @@ impl Target<'_> {
                 c.key_spec.algorithm()
             ));
         }
-        let aud = match self.or(AZURE_AUDIENCE).as_slice() {
-            [one] => one.clone(),
-            many => {
-                return Err(format!(
-                    "cluster {:?} has {} audiences {many:?}: a federated credential takes exactly \
-                     one; choose it with --audience",
-                    c.id,
-                    many.len()
-                ))
-            }
-        };
+        let aud = self.or(AZURE_AUDIENCE);
         // Credential names: letters, digits, '-' and '_', at most 120.
         let name: String = format!(
             "{}-{}-{}",
@@ -242,8 +236,9 @@ impl Target<'_> {
             quote(&name),
             quote(&c.issuer),
             quote(self.subject),
-            quote(&aud)
+            quote(aud)
         ));
+        out.extend(self.audience_note(aud));
         Ok(out)
     }
 
@@ -267,9 +262,10 @@ impl Target<'_> {
              token_policies={1} token_ttl=1h\n",
             quote(&c.issuer),
             quote(&role),
-            quote(&self.or(VAULT_AUDIENCE).join(",")),
+            quote(self.or(VAULT_AUDIENCE)),
             quote(self.subject),
         ));
+        out.extend(self.audience_note(self.or(VAULT_AUDIENCE)));
         out
     }
 }
@@ -340,13 +336,28 @@ mod tests {
     fn the_cluster_audiences_and_algorithm_shape_the_commands() {
         let c = config("audiences = [\"a1\", \"a2\"]");
         let gcp = render(&c, &options(Provider::Gcp, "prod")).unwrap();
-        assert!(gcp.contains("--allowed-audiences=a1,a2"), "{gcp}");
+        assert!(!gcp.contains("--allowed-audiences"), "{gcp}");
+        assert!(
+            gcp.contains("# tokens for it: --audience \"https://iam.googleapis.com/projects/"),
+            "{gcp}"
+        );
         assert!(
             gcp.contains("--issuer-uri=https://oidc.example.com/c/prod"),
             "{gcp}"
         );
-        let err = render(&c, &options(Provider::Azure, "prod")).unwrap_err();
-        assert!(err.contains("exactly one"), "{err}");
+        let mut a1 = options(Provider::Gcp, "prod");
+        a1.audience = Some("a1".into());
+        let gcp = render(&c, &a1).unwrap();
+        assert!(gcp.contains("--allowed-audiences=a1 "), "{gcp}");
+        assert!(!gcp.contains("mints aud"), "{gcp}");
+        let azure = render(&c, &options(Provider::Azure, "prod")).unwrap();
+        assert!(
+            azure.contains(
+                "mints aud [\"a1\", \"a2\"] when a request names none: \
+                 mint with --audience api://AzureADTokenExchange"
+            ),
+            "{azure}"
+        );
         let err = render(&c, &options(Provider::Azure, "edge")).unwrap_err();
         assert!(err.contains("RS256 only"), "{err}");
         let vault = render(&c, &options(Provider::Vault, "edge")).unwrap();

@@ -530,3 +530,39 @@ async fn print_writes_commands_from_the_config_file() {
         "system:serviceaccount:ws-1234:default"
     );
 }
+
+#[test]
+fn the_guides_registration_blocks_are_what_print_writes() {
+    // deploy/federation.md's example cluster.
+    let config = Config::parse(
+        "guide",
+        "public_url = \"https://oidc.example.com\"\nkeys_dir = \"/nonexistent\"\n\
+         [[clusters]]\nid = \"prod\"\nalgorithm = \"RS256\"\nmax_token_lifetime = \"24h\"\n\
+         jwks_max_age = \"1h\"\npublish_ahead = \"24h\"\naudiences = [\"sts.amazonaws.com\"]\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/federation.md"))
+            .unwrap();
+    for provider in Provider::ALL {
+        let text = render(
+            &config,
+            &PrintOptions {
+                provider,
+                config: None,
+                cluster: "prod".into(),
+                namespace: "ws-1234".into(),
+                service_account: "default".into(),
+                audience: None,
+                aws_account: Some("111122223333".into()),
+            },
+        )
+        .unwrap();
+        assert!(
+            guide.contains(&format!("\n{text}```\n")),
+            "deploy/federation.md lacks what `federation print {}` writes:\n{text}",
+            provider.name()
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
-use workload_issuer::cli::{Cli, Command, LogFormat};
+use workload_issuer::cli::{Cli, Command, FederationCommand, LogFormat};
 use workload_issuer::client;
 use workload_issuer::config::Config;
 
@@ -60,6 +60,10 @@ fn main() -> ExitCode {
         Command::Agent(args) => block_on(client::agent::run(args.into())),
         Command::Verify(args) => block_on(client::verify::run(args.into())),
         Command::KubernetesSigner(args) => block_on(client::relay::run(args.into())),
+        Command::Federation { command } => match command {
+            FederationCommand::Check(args) => block_on(client::federation::run_check(args.into())),
+            FederationCommand::Print(args) => client::federation::print(args.into()),
+        },
     }
 }
 

@@ -4,18 +4,21 @@
 //! Owns the HTTP client (rustls on aws-lc-rs, with the system's roots or a
 //! given CA), minting through TokenRequest (`mint`), the output formats a
 //! workload reads (`output`, with the target API server they point at,
-//! `target`, and the Kubernetes Secret, `secret`), and the three commands
-//! (`token`, `agent`, `verify`), each taking a plain options struct that
-//! `cli` builds from its parsed flags.
+//! `target`, and the Kubernetes Secret, `secret`), and the commands
+//! (`token`, `agent`, `verify`, `federation`, and the external signer's
+//! relay, `relay`), each taking a plain options struct that `cli` builds
+//! from its parsed flags.
 //!
 //! Must not import the server side (`server`, `serve`, `http`, `issuer`,
 //! `keys`, `health`, `metrics`, `signer::local`) nor clap: it talks to the
 //! issuer over HTTP like any other client. It may use the neutral helpers
-//! `fsutil`, the Kubernetes name rule `k8s::names::check_audience`, and the
-//! protocol half of `signer` (the external signer's gRPC service and socket,
-//! which `relay` serves).
+//! `fsutil`, the Kubernetes name rules `k8s::names`, `config` (the bottom
+//! layer) for what `federation print` reads of a cluster, and the protocol
+//! half of `signer` (the external signer's gRPC service and socket, which
+//! `relay` serves).
 
 pub mod agent;
+pub mod federation;
 mod identity;
 mod mint;
 pub mod output;
@@ -78,6 +81,13 @@ pub(crate) fn fail(e: &ClientError) -> ExitCode {
 
 /// An HTTP client trusting `ca_pem` (a PEM bundle), or the system's roots.
 pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError> {
+    client_builder(ca_pem)?
+        .build()
+        .map_err(|e| ClientError::Input(e.to_string()))
+}
+
+/// The builder of [`http_client`], for a command that adds to it.
+fn client_builder(ca_pem: Option<&[u8]>) -> Result<reqwest::ClientBuilder, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -110,12 +120,10 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ClientError::Input(e.to_string()))
+        .timeout(Duration::from_secs(30)))
 }
 
 /// Reads a file named by a flag, saying which flag when it fails.

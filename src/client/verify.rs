@@ -61,7 +61,7 @@ impl Report {
     }
 }
 
-fn read_token(arg: &str) -> Result<String, ClientError> {
+pub(crate) fn read_token(arg: &str) -> Result<String, ClientError> {
     let text = if arg == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -84,7 +84,10 @@ fn read_token(arg: &str) -> Result<String, ClientError> {
     Ok(token)
 }
 
-async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+pub(crate) async fn fetch_json(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<serde_json::Value, String> {
     let r = http
         .get(url)
         .send()
@@ -99,7 +102,7 @@ async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Val
         .map_err(|e| format!("{url} did not answer JSON: {e}"))
 }
 
-fn slash_hint(a: &str, b: &str) -> &'static str {
+pub(crate) fn slash_hint(a: &str, b: &str) -> &'static str {
     if a.trim_end_matches('/') == b.trim_end_matches('/') {
         " (they differ only in a trailing '/': the issuer must match byte for byte)"
     } else {

@@ -8,6 +8,7 @@ mod config;
 mod delivery;
 mod delivery_faults;
 mod errors;
+mod federation;
 mod hardening;
 mod harness;
 mod interop;

@@ -156,6 +156,11 @@ async fn sign_inner(
         };
         (outcome, refused(&e))
     };
+    // A cluster that cannot sign at all says so before any claim is read.
+    let published = match external::signing_keys(cluster) {
+        Ok(p) => p,
+        Err(e) => return Ok(refuse(e)),
+    };
     let checked = match external::check(cluster, &body.claims) {
         Ok(c) => c,
         Err(e) => return Ok(refuse(e)),
@@ -169,10 +174,6 @@ async fn sign_inner(
         };
         return Ok((SignOutcome::Forbidden, forbidden(cluster, client, &why)));
     }
-    let published = match external::signing_keys(cluster) {
-        Ok(p) => p,
-        Err(e) => return Ok(refuse(e)),
-    };
     let signed = if cluster.signs_slowly() {
         state
             .signing

@@ -289,6 +289,27 @@ async fn a_token_signed_by_the_clusters_own_sa_key_verifies_through_discovery_an
         "serviceaccounts \"api\" is forbidden: cluster \"own\" is publish_only: it publishes \
          imported public keys and cannot sign; its own kube-apiserver signs its tokens"
     );
+    // Nor does the external signer's endpoint: a relay gets
+    // FAILED_PRECONDITION with the same reason.
+    let claims = URL_SAFE_NO_PAD.encode(kubernetes_claims(&issuer).to_string());
+    let r = s
+        .client()
+        .post(format!("{issuer}/externaljwt/v1/sign"))
+        .bearer_auth(&s.admin_token)
+        .json(&json!({ "claims": claims }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "FailedPrecondition", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster \"own\" is publish_only"),
+        "{v}"
+    );
     // The generated cluster beside it mints as ever.
     s.mint("demo", "payments", "api", json!({})).await;
     s.stop().await;

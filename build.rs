@@ -3,8 +3,8 @@
 //! checkout (the Docker build copies no `.git`, a source archive has none).
 //!
 //! Also generates the gRPC service glue of Kubernetes' `ExternalJWTSigner`
-//! (src/signer/externaljwt.proto) with tonic-build's manual builder, for the
-//! prost messages written by hand in src/signer/proto.rs: a plain
+//! (src/externaljwt/externaljwt.proto) with tonic-build's manual builder, for the
+//! prost messages written by hand in src/externaljwt/proto.rs: a plain
 //! `cargo build` needs no protoc.
 
 use std::path::Path;
@@ -24,8 +24,8 @@ fn external_jwt_signer() {
         tonic_build::manual::Method::builder()
             .name(name)
             .route_name(route)
-            .input_type(format!("crate::signer::proto::{input}"))
-            .output_type(format!("crate::signer::proto::{output}"))
+            .input_type(format!("crate::externaljwt::proto::{input}"))
+            .output_type(format!("crate::externaljwt::proto::{output}"))
             .codec_path("tonic_prost::ProstCodec")
             .build()
     };

@@ -2,14 +2,16 @@
 //! workload identity.
 //!
 //! Layout, from the bottom: `clock` (time, passed in), `k8s` (Kubernetes
-//! name rules) and `config` (settings, layered and validated); `keys`
+//! name rules), `externaljwt` (the wire protocol of Kubernetes' external
+//! token signer) and `config` (settings, layered and validated); `keys`
 //! (material, JWKs, the on-disk store, the rotation policy, its steps and
 //! task); `issuer` (clusters, claims, minting, API clients; no HTTP); `http`
-//! (routes), `server` (listeners, TLS), `signer` (Kubernetes' external token
-//! signer, gRPC on a Unix socket), `health` and `metrics`; `client`
-//! (`token`, `agent`, `verify`: the client side, which imports nothing of the
-//! server side); `serve` (start-up glue), `commands`, and `cli` (clap, the
-//! only module besides `main` that knows it).
+//! (routes), `server` (listeners, TLS), `signer` (the external signer on a
+//! Unix socket, over a cluster's live keys), `health` and `metrics`; `client`
+//! (`token`, `agent`, `verify`, `federation`, the signer's relay: the client
+//! side, which imports nothing of the server side); `serve` (start-up glue),
+//! `commands`, and `cli` (clap, the only module besides `main` that knows
+//! it).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -18,6 +20,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod externaljwt;
 pub mod fsutil;
 pub mod health;
 pub mod http;

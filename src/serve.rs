@@ -19,7 +19,7 @@ use crate::keys::policy::Source;
 use crate::keys::rotation::{self, Background, BackgroundSettings, Managed};
 use crate::keys::store::KeyStore;
 use crate::server::{self, ListenerStats, TlsSource};
-use crate::signer;
+use crate::{externaljwt, signer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -266,13 +266,13 @@ pub async fn run(
         .into_iter()
         .map(|(cluster, socket)| {
             let mut stop = stop_rx.clone();
-            let backend = Arc::new(signer::local::LocalSigner::new(
+            let backend = Arc::new(signer::LocalSigner::new(
                 cluster.clone(),
                 state.signing.clone(),
                 state.metrics.clone(),
             ));
             tokio::spawn(async move {
-                let served = signer::serve(socket, backend, async move {
+                let served = externaljwt::serve(socket, backend, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
@@ -312,7 +312,7 @@ pub async fn run(
 async fn bind_signers(
     config: &Config,
     state: &AppState,
-) -> Result<Vec<(Arc<crate::issuer::Cluster>, signer::Socket)>, StartError> {
+) -> Result<Vec<(Arc<crate::issuer::Cluster>, externaljwt::Socket)>, StartError> {
     let mut bound = Vec::new();
     for c in &config.clusters {
         let Some(at) = &c.kubernetes_signer else {
@@ -323,10 +323,10 @@ async fn bind_signers(
             source,
         };
         let gid = match &at.group {
-            Some(group) => Some(signer::group_id(group).map_err(failed)?),
+            Some(group) => Some(externaljwt::group_id(group).map_err(failed)?),
             None => None,
         };
-        let socket = signer::bind(&at.path, gid).await.map_err(failed)?;
+        let socket = externaljwt::bind(&at.path, gid).await.map_err(failed)?;
         let Some(cluster) = state.issuers.by_id(&c.id).cloned() else {
             continue;
         };

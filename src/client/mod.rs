@@ -10,11 +10,11 @@
 //! from its parsed flags.
 //!
 //! Must not import the server side (`server`, `serve`, `http`, `issuer`,
-//! `keys`, `health`, `metrics`, `signer::local`) nor clap: it talks to the
+//! `keys`, `health`, `metrics`, `signer`) nor clap: it talks to the
 //! issuer over HTTP like any other client. It may use the neutral helpers
 //! `fsutil`, the Kubernetes name rules `k8s::names`, `config` (the bottom
 //! layer) for what `federation print` reads of a cluster, and the protocol
-//! half of `signer` (the external signer's gRPC service and socket, which
+//! of `externaljwt` (the external signer's gRPC service and socket, which
 //! `relay` serves).
 
 pub mod agent;

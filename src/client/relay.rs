@@ -8,8 +8,8 @@
 //! kube-apiserver retries) and `FetchKeys` and `Metadata` answer from the
 //! last good copy, so tokens already issued keep verifying.
 //!
-//! Client side: imports the protocol half of `signer` (messages, the gRPC
-//! adapter and its socket), never `signer::local` or anything of the server.
+//! Client side: imports the protocol of `externaljwt` (messages, the gRPC
+//! adapter and its socket), never `signer` or anything of the server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,8 +22,8 @@ use serde::Deserialize;
 use tonic::{Code, Status};
 
 use super::{fail, read_flag_file, request_error, ClientError};
-use crate::signer::proto::{FetchKeysResponse, MetadataResponse, SignJwtResponse};
-use crate::signer::{self, fetch_keys_response, Backend};
+use crate::externaljwt::proto::{FetchKeysResponse, MetadataResponse, SignJwtResponse};
+use crate::externaljwt::{self, fetch_keys_response, Backend};
 
 /// The issuer's endpoints, under the cluster's issuer URL.
 const SIGN_PATH: &str = "/externaljwt/v1/sign";
@@ -289,11 +289,12 @@ async fn serve(options: RelayOptions) -> Result<(), ClientError> {
     }
     let gid = match &options.socket_group {
         Some(g) => Some(
-            signer::group_id(g).map_err(|e| ClientError::Input(format!("--socket-group: {e}")))?,
+            externaljwt::group_id(g)
+                .map_err(|e| ClientError::Input(format!("--socket-group: {e}")))?,
         ),
         None => None,
     };
-    let socket = signer::bind(&options.socket, gid)
+    let socket = externaljwt::bind(&options.socket, gid)
         .await
         .map_err(|e| ClientError::Input(format!("--socket: {e}")))?;
     tracing::info!(
@@ -302,7 +303,7 @@ async fn serve(options: RelayOptions) -> Result<(), ClientError> {
         options.socket.display()
     );
     let mut signal = None;
-    let served = signer::serve(socket, relay, async {
+    let served = externaljwt::serve(socket, relay, async {
         signal = Some(stop.wait().await);
     })
     .await;

@@ -6,16 +6,12 @@
 //! - `proto`: the messages and the generated service glue (wire only);
 //! - this module: the [`Backend`] a signer answers from, the adapter that
 //!   serves one backend under both packages, and the socket: created 0600
-//!   (0660 with a group), a stale one replaced, removed on exit;
-//! - `local`: the backend inside `serve`, over one cluster's live key set
-//!   (the server side: reads `issuer`, `metrics`, `signing`).
+//!   (0660 with a group), a stale one replaced, removed on exit.
 //!
-//! Everything but `local` is protocol only and imports nothing of the crate,
-//! so the client side's relay (`client::relay`) serves the same service over
-//! its own backend. Nothing here imports `http` or `keys::rotation`, and
-//! `http` does not import this module.
+//! Protocol only, in the bottom layer: imports nothing of the crate. Two
+//! backends serve it: `signer`, inside `serve`, over a cluster's live key
+//! set, and the client side's relay (`client::relay`), over the issuer's API.
 
-pub mod local;
 pub mod proto;
 
 use std::future::Future;

@@ -2,17 +2,18 @@
 //! from its live key set. Every call reads the published set afresh, so a
 //! rotation, a revocation or a reload reaches `Sign` and `FetchKeys` at once.
 //!
-//! The server side of `signer`: reads `issuer` (the checks and the key, as
-//! minting takes it), `metrics` and `signing`; never `http` or
-//! `keys::rotation`.
+//! The server side of the external signer: serves the protocol of
+//! `externaljwt` over a backend that reads `issuer` (the checks and the key,
+//! as minting takes it), `metrics` and `signing`. Never imports `http`,
+//! `client` or `keys::rotation`, and nothing but `serve` imports it.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use tonic::Status;
 
-use super::proto::{FetchKeysResponse, MetadataResponse, SignJwtResponse};
-use super::{fetch_keys_response, Backend};
+use crate::externaljwt::proto::{FetchKeysResponse, MetadataResponse, SignJwtResponse};
+use crate::externaljwt::{fetch_keys_response, Backend};
 use crate::issuer::external::{self, Refusal, SignError, REFRESH_HINT_SECONDS};
 use crate::issuer::Cluster;
 use crate::metrics::{Metrics, SignOutcome, SignVia};

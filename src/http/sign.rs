@@ -170,7 +170,9 @@ async fn sign_inner(
     if let Err(e) = client.authorize(cluster.id(), namespace) {
         let why = match &checked.namespace {
             Some(_) => e.to_string(),
-            None => format!("{e}: the claims name no kubernetes.io.namespace"),
+            None => format!(
+                "{e}: the claims' sub names no service account (system:serviceaccount:NAMESPACE:NAME)"
+            ),
         };
         return Ok((SignOutcome::Forbidden, forbidden(cluster, client, &why)));
     }

@@ -77,7 +77,10 @@ fn invalid(message: impl Into<String>) -> SignError {
 #[derive(Debug)]
 pub struct Checked<'a> {
     claims_b64: &'a str,
-    /// `kubernetes.io.namespace`, for scoping an API client.
+    /// The namespace of the service account `sub` names
+    /// (`system:serviceaccount:NAMESPACE:NAME`), for scoping an API client:
+    /// what a relying party trusts is `sub`. `kubernetes.io.namespace`, when
+    /// present, names the same one.
     pub namespace: Option<String>,
     /// `exp - iat`, seconds.
     pub lifetime: i64,
@@ -149,11 +152,28 @@ pub fn check<'a>(cluster: &Cluster, claims_b64: &'a str) -> Result<Checked<'a>, 
             ),
         ));
     }
-    let namespace = claims
+    let namespace = match claims.get("sub") {
+        Some(Value::String(sub)) => sub
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(namespace, _)| namespace.to_owned()),
+        Some(_) => return Err(invalid("claims: sub is not a string")),
+        None => None,
+    };
+    let stated = claims
         .get("kubernetes.io")
         .and_then(|k| k.get("namespace"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+        .and_then(Value::as_str);
+    if let (Some(of_sub), Some(stated)) = (&namespace, stated) {
+        if of_sub != stated {
+            return Err(invalid(format!(
+                "claims: sub is a service account of namespace {} but kubernetes.io.namespace \
+                 is {}",
+                quote(of_sub),
+                quote(stated)
+            )));
+        }
+    }
     Ok(Checked {
         claims_b64,
         namespace,

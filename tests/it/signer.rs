@@ -719,6 +719,35 @@ async fn the_relay_signs_only_where_its_api_client_may_mint() {
         "{}",
         err.message()
     );
+    // What a relying party trusts is sub: a namespace of its own beside a
+    // sub of another does not widen the scope, nor does a sub that names no
+    // service account.
+    let with_sub = |sub: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims(&edge, "ci", 600)).unwrap())
+                .unwrap();
+        v["sub"] = json!(sub);
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).unwrap())
+    };
+    let err = apiserver
+        .sign("v1", &with_sub("system:serviceaccount:prod:deployer"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains(
+            "sub is a service account of namespace \"prod\" but kubernetes.io.namespace is \"ci\""
+        ),
+        "{}",
+        err.message()
+    );
+    let err = apiserver.sign("v1", &with_sub("admin")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("sub names no service account"),
+        "{}",
+        err.message()
+    );
     drop(apiserver);
     drop(relay);
 

@@ -91,20 +91,33 @@ pub struct Socket {
 }
 
 /// Binds the signer's socket at `path`, mode 0600, or 0660 owned by group
-/// `gid`. A socket file nobody answers on (left by a crash) is replaced;
-/// a live one, or anything that is not a socket, is refused.
+/// `gid`. A socket file nobody listens on (left by a crash) is replaced;
+/// a live one, one we may not connect to, or anything that is not a socket,
+/// is refused.
 ///
-/// The socket is bound under a temporary name beside `path`, given its mode
-/// and group, then renamed into place: at `path` it never has a wider mode.
+/// The socket is bound in a fresh directory of mode 0700 beside `path`,
+/// given its group and mode there, then renamed into place: nobody else can
+/// connect to it before it has its final mode, whatever the umask.
 pub async fn bind(path: &Path, gid: Option<u32>) -> io::Result<Socket> {
     let shown = path.display();
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{shown}: another process is serving on this socket; stop it or choose another path"),
-                ));
+            match tokio::net::UnixStream::connect(path).await {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{shown}: another process is serving on this socket; stop it or choose another path"),
+                    ))
+                }
+                // Only "nobody listens" makes a socket stale: a socket we may
+                // not connect to, or one whose backlog is full, may be live.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{shown}: a socket is there and connecting to it failed ({e}); refusing to replace it"),
+                    ))
+                }
             }
             tracing::info!(path = %shown, "replacing a stale signer socket nobody answers on");
         }
@@ -117,39 +130,37 @@ pub async fn bind(path: &Path, gid: Option<u32>) -> io::Result<Socket> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io::Error::new(e.kind(), format!("{shown}: {e}"))),
     }
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
+    if path.file_name().is_none() {
+        return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{shown}: not a file path"),
-        )
-    })?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(".{}.tmp", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    // A temporary left by a crashed process with our pid: ours to remove.
-    let _ = std::fs::remove_file(&temp);
+        ));
+    }
+    let private = path.with_file_name(format!(".wi-signer-{}", std::process::id()));
+    // Left by a crashed process with our pid: ours to remove.
+    let _ = std::fs::remove_dir_all(&private);
     let placed = (|| {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+        let temp = private.join("s");
         let listener = UnixListener::bind(&temp)?;
-        let mode = if gid.is_some() { 0o660 } else { 0o600 };
-        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
         if let Some(gid) = gid {
             std::os::unix::fs::chown(&temp, None, Some(gid))?;
         }
+        let mode = if gid.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&temp, path)?;
         let inode = std::fs::symlink_metadata(path)?.ino();
         Ok::<_, io::Error>((listener, inode))
     })();
+    let _ = std::fs::remove_dir_all(&private);
     match placed {
         Ok((listener, inode)) => Ok(Socket {
             listener: Some(listener),
             path: path.to_owned(),
             inode,
         }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&temp);
-            Err(io::Error::new(e.kind(), format!("{shown}: {e}")))
-        }
+        Err(e) => Err(io::Error::new(e.kind(), format!("{shown}: {e}"))),
     }
 }
 

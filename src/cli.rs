@@ -13,7 +13,9 @@ use crate::client::federation::{CheckOptions, PrintOptions, Provider, RoleFiles}
 use crate::client::relay::RelayOptions;
 use crate::client::token::TokenOptions;
 use crate::client::verify::VerifyOptions;
-use crate::client::{Format, IdentityOptions, SecretOptions, SecretType, TargetOptions};
+use crate::client::{
+    AuthOptions, CertFiles, Format, IdentityOptions, SecretOptions, SecretType, TargetOptions,
+};
 use crate::config::Overrides;
 
 #[derive(Debug, Parser)]
@@ -50,7 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Mint a token through the TokenRequest API and write it out (once, or kept fresh).
+    /// Mint a token through the TokenRequest API and write it out (once, or kept fresh),
+    /// authenticated by an API token (--token-file) or a client certificate (--cert, --key).
     Token(TokenArgs),
     /// Serve tokens to local workloads on a Unix socket (the metadata-server pattern).
     Agent(AgentArgs),
@@ -79,15 +82,39 @@ pub enum Command {
     },
 }
 
+/// How to authenticate to the issuer's API: an API token, a client
+/// certificate, or both (the issuer then goes by the token).
+#[derive(Debug, Args)]
+pub struct ApiAuthArgs {
+    /// File holding the API client's bearer token; re-read on every call.
+    #[arg(long, required_unless_present = "cert")]
+    pub token_file: Option<PathBuf>,
+    /// PEM client certificate (chain) to present to the issuer instead of a token, for
+    /// an API client with certificate_names; with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl From<ApiAuthArgs> for AuthOptions {
+    fn from(a: ApiAuthArgs) -> AuthOptions {
+        AuthOptions {
+            token_file: a.token_file,
+            cert: a.cert.zip(a.key).map(|(cert, key)| CertFiles { cert, key }),
+        }
+    }
+}
+
 /// Who to mint for, and where to ask.
 #[derive(Debug, Args)]
 pub struct IdentityArgs {
     /// The issuer URL (a kubeconfig's server), such as https://oidc.example.com/c/demo.
     #[arg(long)]
     pub server: String,
-    /// File holding the API client's bearer token.
-    #[arg(long)]
-    pub token_file: PathBuf,
+    #[command(flatten)]
+    pub auth: ApiAuthArgs,
     /// PEM CA bundle to trust for the server; without it, the system's roots.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
@@ -176,9 +203,8 @@ pub struct KubernetesSignerArgs {
     /// https://oidc.example.com/c/demo.
     #[arg(long)]
     pub server: String,
-    /// File holding the API client's bearer token; re-read on every call.
-    #[arg(long)]
-    pub token_file: PathBuf,
+    #[command(flatten)]
+    pub auth: ApiAuthArgs,
     /// PEM CA bundle to trust for the server; without it, the system's roots.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
@@ -194,7 +220,7 @@ impl From<KubernetesSignerArgs> for RelayOptions {
     fn from(a: KubernetesSignerArgs) -> RelayOptions {
         RelayOptions {
             server: a.server,
-            token_file: a.token_file,
+            auth: a.auth.into(),
             ca_file: a.ca_file,
             socket: a.socket,
             socket_group: a.socket_group,
@@ -251,7 +277,7 @@ impl From<IdentityArgs> for IdentityOptions {
     fn from(a: IdentityArgs) -> IdentityOptions {
         IdentityOptions {
             server: a.server,
-            token_file: a.token_file,
+            auth: a.auth.into(),
             ca_file: a.ca_file,
             namespace: a.namespace,
             service_account: a.service_account,

@@ -1,6 +1,7 @@
 //! The workload identity `token` and `agent` mint for, and the client they
-//! mint through: the issuer URL, the API client's bearer token file, the
-//! CA to trust, the service account and what to ask for.
+//! mint through: the issuer URL, the API client's credentials (a bearer
+//! token file, a client certificate or both), the CA to trust, the service
+//! account and what to ask for.
 //!
 //! Imports nothing of the server side and nothing of clap: `cli` fills
 //! `IdentityOptions` from its flags.
@@ -8,15 +9,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{read_flag_file, ClientError, Issued, MintParams};
+use super::{read_flag_file, AuthOptions, ClientError, Credentials, Issued, MintParams};
 
 /// Who to mint for, and where to ask (`token` and `agent` alike).
 #[derive(Clone, Debug)]
 pub struct IdentityOptions {
     /// The issuer URL, as a kubeconfig's server.
     pub server: String,
-    /// File holding the API client's bearer token; re-read on every mint.
-    pub token_file: PathBuf,
+    /// How to authenticate to the issuer's API.
+    pub auth: AuthOptions,
     /// PEM CA bundle to trust; the system's roots when `None`.
     pub ca_file: Option<PathBuf>,
     pub namespace: String,
@@ -31,7 +32,7 @@ pub struct IdentityOptions {
 pub struct Identity {
     client: reqwest::Client,
     params: MintParams,
-    token_file: PathBuf,
+    credentials: Credentials,
     pub ca_pem: Option<Vec<u8>>,
 }
 
@@ -50,23 +51,22 @@ impl Identity {
             Some(p) => Some(read_flag_file("--ca-file", p)?),
             None => None,
         };
-        let identity = Identity {
-            client: super::http_client(ca_pem.as_deref())?,
+        // Fails early on an unreadable bearer file or a bad certificate.
+        let credentials = Credentials::new(&options.auth)?;
+        Ok(Identity {
+            client: credentials.http_client(ca_pem.as_deref())?,
             params: MintParams {
                 server: options.server.clone(),
-                bearer: String::new(),
+                bearer: None,
                 namespace: options.namespace.clone(),
                 service_account: options.service_account.clone(),
                 audiences: Vec::new(),
                 duration: options.duration,
                 bound_pod: options.bound_pod.clone(),
             },
-            token_file: options.token_file.clone(),
+            credentials,
             ca_pem,
-        };
-        // Fail early on an unreadable bearer file.
-        identity.bearer()?;
-        Ok(identity)
+        })
     }
 
     /// The issuer URL, as given.
@@ -74,24 +74,14 @@ impl Identity {
         &self.params.server
     }
 
-    /// Re-read on every mint, so a rotated API token is picked up.
-    fn bearer(&self) -> Result<String, ClientError> {
-        let text = read_flag_file("--token-file", &self.token_file)?;
-        let token = String::from_utf8_lossy(&text).trim().to_owned();
-        if token.is_empty() {
-            return Err(ClientError::Input(format!(
-                "--token-file {}: the file is empty",
-                self.token_file.display()
-            )));
-        }
-        Ok(token)
-    }
-
     pub async fn mint(&self, audiences: &[String]) -> Result<Issued, ClientError> {
         let mut params = self.params.clone();
-        params.bearer = self.bearer()?;
+        // Re-read on every mint, so a rotated API token is picked up.
+        params.bearer = self.credentials.bearer()?;
         params.audiences = audiences.to_vec();
-        let issued = super::mint(&self.client, &params).await?;
+        let issued = super::mint(&self.client, &params)
+            .await
+            .map_err(|e| self.credentials.explain(e))?;
         if let Some(warning) = issued.clock_warning() {
             tracing::warn!("{warning}");
         }

@@ -16,7 +16,9 @@ use super::{request_error, unverified_claims, ClientError};
 pub struct MintParams {
     /// The issuer URL, as a kubeconfig's server.
     pub server: String,
-    pub bearer: String,
+    /// The API client's bearer token; `None` when the HTTP client presents
+    /// a client certificate instead.
+    pub bearer: Option<String>,
     pub namespace: String,
     pub service_account: String,
     pub audiences: Vec<String>,
@@ -165,16 +167,14 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         "spec": spec,
     });
     let sent = Instant::now();
-    let response = client
-        .post(&url)
-        .bearer_auth(&p.bearer)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: request_error(&e),
-        })?;
+    let mut request = client.post(&url).json(&body);
+    if let Some(bearer) = &p.bearer {
+        request = request.bearer_auth(bearer);
+    }
+    let response = request.send().await.map_err(|e| ClientError::Unreachable {
+        url: url.clone(),
+        reason: request_error(&e),
+    })?;
     let status = response.status();
     let warnings: Vec<String> = response
         .headers()

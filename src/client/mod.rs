@@ -18,6 +18,7 @@
 //! `relay` serves).
 
 pub mod agent;
+mod credentials;
 pub mod federation;
 mod identity;
 mod mint;
@@ -39,6 +40,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
+pub use credentials::{AuthOptions, CertFiles, Credentials};
 pub use identity::IdentityOptions;
 pub use mint::{mint, Issued, MintParams};
 pub use output::{Format, Output};
@@ -88,6 +90,15 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError
 
 /// The builder of [`http_client`], for a command that adds to it.
 fn client_builder(ca_pem: Option<&[u8]>) -> Result<reqwest::ClientBuilder, ClientError> {
+    client_builder_with(ca_pem, None)
+}
+
+/// The builder of an HTTP client trusting `ca_pem` (or the system's roots)
+/// that presents `cert` when the server asks for a client certificate.
+fn client_builder_with(
+    ca_pem: Option<&[u8]>,
+    cert: Option<credentials::ClientCert>,
+) -> Result<reqwest::ClientBuilder, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -114,13 +125,31 @@ fn client_builder(ca_pem: Option<&[u8]>) -> Result<reqwest::ClientBuilder, Clien
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Input(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(reqwest::Client::builder()
+        .with_root_certificates(roots);
+    let (mut tls, alpn) = match cert {
+        // In TLS 1.3 the server refuses a client certificate after the
+        // client's side of the handshake is done; over HTTP/2 hyper may
+        // drop that alert ("channel closed"), over HTTP/1.1 it reaches the
+        // request, so the refusal can be explained.
+        Some(credentials::ClientCert { chain, key, files }) => (
+            tls.with_client_auth_cert(chain, key)
+                .map_err(|e| credentials::refused(&files, &e))?,
+            vec![b"http/1.1".to_vec()],
+        ),
+        None => (
+            tls.with_no_client_auth(),
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        ),
+    };
+    tls.alpn_protocols = alpn;
+    let mut builder = reqwest::Client::builder();
+    if tls.alpn_protocols.len() == 1 {
+        builder = builder.http1_only();
+    }
+    Ok(builder
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30)))
@@ -174,14 +203,55 @@ fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rust
     None
 }
 
-/// What to do about a server certificate the client refused; `None` when
-/// `e` is not that.
+/// What to do about a TLS handshake that failed over a certificate: the
+/// server's, refused by this client, or this client's (`--cert`), refused
+/// by the server. `None` when `e` is not that.
 fn tls_advice(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    match rustls_cause(e)? {
+        rustls::Error::InvalidCertificate(refused) => Some(server_certificate_advice(refused)),
+        rustls::Error::AlertReceived(alert) => client_certificate_advice(*alert),
+        _ => None,
+    }
+}
+
+/// Whether `e` is the server refusing this client's certificate in the TLS
+/// handshake (its alert), which trying again will not change.
+pub fn client_certificate_refused(e: &reqwest::Error) -> bool {
+    matches!(rustls_cause(e), Some(rustls::Error::AlertReceived(alert))
+        if client_certificate_advice(*alert).is_some())
+}
+
+/// What the server's TLS alert says about this client's certificate.
+fn client_certificate_advice(alert: rustls::AlertDescription) -> Option<String> {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::CertificateRequired => Some(
+            "The server asks for a client certificate: pass it with --cert and its key with \
+             --key"
+                .into(),
+        ),
+        A::BadCertificate
+        | A::UnsupportedCertificate
+        | A::CertificateRevoked
+        | A::CertificateExpired
+        | A::CertificateUnknown
+        | A::UnknownCA
+        | A::AccessDenied
+        // A certificate naming a trusted CA that did not sign it.
+        | A::DecryptError => Some(format!(
+            "The server refused the client certificate of --cert (its TLS alert: {alert:?}): \
+             the certificate must be issued by a CA the server trusts for clients (the \
+             issuer's api.client_ca), with any intermediates after it in the file, be within \
+             its validity period and allow client authentication"
+        )),
+        _ => None,
+    }
+}
+
+/// What to do about a server certificate this client refused.
+fn server_certificate_advice(refused: &rustls::CertificateError) -> String {
     use rustls::CertificateError as C;
-    let rustls::Error::InvalidCertificate(refused) = rustls_cause(e)? else {
-        return None;
-    };
-    Some(match refused {
+    match refused {
         C::UnknownIssuer => "The server's certificate was not issued by a CA this client \
             trusts: pass the CA certificate that issued it with --ca-file (without --ca-file, \
             only the system's roots are trusted)"
@@ -208,7 +278,7 @@ fn tls_advice(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         _ => "The server's certificate was refused: check that --ca-file holds the CA \
             that issued it (without --ca-file, only the system's roots are trusted)"
             .into(),
-    })
+    }
 }
 
 /// The token part of a JWT's payload, for diagnostics; not verified.

@@ -2,7 +2,8 @@
 //! (REFERENCE §9) for a kube-apiserver on another machine than the issuer.
 //! It serves the `ExternalJWTSigner` socket there and relays each call to
 //! the issuer API's signing endpoints (`<issuer URL>/externaljwt/v1/sign`
-//! and `/keys`), authenticated like minting. It holds no private key.
+//! and `/keys`), authenticated like minting (a bearer token, a client
+//! certificate or both, `credentials`). It holds no signing key.
 //!
 //! When the issuer cannot be reached, `Sign` answers UNAVAILABLE (which
 //! kube-apiserver retries) and `FetchKeys` and `Metadata` answer from the
@@ -21,7 +22,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tonic::{Code, Status};
 
-use super::{fail, read_flag_file, request_error, ClientError};
+use super::{
+    client_certificate_refused, fail, read_flag_file, request_error, AuthOptions, ClientError,
+    Credentials,
+};
 use crate::externaljwt::proto::{FetchKeysResponse, MetadataResponse, SignJwtResponse};
 use crate::externaljwt::{self, fetch_keys_response, Backend};
 
@@ -36,8 +40,8 @@ const SIGN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RelayOptions {
     /// The cluster's issuer URL on the issuer's API listener.
     pub server: String,
-    /// The API client's bearer token; re-read on every call.
-    pub token_file: PathBuf,
+    /// How to authenticate to the issuer's API.
+    pub auth: AuthOptions,
     /// PEM CA bundle to trust; the system's roots when `None`.
     pub ca_file: Option<PathBuf>,
     /// Where kube-apiserver dials (`--service-account-signing-endpoint`).
@@ -68,17 +72,17 @@ struct SignAnswer {
 }
 
 /// The body of a refusal: the signing endpoint's `{"code","message"}`, or
-/// the API's Status `{"message"}`.
+/// the API's Status `{"message"}`, whose `code` is the HTTP status number.
 #[derive(Deserialize)]
 struct Refusal {
-    code: Option<String>,
+    code: Option<serde_json::Value>,
     message: Option<String>,
 }
 
 pub struct Relay {
     client: reqwest::Client,
     server: String,
-    token_file: PathBuf,
+    credentials: Credentials,
     /// The last keys the issuer gave, for when it cannot be reached.
     last_good: Mutex<Option<FetchKeysAnswer>>,
 }
@@ -105,35 +109,36 @@ impl Relay {
             Some(p) => Some(read_flag_file("--ca-file", p)?),
             None => None,
         };
-        let relay = Relay {
-            client: super::http_client(ca_pem.as_deref())?,
+        // Fails early on an unreadable bearer file or a bad certificate.
+        let credentials = Credentials::new(&options.auth)?;
+        Ok(Relay {
+            client: credentials.http_client(ca_pem.as_deref())?,
             server: options.server.trim_end_matches('/').to_owned(),
-            token_file: options.token_file.clone(),
+            credentials,
             last_good: Mutex::new(None),
-        };
-        relay.bearer()?;
-        Ok(relay)
+        })
     }
 
-    fn bearer(&self) -> Result<String, ClientError> {
-        let text = read_flag_file("--token-file", &self.token_file)?;
-        let token = String::from_utf8_lossy(&text).trim().to_owned();
-        if token.is_empty() {
-            return Err(ClientError::Input(format!(
-                "--token-file {}: the file is empty",
-                self.token_file.display()
-            )));
-        }
-        Ok(token)
-    }
-
-    /// Sends `request` with the bearer token; the body of a 2xx answer, or
-    /// the gRPC status for what went wrong.
+    /// Sends `request` with the bearer token, if any; the body of a 2xx
+    /// answer, or the gRPC status for what went wrong.
     async fn call(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, Status> {
         let bearer = self
+            .credentials
             .bearer()
             .map_err(|e| Status::unavailable(format!("the relay: {e}")))?;
-        let response = request.bearer_auth(bearer).send().await.map_err(|e| {
+        let request = match bearer {
+            Some(bearer) => request.bearer_auth(bearer),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| {
+            // Refused in the handshake: the relay's certificate, which
+            // trying again will not change.
+            if client_certificate_refused(&e) {
+                return Status::unauthenticated(format!(
+                    "the issuer at {url} refused the relay's certificate: {}",
+                    request_error(&e)
+                ));
+            }
             Status::unavailable(format!(
                 "the issuer at {url} cannot be reached: {}",
                 request_error(&e)
@@ -154,7 +159,11 @@ impl Relay {
             .as_ref()
             .and_then(|r| r.message.clone())
             .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
-        let code = match refusal.as_ref().and_then(|r| r.code.as_deref()) {
+        let code = match refusal
+            .as_ref()
+            .and_then(|r| r.code.as_ref())
+            .and_then(serde_json::Value::as_str)
+        {
             Some("InvalidArgument") => Code::InvalidArgument,
             Some("PermissionDenied") => Code::PermissionDenied,
             Some("FailedPrecondition") => Code::FailedPrecondition,
@@ -168,9 +177,13 @@ impl Relay {
                 _ => Code::Unavailable,
             },
         };
+        let hint = match (code, self.credentials.unauthenticated_hint()) {
+            (Code::Unauthenticated, Some(hint)) => format!("; {hint}"),
+            _ => String::new(),
+        };
         Err(Status::new(
             code,
-            format!("the issuer refused ({}): {message}", status.as_u16()),
+            format!("the issuer refused ({}): {message}{hint}", status.as_u16()),
         ))
     }
 

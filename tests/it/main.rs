@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod client_certs;
 mod client_formats;
 mod client_usability;
 mod config;

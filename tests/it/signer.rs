@@ -31,7 +31,7 @@ struct SignJwtRequest {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct SignJwtResponse {
+pub(crate) struct SignJwtResponse {
     #[prost(string, tag = "1")]
     header: String,
     #[prost(string, tag = "2")]
@@ -42,7 +42,7 @@ struct SignJwtResponse {
 struct Empty {}
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct FetchKeysResponse {
+pub(crate) struct FetchKeysResponse {
     #[prost(message, repeated, tag = "1")]
     keys: Vec<Key>,
     #[prost(message, optional, tag = "2")]
@@ -75,15 +75,15 @@ struct MetadataResponse {
     max_token_expiration_seconds: i64,
 }
 
-const PACKAGES: [&str; 2] = ["v1", "v1alpha1"];
+pub(crate) const PACKAGES: [&str; 2] = ["v1", "v1alpha1"];
 
 /// kube-apiserver's side of the socket.
-struct Apiserver {
+pub(crate) struct Apiserver {
     channel: Channel,
 }
 
 impl Apiserver {
-    async fn dial(socket: &Path) -> Apiserver {
+    pub(crate) async fn dial(socket: &Path) -> Apiserver {
         let path = socket.to_owned();
         let channel = tonic::transport::Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -123,13 +123,16 @@ impl Apiserver {
         .map(tonic::Response::into_inner)
     }
 
-    async fn metadata(&self, package: &str) -> i64 {
+    pub(crate) async fn metadata(&self, package: &str) -> i64 {
         let m: MetadataResponse = self.call(package, "Metadata", Empty {}).await.unwrap();
         m.max_token_expiration_seconds
     }
 
     /// FetchKeys, checked as kube-apiserver checks it.
-    async fn fetch_keys(&self, package: &str) -> Result<FetchKeysResponse, tonic::Status> {
+    pub(crate) async fn fetch_keys(
+        &self,
+        package: &str,
+    ) -> Result<FetchKeysResponse, tonic::Status> {
         let keys: FetchKeysResponse = self.call(package, "FetchKeys", Empty {}).await?;
         assert!(!keys.keys.is_empty(), "no keys");
         assert!(keys.data_timestamp.is_some(), "no data_timestamp");
@@ -148,7 +151,11 @@ impl Apiserver {
         Ok(keys)
     }
 
-    async fn sign(&self, package: &str, claims: &str) -> Result<SignJwtResponse, tonic::Status> {
+    pub(crate) async fn sign(
+        &self,
+        package: &str,
+        claims: &str,
+    ) -> Result<SignJwtResponse, tonic::Status> {
         self.call(
             package,
             "Sign",
@@ -162,7 +169,7 @@ impl Apiserver {
     /// Signs `claims` as kube-apiserver does and assembles the token after
     /// checking the header strictly and the signature with the FetchKeys
     /// key it names. Returns the token and its kid.
-    async fn token(&self, package: &str, claims: &str) -> (String, String) {
+    pub(crate) async fn token(&self, package: &str, claims: &str) -> (String, String) {
         let signed = self.sign(package, claims).await.unwrap();
         let header: serde_json::Map<String, Value> =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&signed.header).unwrap()).unwrap();
@@ -212,7 +219,7 @@ fn now() -> i64 {
 }
 
 /// A payload as kube-apiserver builds it for a pod-bound token.
-fn claims(issuer: &str, namespace: &str, lifetime: i64) -> String {
+pub(crate) fn claims(issuer: &str, namespace: &str, lifetime: i64) -> String {
     let iat = now();
     let payload = json!({
         "aud": ["https://kubernetes.default.svc"],
@@ -232,13 +239,13 @@ fn claims(issuer: &str, namespace: &str, lifetime: i64) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).unwrap())
 }
 
-fn kids_of(keys: &FetchKeysResponse) -> Vec<String> {
+pub(crate) fn kids_of(keys: &FetchKeysResponse) -> Vec<String> {
     let mut kids: Vec<String> = keys.keys.iter().map(|k| k.key_id.clone()).collect();
     kids.sort();
     kids
 }
 
-async fn jwks_kids(client: &reqwest::Client, issuer: &str) -> Vec<String> {
+pub(crate) async fn jwks_kids(client: &reqwest::Client, issuer: &str) -> Vec<String> {
     let jwks: Value = client
         .get(format!("{issuer}/openid/v1/jwks"))
         .send()
@@ -576,13 +583,28 @@ fn a_signer_cluster_with_a_maximum_lifetime_under_ten_minutes_is_refused() {
 }
 
 /// The relay process, killed if a test fails before it stops it.
-struct Relay(Option<std::process::Child>);
+pub(crate) struct Relay(Option<std::process::Child>);
 
 impl Relay {
     async fn start(server: &str, token_file: &Path, socket: &Path) -> Relay {
+        Relay::start_with(
+            server,
+            &["--token-file".as_ref(), token_file.as_ref()],
+            socket,
+        )
+        .await
+    }
+
+    /// The relay for `server` on `socket`, authenticated by `auth` (flags
+    /// and their values).
+    pub(crate) async fn start_with(
+        server: &str,
+        auth: &[&std::ffi::OsStr],
+        socket: &Path,
+    ) -> Relay {
         let child = std::process::Command::new(BIN)
-            .args(["kubernetes-signer", "--server", server, "--token-file"])
-            .arg(token_file)
+            .args(["kubernetes-signer", "--server", server])
+            .args(auth)
             .arg("--socket")
             .arg(socket)
             .stdout(std::process::Stdio::null())

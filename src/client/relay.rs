@@ -291,6 +291,29 @@ pub async fn run(options: RelayOptions) -> ExitCode {
     }
 }
 
+/// What the relay says at start when the issuer gave it no keys: a refusal
+/// is a setting to fix (--token-file, --server's path), not a wait.
+fn no_keys_yet(code: Code) -> &'static str {
+    match code {
+        Code::Unauthenticated => {
+            "the issuer refused the relay's bearer token: check --token-file; \
+             FetchKeys fails, and kube-apiserver will not start, until it is accepted"
+        }
+        Code::PermissionDenied => {
+            "the issuer refused the relay's API client for this cluster: give it the \
+             cluster in its clusters; FetchKeys fails until then"
+        }
+        Code::NotFound => {
+            "the issuer has no cluster at --server's path: give the cluster's issuer \
+             URL on the API listener; FetchKeys fails until then"
+        }
+        _ => {
+            "the issuer does not answer yet: FetchKeys fails, and kube-apiserver \
+              will not start, until it does"
+        }
+    }
+}
+
 async fn serve(options: RelayOptions) -> Result<(), ClientError> {
     let relay = Arc::new(Relay::new(&options)?);
     let mut stop = super::signal::Stop::listen()?;
@@ -298,7 +321,7 @@ async fn serve(options: RelayOptions) -> Result<(), ClientError> {
     // whether the issuer answers, but serve either way.
     match relay.fetch().await {
         Ok(k) => tracing::info!(keys = k.response.keys.len(), "the issuer answers"),
-        Err(e) => tracing::warn!(error = e.message(), "the issuer does not answer yet"),
+        Err(e) => tracing::warn!(error = e.message(), "{}", no_keys_yet(e.code())),
     }
     let gid = match &options.socket_group {
         Some(g) => Some(
@@ -324,4 +347,24 @@ async fn serve(options: RelayOptions) -> Result<(), ClientError> {
         tracing::info!("{name}: stopped");
     }
     served.map_err(|e| ClientError::Input(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_at_start_names_the_setting_to_fix_not_a_wait() {
+        assert!(no_keys_yet(Code::Unauthenticated).contains("--token-file"));
+        assert!(no_keys_yet(Code::PermissionDenied).contains("clusters"));
+        assert!(no_keys_yet(Code::NotFound).contains("--server"));
+        for refused in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::NotFound,
+        ] {
+            assert!(!no_keys_yet(refused).contains("does not answer"));
+        }
+        assert!(no_keys_yet(Code::Unavailable).contains("does not answer yet"));
+    }
 }

@@ -359,6 +359,11 @@ async fn a_healthy_issuer_and_its_minted_token_pass_every_provider() {
         .filter(|f| f.status != Status::Pass)
         .collect();
     assert!(not_passed.is_empty(), "{not_passed:#?}");
+    // What an operator reads: values as they are, not Rust's debug forms.
+    for f in &findings {
+        let line = f.line();
+        assert!(!line.contains("Some(") && !line.contains("[]"), "{line}");
+    }
     for rule in [
         "aws.trust-policy",
         "gcp.condition",

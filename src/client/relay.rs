@@ -35,6 +35,8 @@ const KEYS_PATH: &str = "/externaljwt/v1/keys";
 /// Within kube-apiserver's deadlines: 10 s for Metadata, 60 s for the rest.
 const KEYS_TIMEOUT: Duration = Duration::from_secs(8);
 const SIGN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The least `max_token_expiration_seconds` kube-apiserver accepts.
+const MIN_MAX_TOKEN_EXPIRATION: i64 = 600;
 
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
@@ -96,7 +98,7 @@ struct FetchKeysAnswer {
 
 impl Relay {
     pub fn new(options: &RelayOptions) -> Result<Relay, ClientError> {
-        url::Url::parse(&options.server)
+        let url = url::Url::parse(&options.server)
             .ok()
             .filter(|u| u.scheme() == "https" || u.scheme() == "http")
             .ok_or_else(|| {
@@ -105,6 +107,16 @@ impl Relay {
                     options.server
                 ))
             })?;
+        // The relay's credential signs any token of the cluster: it never
+        // crosses a network in clear.
+        if url.scheme() == "http" && !url.host().is_some_and(|h| super::target::is_loopback(&h)) {
+            return Err(ClientError::Input(format!(
+                "--server: {:?} is plain http to another machine; the relay's credential \
+                 would cross the network in clear: use https (http is accepted only for a \
+                 loopback host)",
+                options.server
+            )));
+        }
         let ca_pem = match &options.ca_file {
             Some(p) => Some(read_flag_file("--ca-file", p)?),
             None => None,
@@ -229,6 +241,10 @@ impl Relay {
     async fn keys(&self) -> Result<FetchKeysAnswer, Status> {
         match self.fetch().await {
             Ok(fresh) => Ok(fresh),
+            // A refusal (credentials revoked, the cluster gone) is an answer,
+            // not an outage: kube-apiserver sees it, and keeps the keys it
+            // has meanwhile.
+            Err(e) if e.code() != Code::Unavailable => Err(e),
             Err(e) => {
                 let kept = self
                     .last_good
@@ -277,8 +293,16 @@ impl Backend for Relay {
     }
 
     async fn metadata(&self) -> Result<MetadataResponse, Status> {
-        self.keys().await.map(|k| MetadataResponse {
-            max_token_expiration_seconds: k.max_token_expiration_seconds,
+        let max = self.keys().await?.max_token_expiration_seconds;
+        // REFERENCE §9: kube-apiserver exits on less; say why here instead.
+        if max < MIN_MAX_TOKEN_EXPIRATION {
+            return Err(Status::failed_precondition(format!(
+                "the cluster's max_token_lifetime is {max} s, under the {MIN_MAX_TOKEN_EXPIRATION} s \
+                 kube-apiserver requires of an external signer: raise it in the issuer's config"
+            )));
+        }
+        Ok(MetadataResponse {
+            max_token_expiration_seconds: max,
         })
     }
 }

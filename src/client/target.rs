@@ -142,7 +142,8 @@ fn target_url(given: &str) -> Result<url::Url, ClientError> {
     Ok(url)
 }
 
-fn is_loopback(host: &url::Host<&str>) -> bool {
+/// A host that names this machine: plain http to it crosses no network.
+pub(super) fn is_loopback(host: &url::Host<&str>) -> bool {
     match host {
         url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
         url::Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),

@@ -789,3 +789,62 @@ async fn the_relay_signs_only_where_its_api_client_may_mint() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_refuses_plain_http_elsewhere_and_a_lifetime_kube_apiserver_exits_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    let token_file = dir.path().join("relay.token");
+    std::fs::write(&token_file, "a-token-that-must-not-cross-a-network").unwrap();
+
+    // Its credential signs any token of the cluster: never in clear.
+    let socket = dir.path().join("refused.sock");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "kubernetes-signer",
+            "--server",
+            "http://issuer.example.com/c/demo",
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("plain http to another machine") && stderr.contains("use https"),
+        "{stderr}"
+    );
+    assert!(!socket.exists());
+
+    // A cluster whose tokens live at most 5 minutes: kube-apiserver would
+    // exit on that Metadata, so the relay says why instead.
+    let s = Server::start(Options {
+        clusters: "[[clusters]]\nid = \"short\"\nalgorithm = \"ES256\"\n\
+                   min_token_lifetime = \"1m\"\nmax_token_lifetime = \"5m\"\n\
+                   [[api_clients]]\nname = \"admin\"\ntoken_file = \"admin.token\"\n\
+                   generate = true\nclusters = [\"*\"]\n"
+            .to_owned(),
+        ..Options::new(&keys_dir)
+    })
+    .await;
+    let socket = dir.path().join("short.sock");
+    let _relay = Relay::start(&s.issuer("short"), &keys_dir.join("admin.token"), &socket).await;
+    let apiserver = Apiserver::dial(&socket).await;
+    for package in PACKAGES {
+        let err = apiserver
+            .call::<_, MetadataResponse>(package, "Metadata", Empty {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+        assert!(
+            err.message()
+                .contains("max_token_lifetime is 300 s, under the 600 s kube-apiserver requires"),
+            "{}",
+            err.message()
+        );
+    }
+    s.stop().await;
+}

@@ -398,12 +398,23 @@ mod tests {
             assert_eq!(err.refusal, refusal, "{claims}: {err}");
             assert!(err.message.contains(says), "{claims}: {err}");
         }
+        // The namespace is the one sub names; kubernetes.io.namespace must agree.
         let ok = b64(&format!(
-            r#"{{"iss":"{iss}","iat":0,"exp":7200,"kubernetes.io":{{"namespace":"ns"}}}}"#
+            r#"{{"iss":"{iss}","iat":0,"exp":7200,"sub":"system:serviceaccount:ns:sa","kubernetes.io":{{"namespace":"ns"}}}}"#
         ));
         let checked = check(&c, &ok).unwrap();
         assert_eq!(checked.namespace.as_deref(), Some("ns"));
         assert_eq!(checked.lifetime, 7200);
+        let only_claimed = b64(&format!(
+            r#"{{"iss":"{iss}","iat":0,"exp":7200,"sub":"admin","kubernetes.io":{{"namespace":"ns"}}}}"#
+        ));
+        assert_eq!(check(&c, &only_claimed).unwrap().namespace, None);
+        let disagree = b64(&format!(
+            r#"{{"iss":"{iss}","iat":0,"exp":7200,"sub":"system:serviceaccount:prod:sa","kubernetes.io":{{"namespace":"ns"}}}}"#
+        ));
+        let err = check(&c, &disagree).unwrap_err();
+        assert_eq!(err.refusal, Refusal::InvalidArgument);
+        assert!(err.message.contains("namespace \"prod\""), "{err}");
     }
 
     #[test]

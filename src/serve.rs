@@ -255,8 +255,8 @@ pub async fn run(
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         commit = crate::COMMIT,
-        clusters = state.issuers.all().len(),
-        api_clients = state.clients.len(),
+        clusters = state.issuers.load().all().len(),
+        api_clients = state.clients.load().len(),
         "workload-issuer started"
     );
 
@@ -313,7 +313,7 @@ async fn bind_signers(
     state: &AppState,
 ) -> Result<Vec<(Arc<crate::issuer::Cluster>, externaljwt::Socket)>, StartError> {
     let mut bound = Vec::new();
-    for cluster in state.issuers.all() {
+    for cluster in state.issuers.load().all() {
         let c = &cluster.config;
         let Some(at) = &c.kubernetes_signer else {
             continue;
@@ -342,7 +342,8 @@ async fn bind_signers(
 /// Every cluster, or a summary when there are many.
 fn log_clusters(state: &AppState) {
     const LISTED: usize = 20;
-    let all = state.issuers.all();
+    let issuers = state.issuers.load();
+    let all = issuers.all();
     for c in all.iter().take(LISTED) {
         let published = c.published();
         tracing::info!(
@@ -367,7 +368,7 @@ fn log_clusters(state: &AppState) {
 fn start_background(config: &Config, state: &AppState) -> Background {
     let mut managed = Vec::new();
     let mut loaded = Vec::new();
-    for cluster in state.issuers.all() {
+    for cluster in state.issuers.load().all() {
         let (target, clock) = (cluster.clone(), state.clock.clone());
         managed.push(Managed {
             cluster: cluster.id().to_owned(),

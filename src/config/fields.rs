@@ -121,6 +121,7 @@ const API_CLIENT: &[Field] = &[
     f("namespaces", Kind::Strings),
     f("certificate_names", Kind::Strings),
     f("allow_common_name", Kind::Bool),
+    f("admin", Kind::Bool),
     f("rate_limit", Kind::Str),
     f("burst", Kind::Integer),
 ];

@@ -98,7 +98,9 @@ impl Config {
             source: source.clone(),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
-        layered(&source, Some(&text), env, overrides)
+        let mut config = layered(&source, Some(&text), env, overrides)?;
+        config.file = Some(path.to_owned());
+        Ok(config)
     }
 
     /// `text` as the file (named `source` in problems) over the defaults, then
@@ -581,7 +583,7 @@ mod tests {
                 "line 10: clusters[1].rsa_bits: must be an integer, not a string",
                 "line 13: unknown field `token` in api_clients[0]; expected one of: name, \
                  token_sha256, token_file, generate, clusters, namespaces, certificate_names, \
-                 allow_common_name, rate_limit, burst",
+                 allow_common_name, admin, rate_limit, burst",
                 "line 14: api_clients[0].clusters[1]: must be a string, not an integer",
             ]
         );

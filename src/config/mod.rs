@@ -8,7 +8,8 @@
 //!   `layer`: what both share (the merge, who set what);
 //! - `validate`: every check, all problems reported at once, each naming its
 //!   field (and the variable or flag that set it);
-//! - `model`: the validated configuration.
+//! - `model`: the validated configuration;
+//! - `runtime`: a cluster created at run time, checked as a `[[clusters]]` table.
 //!
 //! Secrets are never inline: API tokens are SHA-256 digests or file paths.
 //!
@@ -22,6 +23,7 @@ mod keyspec;
 mod layer;
 mod load;
 mod model;
+mod runtime;
 mod schema;
 mod validate;
 
@@ -32,6 +34,7 @@ pub use env::NOT_SETTINGS;
 pub use keyspec::{Algorithm, KeySpec, RSA_BITS};
 pub use load::{ConfigError, Overrides, EMBEDDED_DEFAULT};
 pub use model::{
-    ApiClientConfig, ClusterConfig, Config, Credential, Limits, ListenerConfig, RateLimit,
+    ApiClientConfig, ClusterConfig, Config, Credential, Limits, ListenerConfig, Origin, RateLimit,
     RotationPolicy, RotationSettings, SignerSocket, TlsFiles, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE,
 };
+pub use runtime::{runtime_cluster, FieldProblem, RUNTIME_FIELDS};

@@ -33,6 +33,9 @@ pub struct Config {
     pub tls_reload_interval: Duration,
     /// Start even when signing key files are readable by group or others.
     pub allow_insecure_key_permissions: bool,
+    /// The file this configuration was read from (`None`: the embedded
+    /// default alone).
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +130,19 @@ pub struct ClusterConfig {
     /// Where `serve` answers kube-apiserver's external signer calls for
     /// this cluster (REFERENCE §9), if anywhere.
     pub kubernetes_signer: Option<SignerSocket>,
+    /// Where the cluster is declared: the config file, or created at run
+    /// time (the admin API, `clusters add`).
+    pub origin: Origin,
+}
+
+/// Where a cluster is declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[clusters]]` table (or the embedded default): changed by editing
+    /// the file, never through the admin API.
+    File,
+    /// Created at run time, kept in the keys dir's cluster registry.
+    Runtime,
 }
 
 /// The Unix socket of a cluster's external signer.
@@ -156,6 +172,8 @@ pub struct ApiClientConfig {
     pub clusters: Option<Vec<String>>,
     /// `None`: every namespace.
     pub namespaces: Option<Vec<String>>,
+    /// May create, recreate and delete clusters through the admin API.
+    pub admin: bool,
 }
 
 /// A token bucket: `burst` mints at once, refilled at `per_second`.

@@ -128,6 +128,9 @@ pub(super) struct FileApiClient {
     pub(super) certificate_names: Vec<String>,
     #[serde(default)]
     pub(super) allow_common_name: bool,
+    /// May create, recreate and delete clusters (the admin API).
+    #[serde(default)]
+    pub(super) admin: bool,
     #[serde(default)]
     pub(super) rate_limit: Option<String>,
     #[serde(default)]

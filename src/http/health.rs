@@ -32,12 +32,13 @@ pub fn healthz() -> Response {
 /// On the public face the problems are summaries: file paths and OS errors
 /// are for the operator (the API listener, the logs), not the internet.
 pub fn readyz(state: &AppState, face: Face) -> Response {
-    match state.health.readiness(&state.issuers) {
+    let issuers = state.issuers.load();
+    match state.health.readiness(&issuers) {
         Ok(()) => json(
             StatusCode::OK,
             serde_json::json!({
                 "status": "ready",
-                "clusters": state.issuers.all().len(),
+                "clusters": issuers.all().len(),
             }),
         ),
         Err(problems) => {
@@ -66,7 +67,7 @@ pub async fn metrics(state: &Arc<AppState>) -> Response {
     let rendered = tokio::task::spawn_blocking(move || {
         shared
             .metrics
-            .render(&shared.issuers, &shared.health, shared.clock.now())
+            .render(&shared.issuers.load(), &shared.health, shared.clock.now())
     })
     .await;
     match rendered {

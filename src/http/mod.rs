@@ -6,6 +6,7 @@
 //! Calls `issuer` and reads the key set it publishes; never imports
 //! `keys::rotation` or a crypto crate.
 
+pub mod admin;
 mod documents;
 mod health;
 pub mod kube;
@@ -17,6 +18,7 @@ pub mod token_request;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -27,14 +29,16 @@ use crate::error::AppError;
 use crate::health::Health;
 use crate::issuer::auth::ApiClients;
 use crate::issuer::discovery::{DISCOVERY_PATH, JWKS_PATH};
-use crate::issuer::{Cluster, Issuers};
+use crate::issuer::{Cluster, Issuers, LiveIssuers};
 use crate::metrics::{Metrics, MintOutcome, Route};
 
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub issuers: Arc<Issuers>,
-    pub clients: Arc<ApiClients>,
+    /// The clusters served now, replaced whole when clusters come or go.
+    pub issuers: Arc<LiveIssuers>,
+    /// The API clients, replaced whole when the config is reloaded.
+    pub clients: Arc<ArcSwap<ApiClients>>,
     /// Turns for slow (RSA) signatures, one per runtime worker.
     pub signing: Arc<crate::signing::SigningTurns>,
     pub metrics: Arc<Metrics>,
@@ -43,6 +47,9 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The wall clock tokens are stamped with.
     pub clock: crate::clock::SharedClock,
+    /// The admin API's store and settings (`None`: no admin API, as in
+    /// tests that build a state by hand).
+    pub admin: Option<Arc<admin::Admin>>,
 }
 
 impl AppState {
@@ -58,13 +65,14 @@ impl AppState {
             |runtime| runtime.metrics().num_workers(),
         );
         Ok(AppState {
-            issuers: Arc::new(issuers),
-            clients: Arc::new(clients),
+            issuers: Arc::new(ArcSwap::from_pointee(issuers)),
+            clients: Arc::new(ArcSwap::from_pointee(clients)),
             signing: Arc::new(crate::signing::SigningTurns::new(workers)),
             metrics: Arc::new(Metrics::new(next_due).map_err(std::io::Error::other)?),
             health: Arc::new(Health::default()),
             request_timeout: crate::config::Limits::default().request_timeout,
             clock,
+            admin: None,
         })
     }
 }
@@ -174,14 +182,14 @@ async fn dispatch(
 ) -> (Route, Option<Arc<Cluster>>, Response) {
     let path = request.uri().path();
     if let Some(prefix) = path.strip_suffix(DISCOVERY_PATH) {
-        let response = match state.issuers.published_at(prefix) {
+        let response = match state.issuers.load().published_at(prefix) {
             Some(published) => documents::discovery(published, &request),
             None => not_found(path),
         };
         return (Route::Discovery, None, response);
     }
     if let Some(prefix) = path.strip_suffix(JWKS_PATH) {
-        let response = match state.issuers.published_at(prefix) {
+        let response = match state.issuers.load().published_at(prefix) {
             Some(published) => documents::jwks(published, &request),
             None => not_found(path),
         };
@@ -191,7 +199,7 @@ async fn dispatch(
         if face == Face::Public {
             return (Route::TokenReview, None, not_on_this_listener());
         }
-        let Some(cluster) = state.issuers.by_path(prefix).cloned() else {
+        let Some(cluster) = state.issuers.load().by_path(prefix).cloned() else {
             return (Route::TokenReview, None, no_cluster());
         };
         let work = review::create(state, &cluster, request);
@@ -216,7 +224,7 @@ async fn dispatch(
         if face == Face::Public {
             return (Route::Token, None, not_on_this_listener());
         }
-        let Some(cluster) = state.issuers.by_path(target.prefix).cloned() else {
+        let Some(cluster) = state.issuers.load().by_path(target.prefix).cloned() else {
             return (Route::Token, None, no_cluster());
         };
         let target = target.owned();
@@ -248,6 +256,7 @@ fn external_jwt(
     Some(
         state
             .issuers
+            .load()
             .by_path(prefix)
             .cloned()
             .map(|c| (c, keys))

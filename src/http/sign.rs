@@ -129,10 +129,10 @@ async fn sign_inner(
     if let Err(e) = client.authorize_cluster(cluster.id()) {
         return Ok((
             SignOutcome::Forbidden,
-            forbidden(cluster, client, &e.to_string()),
+            forbidden(cluster, &client, &e.to_string()),
         ));
     }
-    rate_limit(cluster, client)?;
+    rate_limit(cluster, &client)?;
     let body = read_body(&parts.headers, body).await?;
     let body: SignBody = serde_json::from_slice(&body).map_err(|e| {
         AppError::plain(
@@ -174,7 +174,7 @@ async fn sign_inner(
                 "{e}: the claims' sub names no service account (system:serviceaccount:NAMESPACE:NAME)"
             ),
         };
-        return Ok((SignOutcome::Forbidden, forbidden(cluster, client, &why)));
+        return Ok((SignOutcome::Forbidden, forbidden(cluster, &client, &why)));
     }
     let signed = if cluster.signs_slowly() {
         state
@@ -226,7 +226,7 @@ async fn keys_inner(
     }
     let client = authenticate(state, &parts)?;
     if let Err(e) = client.authorize_cluster(cluster.id()) {
-        return Ok(forbidden(cluster, client, &e.to_string()));
+        return Ok(forbidden(cluster, &client, &e.to_string()));
     }
     let data = match external::key_data(&cluster.published()) {
         Ok(d) => d,

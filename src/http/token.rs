@@ -87,17 +87,18 @@ fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
 /// The API client making the request: by its bearer token when it sends an
 /// Authorization header, else by the verified client certificate of the
 /// connection (mTLS), if any.
-pub(super) fn authenticate<'s>(
-    state: &'s AppState,
+pub(super) fn authenticate(
+    state: &AppState,
     parts: &axum::http::request::Parts,
-) -> Result<&'s ApiClient, AppError> {
+) -> Result<Arc<ApiClient>, AppError> {
+    let clients = state.clients.load();
     let unauthorized = || AppError::kube(StatusCode::UNAUTHORIZED, "Unauthorized");
     let headers = &parts.headers;
     if !headers.contains_key(header::AUTHORIZATION) {
         if let Some(peer) = parts.extensions.get::<PeerCertificate>() {
-            return state
-                .clients
+            return clients
                 .by_certificate(&peer.names, &peer.common_names)
+                .cloned()
                 .ok_or_else(|| {
                     tracing::info!(
                         names = ?peer.names,
@@ -113,7 +114,7 @@ pub(super) fn authenticate<'s>(
         tracing::info!(reason = why, "TokenRequest refused: unauthenticated");
         unauthorized()
     })?;
-    state.clients.authenticate(token).ok_or_else(|| {
+    clients.authenticate(token).cloned().ok_or_else(|| {
         tracing::info!("TokenRequest refused: unknown bearer token");
         unauthorized()
     })

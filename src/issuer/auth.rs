@@ -17,6 +17,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
+use std::sync::Arc;
+
 use crate::config::{ApiClientConfig, Credential, RateLimit};
 use crate::fsutil::write_atomic;
 use crate::keys::store::KeyStore;
@@ -33,6 +35,8 @@ pub struct ApiClient {
     clusters: Option<Vec<String>>,
     namespaces: Option<Vec<String>>,
     limiter: Option<Limiter>,
+    /// May create, recreate and delete clusters (the admin API).
+    pub admin: bool,
 }
 
 /// A token bucket of mints.
@@ -71,7 +75,7 @@ impl Limiter {
 
 #[derive(Debug, Default)]
 pub struct ApiClients {
-    clients: Vec<ApiClient>,
+    clients: Vec<Arc<ApiClient>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,14 +199,17 @@ impl ApiClients {
             // files holding the same token (or a file holding a token also
             // given as a digest) are only seen here.
             if let Some(d) = &digest {
-                if let Some(first) = clients.iter().find(|k: &&ApiClient| k.digest == Some(*d)) {
+                if let Some(first) = clients
+                    .iter()
+                    .find(|k: &&Arc<ApiClient>| k.digest == Some(*d))
+                {
                     return Err(AuthConfigError::SharedToken {
                         first: first.name.clone(),
                         second: c.name.clone(),
                     });
                 }
             }
-            clients.push(ApiClient {
+            clients.push(Arc::new(ApiClient {
                 name: c.name.clone(),
                 digest,
                 certificate_names: c.certificate_names.clone(),
@@ -210,14 +217,15 @@ impl ApiClients {
                 clusters: c.clusters.clone(),
                 namespaces: c.namespaces.clone(),
                 limiter: c.rate_limit.map(Limiter::new),
-            });
+                admin: c.admin,
+            }));
         }
         Ok((ApiClients { clients }, files))
     }
 
     /// The client holding this bearer token, if any. Every digest is compared,
     /// in constant time, whatever matches.
-    pub fn authenticate(&self, bearer: &str) -> Option<&ApiClient> {
+    pub fn authenticate(&self, bearer: &str) -> Option<&Arc<ApiClient>> {
         let presented = sha256(bearer.as_bytes());
         let mut index: u64 = 0;
         let mut matched = subtle::Choice::from(0);
@@ -238,7 +246,11 @@ impl ApiClients {
     /// `common_names` its subject CNs, given only when it has no SANs, and
     /// matched only for clients with `allow_common_name`: a name-constrained
     /// CA is held to its constraints in the SANs, but may write any CN.
-    pub fn by_certificate(&self, names: &[String], common_names: &[String]) -> Option<&ApiClient> {
+    pub fn by_certificate(
+        &self,
+        names: &[String],
+        common_names: &[String],
+    ) -> Option<&Arc<ApiClient>> {
         self.clients.iter().find(|c| {
             c.certificate_names
                 .iter()
@@ -324,6 +336,7 @@ mod tests {
             rate_limit: None,
             clusters: clusters.map(|c| c.iter().map(|s| s.to_string()).collect()),
             namespaces: ns.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            admin: false,
         }
     }
 
@@ -379,6 +392,7 @@ mod tests {
             rate_limit: None,
             clusters: None,
             namespaces: None,
+            admin: false,
         };
         let (clients, files) = ApiClients::load(std::slice::from_ref(&cfg), dir.path()).unwrap();
         assert!(files[0].generated);

@@ -155,27 +155,33 @@ impl AsRef<[u8]> for Body {
     }
 }
 
-/// The published sets of all clusters side by side. Serving a document for
-/// one of thousands of clusters reads its slot here and then only the set
-/// itself: no per-cluster settings, no key material.
-#[derive(Debug)]
-struct Shelf(Box<[ArcSwap<Published>]>);
-
 #[derive(Debug)]
 pub struct Cluster {
     pub config: ClusterConfig,
-    shelf: Arc<Shelf>,
-    slot: usize,
+    published: ArcSwap<Published>,
 }
 
 impl Cluster {
-    /// A cluster on its own (see `Issuers::new` for many).
+    /// A cluster with its settings and the key set it starts with.
     pub fn new(config: ClusterConfig, keys: Arc<KeySet>) -> Self {
         let published = Published::new(&config.issuer, config.jwks_max_age, keys);
         Cluster {
             config,
-            shelf: Arc::new(Shelf(Box::new([ArcSwap::from_pointee(published)]))),
-            slot: 0,
+            published: ArcSwap::from_pointee(published),
+        }
+    }
+
+    /// The same cluster with other settings (a reloaded config), keeping
+    /// what it publishes now.
+    pub fn with_config(&self, config: ClusterConfig) -> Self {
+        let now = self.published();
+        let mut published = Published::new(&config.issuer, config.jwks_max_age, now.keys.clone());
+        if published.jwks.body == now.jwks.body {
+            published.changed = now.changed;
+        }
+        Cluster {
+            config,
+            published: ArcSwap::from_pointee(published),
         }
     }
 
@@ -183,27 +189,25 @@ impl Cluster {
         &self.config.id
     }
 
-    /// The current documents and signer; cheap, lock-free.
+    /// What the cluster publishes now; a later key change does not alter
+    /// what this returns.
     pub fn published(&self) -> Arc<Published> {
-        self.shelf.0[self.slot].load_full()
+        self.published.load_full()
     }
 
-    /// The current documents for the duration of one synchronous answer,
-    /// without touching the shared reference count.
     fn current(&self) -> arc_swap::Guard<Arc<Published>> {
-        self.shelf.0[self.slot].load()
+        self.published.load()
     }
 
-    /// Whether signing takes long enough (RSA: hundreds of microseconds) to
-    /// wait for a turn between other requests (see `crate::signing`).
+    /// Whether signing for this cluster is slow (RSA): such signatures take
+    /// a turn, so they cannot starve document serving.
     pub fn signs_slowly(&self) -> bool {
         self.current().keys.current().algorithm() == crate::keys::material::Algorithm::Rs256
     }
 
-    /// What signs this cluster's tokens now: its published set and the
-    /// private key of its current key. Every signing path takes its key
-    /// here, so each refuses a cluster that signs its own tokens the same
-    /// way.
+    /// The key that signs for this cluster now, with the set it belongs to;
+    /// refused for a cluster whose kube-apiserver signs its own tokens. The
+    /// one place a signing key is handed out.
     pub fn signer(&self) -> Result<Signer, CannotSign> {
         if self.config.publish_only {
             return Err(CannotSign::PublishOnly {
@@ -223,8 +227,8 @@ impl Cluster {
         }
     }
 
-    /// Replaces the key set, loaded at `now`; readers see the old or the
-    /// new set, never a mix.
+    /// Publishes a new key set; `now` stamps the change when the JWKS
+    /// differs from the one served.
     pub fn replace_keys(&self, keys: Arc<KeySet>, now: SystemTime) {
         let mut published = Published::new(&self.config.issuer, self.config.jwks_max_age, keys);
         let before = self.current();
@@ -233,21 +237,16 @@ impl Cluster {
         } else {
             now.max(published.changed)
         };
-        self.shelf.0[self.slot].store(Arc::new(published));
+        self.published.store(Arc::new(published));
     }
 }
 
-/// All clusters, found by id or by issuer path.
-#[derive(Debug)]
+/// Every cluster, found by id or by the path of its issuer URL in one hash
+/// probe. Built whole and swapped whole when clusters come or go; a cluster
+/// itself lives on from one set to the next (its key set with it).
+#[derive(Debug, Default)]
 pub struct Issuers {
     clusters: Vec<Arc<Cluster>>,
-    /// The published sets, in the order of `clusters`.
-    shelf: Arc<Shelf>,
-    /// Clusters by the hash of their issuer path. The paths live in one
-    /// string, each entry holding its span there, so a lookup compares
-    /// against that small block and touches no per-cluster memory: with
-    /// 10,000 clusters requested at random, the table and the paths stay in
-    /// cache.
     by_path: HashTable<PathEntry>,
     hasher: DefaultHashBuilder,
     paths: String,
@@ -255,55 +254,57 @@ pub struct Issuers {
 }
 
 impl Issuers {
-    /// The clusters, each with its current key set.
+    /// Clusters with their first key sets.
     pub fn new(clusters: Vec<(ClusterConfig, Arc<KeySet>)>) -> Self {
-        let shelf = Arc::new(Shelf(
+        Issuers::of(
             clusters
-                .iter()
-                .map(|(config, keys)| {
-                    ArcSwap::from_pointee(Published::new(
-                        &config.issuer,
-                        config.jwks_max_age,
-                        keys.clone(),
-                    ))
-                })
+                .into_iter()
+                .map(|(config, keys)| Arc::new(Cluster::new(config, keys)))
                 .collect(),
-        ));
-        let clusters: Vec<Arc<Cluster>> = clusters
-            .into_iter()
-            .enumerate()
-            .map(|(slot, (config, _))| {
-                Arc::new(Cluster {
-                    config,
-                    shelf: shelf.clone(),
-                    slot,
-                })
-            })
-            .collect();
+        )
+    }
+
+    /// The set of these clusters. Ids and issuer paths must be unique (the
+    /// configuration and the cluster registry see to it); a later duplicate
+    /// is left out.
+    pub fn of(clusters: Vec<Arc<Cluster>>) -> Self {
         let mut paths = String::new();
         let hasher = DefaultHashBuilder::default();
         let mut by_path = HashTable::with_capacity(clusters.len());
-        for (index, c) in clusters.iter().enumerate() {
+        let mut by_id = HashMap::with_capacity(clusters.len());
+        let mut kept = Vec::with_capacity(clusters.len());
+        for c in clusters {
+            let path = c.config.issuer_path.as_str();
+            let hash = hasher.hash_one(path);
+            let taken = by_path
+                .find(hash, |e: &PathEntry| {
+                    paths.get(e.start..e.end) == Some(path)
+                })
+                .is_some();
+            if taken || by_id.contains_key(&c.config.id) {
+                tracing::error!(
+                    cluster = c.id(),
+                    issuer = c.config.issuer,
+                    "left out: its id or issuer path is another cluster's"
+                );
+                continue;
+            }
             let start = paths.len();
-            paths.push_str(&c.config.issuer_path);
+            paths.push_str(path);
             let entry = PathEntry {
                 start,
                 end: paths.len(),
-                index,
+                index: kept.len(),
             };
-            // Issuer paths are unique (the configuration refuses duplicates).
-            by_path.insert_unique(hasher.hash_one(c.config.issuer_path.as_str()), entry, |e| {
+            by_path.insert_unique(hash, entry, |e| {
                 hasher.hash_one(paths.get(e.start..e.end).unwrap_or_default())
             });
+            by_id.insert(c.config.id.clone(), kept.len());
+            kept.push(c);
         }
-        let by_id = clusters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.config.id.clone(), i))
-            .collect();
+        kept.shrink_to_fit();
         Issuers {
-            clusters,
-            shelf,
+            clusters: kept,
             by_path,
             hasher,
             paths,
@@ -324,9 +325,9 @@ impl Issuers {
         self.index_of(path).map(|i| &self.clusters[i])
     }
 
-    /// The current published set of the cluster at this issuer path.
+    /// What the cluster at this issuer path publishes now.
     pub fn published_at(&self, path: &str) -> Option<Arc<Published>> {
-        self.index_of(path).map(|i| self.shelf.0[i].load_full())
+        self.index_of(path).map(|i| self.clusters[i].published())
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Cluster>> {
@@ -338,7 +339,20 @@ impl Issuers {
     }
 }
 
-/// Where a cluster's issuer path is in `Issuers::paths`, and the cluster.
+impl crate::keys::registry::Known for Issuers {
+    fn by_id(&self, id: &str) -> Option<&ClusterConfig> {
+        Issuers::by_id(self, id).map(|c| &c.config)
+    }
+
+    fn by_issuer_path(&self, path: &str) -> Option<&str> {
+        self.by_path(path).map(|c| c.id())
+    }
+}
+
+/// The clusters being served now: read on every request, replaced whole when
+/// clusters are created, changed or removed.
+pub type LiveIssuers = ArcSwap<Issuers>;
+
 #[derive(Debug)]
 struct PathEntry {
     start: usize,

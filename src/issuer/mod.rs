@@ -14,4 +14,4 @@ pub mod external;
 pub mod mint;
 pub mod review;
 
-pub use cluster::{CannotSign, Cluster, Issuers, Published, Signer, Which};
+pub use cluster::{CannotSign, Cluster, Issuers, LiveIssuers, Published, Signer, Which};

@@ -217,7 +217,17 @@ fn apply_due(
 
 /// What the background task is told.
 enum Signal {
-    Reload,
+    /// Re-read every key set (forced) or the changed ones, then tell the
+    /// waiter, if any.
+    Reload {
+        force: bool,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    },
+    /// Clusters to keep from now on (a cluster already kept under the id is
+    /// replaced), each with the key set being served.
+    Manage(Vec<(Managed, Arc<KeySet>)>),
+    /// Clusters no longer served.
+    Forget(Vec<String>),
     Stop,
 }
 
@@ -239,7 +249,42 @@ pub struct ReloadHandle(tokio::sync::mpsc::UnboundedSender<Signal>);
 impl ReloadHandle {
     /// Re-reads every manifest and key file now, changed or not (SIGHUP).
     pub fn reload_now(&self) {
-        let _ = self.0.send(Signal::Reload);
+        let _ = self.0.send(Signal::Reload {
+            force: true,
+            done: None,
+        });
+    }
+
+    /// Re-reads the key sets that changed on disk, and returns once they
+    /// are published (or the task is gone).
+    pub async fn reload_changed(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .0
+            .send(Signal::Reload {
+                force: false,
+                done: Some(tx),
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    /// Keeps these clusters from now on: their policies are applied and
+    /// their key sets followed. A cluster already kept under the same id is
+    /// replaced (new settings).
+    pub fn manage(&self, clusters: Vec<(Managed, Arc<KeySet>)>) {
+        if !clusters.is_empty() {
+            let _ = self.0.send(Signal::Manage(clusters));
+        }
+    }
+
+    /// Stops keeping these clusters (deleted, or gone from the config).
+    pub fn forget(&self, clusters: Vec<String>) {
+        if !clusters.is_empty() {
+            let _ = self.0.send(Signal::Forget(clusters));
+        }
     }
 }
 
@@ -258,6 +303,41 @@ struct Task {
 }
 
 impl Task {
+    fn manage(&mut self, clusters: Vec<(Managed, Arc<KeySet>)>) {
+        let mut index: std::collections::HashMap<String, usize> = self
+            .managed
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.cluster.clone(), i))
+            .collect();
+        for (m, set) in clusters {
+            let tracked = Tracked {
+                set,
+                withheld_since: None,
+            };
+            match index.get(&m.cluster) {
+                Some(&i) => {
+                    self.managed[i] = m;
+                    self.tracked[i] = tracked;
+                }
+                None => {
+                    index.insert(m.cluster.clone(), self.managed.len());
+                    self.managed.push(m);
+                    self.tracked.push(tracked);
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, clusters: &[String]) {
+        let gone: std::collections::HashSet<&str> = clusters.iter().map(String::as_str).collect();
+        (self.managed, self.tracked) = std::mem::take(&mut self.managed)
+            .into_iter()
+            .zip(std::mem::take(&mut self.tracked))
+            .filter(|(m, _)| !gone.contains(m.cluster.as_str()))
+            .unzip();
+    }
+
     fn pass(&mut self, apply: bool, force: bool, now: SystemTime, steady: Duration) {
         if apply {
             let failing = apply_due(&self.store, &self.managed, &mut self.tracked, now, steady);
@@ -340,6 +420,7 @@ async fn run_task(
     let mut next_apply = clock.elapsed() + settings.interval;
     let mut next_reload = clock.elapsed() + settings.reload_interval;
     loop {
+        let mut waiting = Vec::new();
         let (apply, force) = match pending.take() {
             Some(p) => p,
             None => {
@@ -350,7 +431,18 @@ async fn run_task(
                 };
                 let force = tokio::select! {
                     signal = rx.recv() => match signal {
-                        Some(Signal::Reload) => true,
+                        Some(Signal::Reload { force, done }) => {
+                            waiting.extend(done);
+                            force
+                        }
+                        Some(Signal::Manage(clusters)) => {
+                            task.manage(clusters);
+                            continue;
+                        }
+                        Some(Signal::Forget(clusters)) => {
+                            task.forget(&clusters);
+                            continue;
+                        }
                         Some(Signal::Stop) | None => return,
                     },
                     () = clock.wait_until(wake) => false,
@@ -377,6 +469,9 @@ async fn run_task(
         next_reload = clock.elapsed() + settings.reload_interval;
         let nanos = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
         task.status.passed.store(nanos, Ordering::Release);
+        for done in waiting {
+            let _ = done.send(());
+        }
     }
 }
 

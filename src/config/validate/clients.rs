@@ -138,6 +138,7 @@ pub(super) fn validate_client(
         rate_limit,
         clusters: (!all_clusters).then_some(a.clusters),
         namespaces: a.namespaces,
+        admin: a.admin,
     })
 }
 

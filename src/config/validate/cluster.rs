@@ -18,7 +18,7 @@ const MAX_LIFETIME_CAP: Duration = Duration::from_secs(365 * 86400);
 /// kube-apiserver's floor for `max_token_expiration_seconds`.
 const MIN_SIGNER_LIFETIME: Duration = Duration::from_secs(600);
 
-pub(super) fn validate_cluster(
+pub(in crate::config) fn validate_cluster(
     at: &str,
     c: FileCluster,
     public_url: Option<&str>,
@@ -148,6 +148,7 @@ pub(super) fn validate_cluster(
         jwks_max_age: max_age?,
         publish_only: c.publish_only,
         kubernetes_signer,
+        origin: crate::config::model::Origin::File,
     })
 }
 

@@ -1,0 +1,543 @@
+//! The clusters created at run time (the admin API, `clusters add`), kept in
+//! the keys dir beside their keys, and the operations on clusters that the
+//! admin API and the `clusters` command share.
+//!
+//! ```text
+//! <keys dir>/.clusters/<id>.json    one cluster's settings as given, mode 0600
+//! <keys dir>/.clusters/generation   a counter every change moves
+//! ```
+//!
+//! ".clusters" is not a DNS label, so no cluster's own directory is named so.
+//! Servers sharing the keys dir read the one small generation file to learn
+//! that something changed, then the entries. Every change is made under the
+//! keys dir's lock. A cluster is always created with keys of its own: keys
+//! found on disk for an id that no cluster holds (a deleted cluster's, left
+//! by a crash) are removed first, never reused.
+//!
+//! Imports `config` (a cluster's settings are checked by its rules) and the
+//! store; nothing above `keys`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::store::{io_err, rfc3339, KeyRecord, KeySet, KeyStore, StoreError, StoreLock};
+use crate::config::{runtime_cluster, ClusterConfig, FieldProblem, Origin};
+use crate::fsutil::{ensure_dir, write_atomic};
+
+const DIR: &str = ".clusters";
+const GENERATION: &str = "generation";
+
+/// One cluster created at run time, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub id: String,
+    /// The fields of its `[[clusters]]` table as given, checked again by the
+    /// config's rules whenever it is loaded.
+    pub settings: serde_json::Value,
+    /// When it was created (RFC 3339).
+    pub created: String,
+    /// When it was last recreated with new keys, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreated: Option<String>,
+}
+
+/// The clusters the caller knows of besides the registry (the config file's,
+/// or every cluster a server serves), for the checks that an id or issuer
+/// path is free.
+pub trait Known {
+    /// The cluster with this id, if any.
+    fn by_id(&self, id: &str) -> Option<&ClusterConfig>;
+    /// The id of the cluster whose issuer has this path, if any.
+    fn by_issuer_path(&self, path: &str) -> Option<&str>;
+}
+
+/// Why a cluster operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The settings do not validate (400).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldProblem>),
+    /// An id or issuer path another cluster holds (409).
+    #[error("{field}: {message}")]
+    Taken {
+        field: &'static str,
+        message: String,
+    },
+    /// A cluster of the config file, which only the file changes (409).
+    #[error(
+        "cluster \"{id}\" is declared in {file}; remove it there (and reload) rather than \
+         through the admin API"
+    )]
+    FromFile { id: String, file: String },
+    /// No such cluster (404).
+    #[error("no cluster has id \"{0}\"")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AdminError {
+    /// The field a refusal names, if one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            AdminError::Invalid(p) => p.first().map(|p| p.field.as_str()),
+            AdminError::Taken { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// The registry's clusters whose settings check out, and the ids of those
+/// whose settings do not, with the reason.
+pub type Loaded = (Vec<(Entry, ClusterConfig)>, Vec<(String, String)>);
+
+/// The registry of a keys dir.
+pub struct Registry<'a> {
+    store: &'a KeyStore,
+}
+
+impl<'a> Registry<'a> {
+    pub fn new(store: &'a KeyStore) -> Self {
+        Registry { store }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.store.root().join(DIR)
+    }
+
+    fn entry_path(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.json"))
+    }
+
+    /// The counter every change moves (0 before the first change). One
+    /// small read: servers poll it.
+    pub fn generation(&self) -> Result<u64, StoreError> {
+        let path = self.dir().join(GENERATION);
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| StoreError::Manifest {
+                path,
+                reason: format!("{text:?} is not a generation number"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Moves the generation on: servers sharing the keys dir reread the
+    /// registry and the key sets.
+    pub fn bump(&self, _lock: &StoreLock) -> Result<u64, StoreError> {
+        let next = self.generation()? + 1;
+        let dir = self.dir();
+        ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
+        let path = dir.join(GENERATION);
+        write_atomic(&path, format!("{next}\n").as_bytes(), 0o600).map_err(io_err(&path))?;
+        Ok(next)
+    }
+
+    /// Every entry, by id. An entry that cannot be read is an error naming
+    /// its file.
+    pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
+        let dir = self.dir();
+        let names = match fs::read_dir(&dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut entries = Vec::new();
+        for name in names {
+            let name = name.map_err(io_err(&dir))?.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if id.starts_with('.') {
+                continue; // a write in progress
+            }
+            if let Some(entry) = self.get(id)? {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(entries)
+    }
+
+    /// The entry of a cluster created at run time.
+    pub fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+        let path = self.entry_path(id);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| StoreError::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if entry.id != id {
+            return Err(StoreError::Manifest {
+                path,
+                reason: format!("holds cluster \"{}\", not \"{id}\"", entry.id),
+            });
+        }
+        Ok(Some(entry))
+    }
+
+    fn put(&self, _lock: &StoreLock, entry: &Entry) -> Result<(), StoreError> {
+        let dir = self.dir();
+        ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
+        let path = self.entry_path(&entry.id);
+        let mut bytes = serde_json::to_vec_pretty(entry).map_err(|e| StoreError::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        write_atomic(&path, &bytes, 0o600).map_err(io_err(&path))
+    }
+
+    /// Every cluster of the registry with its checked settings; an entry
+    /// that no longer validates (a `public_url` changed under an issuer it
+    /// needs, a hand edit) is returned as a problem and left out.
+    pub fn clusters(&self, public_url: &str) -> Result<Loaded, StoreError> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for entry in self.list()? {
+            match runtime_cluster(&entry.settings, public_url) {
+                Ok(c) => good.push((entry, c)),
+                Err(problems) => {
+                    let why = problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    bad.push((entry.id.clone(), why));
+                }
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Creates a cluster from its settings (the fields of a `[[clusters]]`
+    /// table): checked as the file's, its id and issuer path free, stored,
+    /// and its first keys made. Keys left on disk under its id are removed
+    /// first: a new cluster never inherits a key.
+    pub fn create(
+        &self,
+        settings: &serde_json::Value,
+        public_url: &str,
+        known: &dyn Known,
+        now: SystemTime,
+    ) -> Result<(Entry, ClusterConfig, KeySet), AdminError> {
+        let cluster = runtime_cluster(settings, public_url).map_err(AdminError::Invalid)?;
+        let id = cluster.id.clone();
+        {
+            let lock = self.store.lock()?;
+            if let Some(other) = known.by_id(&id) {
+                return Err(taken_id(other));
+            }
+            if self.get(&id)?.is_some() {
+                return Err(AdminError::Taken {
+                    field: "id",
+                    message: format!("a cluster with id \"{id}\" already exists"),
+                });
+            }
+            if let Some(other) = known.by_issuer_path(&cluster.issuer_path) {
+                return Err(taken_path(&cluster, other));
+            }
+            for (entry, c) in self.clusters(public_url)?.0 {
+                if c.issuer_path == cluster.issuer_path {
+                    return Err(taken_path(&cluster, &entry.id));
+                }
+            }
+            remove_keys(self.store, &lock, &id)?;
+            let entry = Entry {
+                id: id.clone(),
+                settings: settings.clone(),
+                created: rfc3339(now),
+                recreated: None,
+            };
+            self.put(&lock, &entry)?;
+        }
+        let keys = self.first_keys(&cluster, now)?;
+        let entry = self
+            .get(&id)?
+            .ok_or_else(|| AdminError::Unknown(id.clone()))?;
+        Ok((entry, cluster, keys))
+    }
+
+    /// Deletes a cluster created at run time: its entry, then its keys.
+    /// Returns the kids removed. A cluster of the config file (`file` names
+    /// it) is refused.
+    pub fn remove(
+        &self,
+        id: &str,
+        known: &dyn Known,
+        file: Option<&Path>,
+    ) -> Result<Vec<String>, AdminError> {
+        let lock = self.store.lock()?;
+        if self.get(id)?.is_none() {
+            return Err(match known.by_id(id) {
+                Some(c) if c.origin == Origin::File => AdminError::FromFile {
+                    id: id.to_owned(),
+                    file: file.map_or_else(
+                        || "the embedded default configuration".to_owned(),
+                        |f| f.display().to_string(),
+                    ),
+                },
+                _ => AdminError::Unknown(id.to_owned()),
+            });
+        }
+        let kids = kids_on_disk(self.store, id)?;
+        let path = self.entry_path(id);
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        remove_keys(self.store, &lock, id)?;
+        self.bump(&lock)?;
+        Ok(kids)
+    }
+
+    /// Gives a cluster new keys at once (the same issuer, a new cluster
+    /// behind it): every old key is removed, so no token it signed verifies
+    /// any more. Returns the kids removed and the new key set.
+    pub fn recreate(
+        &self,
+        cluster: &ClusterConfig,
+        now: SystemTime,
+    ) -> Result<(Vec<String>, KeySet), AdminError> {
+        let id = cluster.id.as_str();
+        let kids = {
+            let lock = self.store.lock()?;
+            let kids = kids_on_disk(self.store, id)?;
+            if cluster.origin == Origin::Runtime {
+                let mut entry = self
+                    .get(id)?
+                    .ok_or_else(|| AdminError::Unknown(id.to_owned()))?;
+                entry.recreated = Some(rfc3339(now));
+                self.put(&lock, &entry)?;
+            }
+            remove_keys(self.store, &lock, id)?;
+            kids
+        };
+        let keys = self.first_keys(cluster, now)?;
+        Ok((kids, keys))
+    }
+
+    /// A new cluster's first keys, then the generation moved so that every
+    /// server sees the cluster with them.
+    fn first_keys(&self, cluster: &ClusterConfig, now: SystemTime) -> Result<KeySet, AdminError> {
+        let (keys, _) = self
+            .store
+            .load_or_create(&cluster.id, cluster.key_spec, now)?;
+        let lock = self.store.lock()?;
+        self.bump(&lock)?;
+        Ok(keys)
+    }
+}
+
+fn taken_id(other: &ClusterConfig) -> AdminError {
+    let whose = match other.origin {
+        Origin::File => "declared in the config file",
+        Origin::Runtime => "created at run time",
+    };
+    AdminError::Taken {
+        field: "id",
+        message: format!(
+            "a cluster with id \"{}\" already exists ({whose})",
+            other.id
+        ),
+    }
+}
+
+fn taken_path(cluster: &ClusterConfig, other: &str) -> AdminError {
+    AdminError::Taken {
+        field: "issuer",
+        message: format!(
+            "\"{}\" has the same path as cluster \"{other}\"'s issuer; each issuer needs its \
+             own path, since requests are routed by it",
+            cluster.issuer
+        ),
+    }
+}
+
+/// The kids whose files a cluster's directory holds.
+fn kids_on_disk(store: &KeyStore, id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(match store.read_manifest(id) {
+        Ok(Some(m)) => m.keys.into_iter().map(|k| k.kid).collect(),
+        Ok(None) => Vec::new(),
+        Err(_) => store.key_files(id)?,
+    })
+}
+
+/// Removes a cluster's keys: its directory is renamed out of the way first
+/// (one step: a reader sees the whole set or none of it), then deleted.
+fn remove_keys(store: &KeyStore, _lock: &StoreLock, id: &str) -> Result<(), StoreError> {
+    let dir = store.cluster_dir(id);
+    let gone = store.root().join(format!(
+        ".removed-{id}-{}",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    match fs::rename(&dir, &gone) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    }
+    fs::remove_dir_all(&gone).map_err(io_err(&gone))
+}
+
+/// The clusters of a config file and a registry together, for the CLI.
+pub struct Listed {
+    clusters: Vec<ClusterConfig>,
+    by_id: HashMap<String, usize>,
+    by_path: HashMap<String, usize>,
+}
+
+impl Listed {
+    pub fn new(clusters: Vec<ClusterConfig>) -> Self {
+        let by_id = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i))
+            .collect();
+        let by_path = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.issuer_path.clone(), i))
+            .collect();
+        Listed {
+            clusters,
+            by_id,
+            by_path,
+        }
+    }
+
+    pub fn all(&self) -> &[ClusterConfig] {
+        &self.clusters
+    }
+}
+
+impl Known for Listed {
+    fn by_id(&self, id: &str) -> Option<&ClusterConfig> {
+        self.by_id.get(id).map(|i| &self.clusters[*i])
+    }
+
+    fn by_issuer_path(&self, path: &str) -> Option<&str> {
+        self.by_path
+            .get(path)
+            .map(|i| self.clusters[*i].id.as_str())
+    }
+}
+
+/// A cluster as `clusters show` and the admin API show it.
+#[derive(Debug, Serialize)]
+pub struct View {
+    pub id: String,
+    pub issuer: String,
+    /// "file" or "runtime".
+    pub origin: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recreated: Option<String>,
+    pub algorithm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rsa_bits: Option<u32>,
+    pub audiences: Vec<String>,
+    pub min_token_lifetime: String,
+    pub max_token_lifetime: String,
+    pub jwks_max_age: String,
+    pub rotate_every: String,
+    pub publish_ahead: String,
+    pub retention: String,
+    pub publish_only: bool,
+    pub keys: Vec<ViewKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_transition: Option<ViewTransition>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViewKey {
+    pub kid: String,
+    pub alg: String,
+    pub state: String,
+    pub created: String,
+    pub published: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViewTransition {
+    pub kid: String,
+    pub what: String,
+    pub at: String,
+}
+
+impl View {
+    pub fn new(c: &ClusterConfig, entry: Option<&Entry>, records: &[KeyRecord]) -> View {
+        let d = |t| humantime::format_duration(t).to_string();
+        let current = records
+            .iter()
+            .find(|k| k.state == super::store::KeyState::Current);
+        let next_transition = records
+            .iter()
+            .filter_map(|k| {
+                super::policy::next_transition(k, current, &c.rotation)
+                    .map(|(what, at)| (k.kid.clone(), what, at))
+            })
+            .min_by_key(|(_, _, at)| *at)
+            .map(|(kid, what, at)| ViewTransition {
+                kid,
+                what,
+                at: rfc3339(at),
+            });
+        let (algorithm, rsa_bits) = match c.key_spec {
+            crate::config::KeySpec::Rsa { bits } => ("RS256", Some(bits)),
+            crate::config::KeySpec::P256 => ("ES256", None),
+        };
+        View {
+            id: c.id.clone(),
+            issuer: c.issuer.clone(),
+            origin: match c.origin {
+                Origin::File => "file",
+                Origin::Runtime => "runtime",
+            },
+            created: entry.map(|e| e.created.clone()),
+            recreated: entry.and_then(|e| e.recreated.clone()),
+            algorithm: algorithm.into(),
+            rsa_bits,
+            audiences: c.audiences.clone(),
+            min_token_lifetime: d(c.min_token_lifetime),
+            max_token_lifetime: d(c.max_token_lifetime),
+            jwks_max_age: d(c.jwks_max_age),
+            rotate_every: d(c.rotation.rotate_every),
+            publish_ahead: d(c.rotation.publish_ahead),
+            retention: d(c.rotation.retention),
+            publish_only: c.publish_only,
+            keys: records
+                .iter()
+                .map(|k| ViewKey {
+                    kid: k.kid.clone(),
+                    alg: k.alg.clone(),
+                    state: k.state.as_str().to_owned(),
+                    created: k.created.clone(),
+                    published: k.published.clone(),
+                    activated: k.activated.clone(),
+                    retired: k.retired.clone(),
+                })
+                .collect(),
+            next_transition,
+        }
+    }
+}
+
+/// The path of a registry entry, for messages.
+pub fn entry_file(store: &KeyStore, id: &str) -> PathBuf {
+    Registry::new(store).entry_path(id)
+}

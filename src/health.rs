@@ -44,14 +44,54 @@ impl Problem {
     }
 }
 
+/// What the last reloads of the config and the cluster registry found wrong.
+#[derive(Debug, Default)]
+pub struct ConfigStatus {
+    /// The config file's problems (it did not load; the running one stays).
+    pub file: Option<String>,
+    /// Clusters of the registry that could not be served, with the reason.
+    pub clusters: Vec<(String, String)>,
+    /// Clusters of the config file that could not be served since the last
+    /// reload, with the reason.
+    pub file_clusters: Vec<(String, String)>,
+}
+
 #[derive(Default)]
 pub struct Health {
     /// Outcome of the key-rotation thread's reloads of the key sets.
     pub reload: Arc<ReloadStatus>,
+    /// Why the config file last failed to reload (the running config stays),
+    /// until one loads; and the clusters of the registry that could not be
+    /// served, with the reason.
+    pub config: std::sync::Mutex<ConfigStatus>,
     listeners: OnceLock<Vec<ListenerInfo>>,
 }
 
 impl Health {
+    /// What the last reloads of the config file and of the cluster registry
+    /// found wrong. Shown on the API listener's `/readyz` only: a bad config
+    /// pushed to every replica must not take discovery off the public face
+    /// of all of them, while the running config keeps serving.
+    pub fn config_problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = &config.file {
+            problems.push(Problem {
+                summary: "the config file did not reload (the running config stays in use; a \
+                          restart would fail)"
+                    .into(),
+                detail: Some(why.clone()),
+            });
+        }
+        for (cluster, why) in config.clusters.iter().chain(&config.file_clusters) {
+            problems.push(Problem {
+                summary: format!("cluster \"{cluster}\" could not be served"),
+                detail: Some(why.clone()),
+            });
+        }
+        problems
+    }
+
     /// Records the listeners once they are bound; until then the server is
     /// not ready.
     pub fn set_listeners(&self, listeners: Vec<ListenerInfo>) {

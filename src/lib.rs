@@ -10,6 +10,7 @@
 //! Unix socket, over a cluster's live keys), `health` and `metrics`; `client`
 //! (`token`, `agent`, `verify`, `federation`, the signer's relay: the client
 //! side, which imports nothing of the server side); `serve` (start-up glue),
+//! `fleet` (the cluster set at run time: the registry, config reloads),
 //! `commands`, and `cli` (clap, the only module besides `main` that knows
 //! it).
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod externaljwt;
+pub mod fleet;
 pub mod fsutil;
 pub mod health;
 pub mod http;

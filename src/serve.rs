@@ -11,15 +11,17 @@ use tokio::net::TcpListener;
 
 use crate::clock::{unix_seconds, SharedClock, SystemClock};
 use crate::config::Config;
+use crate::fleet::{self, Fleet};
 use crate::health::ListenerInfo;
+use crate::http::admin::{Admin, AdminSettings};
 use crate::http::{app_for, AppState, Face};
 use crate::issuer::auth::ApiClients;
-use crate::issuer::Issuers;
+use crate::issuer::{Cluster, Issuers};
 use crate::keys::policy::Source;
-use crate::keys::rotation::{self, Background, BackgroundSettings, Managed};
+use crate::keys::registry::Registry;
+use crate::keys::rotation::{self, Background, BackgroundSettings};
 use crate::keys::store::KeyStore;
 use crate::server::{self, ListenerStats, TlsSource};
-use crate::{externaljwt, signer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -61,16 +63,21 @@ pub fn key_source(c: &crate::config::ClusterConfig) -> Source {
     }
 }
 
-/// Loads or creates every cluster's keys and the API clients; `clock` is
-/// the time the server stamps tokens and keys with.
+/// Loads or creates every cluster's keys (the config file's, then those
+/// created at run time) and the API clients; `clock` is the time the server
+/// stamps tokens and keys with. A config cluster whose keys do not load
+/// stops the start; a cluster of the registry that does not is reported
+/// (`/readyz` on the API listener) and the others are served.
 pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, StartError> {
     let store = key_store(config);
     let now = clock.now();
     let settings = config.clusters.clone();
     let rotate = config.rotation.enabled;
+    let public_url = config.public_url.clone();
+    let registry_store = store.clone();
     // Key generation (RSA especially) and file reads block: keep them off the
     // async workers.
-    let issuers = off_the_workers(move || {
+    let (clusters, generation, not_served) = off_the_workers(move || {
         // Someone else able to write the keys dir could plant a key.
         store.check_dirs(None).map_err(StartError::Store)?;
         let mut clusters = Vec::with_capacity(settings.len());
@@ -97,12 +104,15 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
                     "the configured key type differs from the current key's; the current key keeps signing until a rotation brings in the new type"
                 );
             }
-            clusters.push((c, Arc::new(keys)));
+            clusters.push(Arc::new(Cluster::new(c, Arc::new(keys))));
         }
-        // Builds every cluster's documents: CPU work, kept off the workers.
-        Ok::<_, StartError>(Issuers::new(clusters))
+        let (runtime, generation, not_served) =
+            runtime_clusters(&registry_store, &public_url, &clusters, rotate, now)?;
+        clusters.extend(runtime);
+        Ok::<_, StartError>((clusters, generation, not_served))
     })
     .await?;
+    let issuers = Issuers::of(clusters);
 
     // Generating a token file waits for the keys dir's lock: off the workers.
     let (api_clients, keys_dir) = (config.api_clients.clone(), config.keys_dir.clone());
@@ -129,8 +139,68 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
         clock,
     )?;
     state.request_timeout = config.limits.request_timeout;
+    state
+        .health
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clusters = not_served;
+    state.admin = Some(Arc::new(Admin::new(
+        key_store(config),
+        AdminSettings {
+            public_url: config.public_url.clone(),
+            file: config.file.clone(),
+        },
+        generation,
+    )));
     Ok(state)
 }
+
+/// The registry's clusters at start, with their keys, the registry's
+/// generation they were read at, and the ones not served, with why (a
+/// registry entry is no reason to refuse the start).
+fn runtime_clusters(
+    store: &KeyStore,
+    public_url: &str,
+    from_file: &[Arc<Cluster>],
+    rotate: bool,
+    now: std::time::SystemTime,
+) -> Result<RuntimeClusters, StartError> {
+    let registry = Registry::new(store);
+    let generation = registry.generation().map_err(StartError::Store)?;
+    let (good, mut not_served) = registry.clusters(public_url).map_err(StartError::Store)?;
+    let taken: std::collections::HashSet<&str> = from_file.iter().map(|c| c.id()).collect();
+    let mut clusters = Vec::with_capacity(good.len());
+    for (entry, c) in good {
+        if taken.contains(entry.id.as_str()) {
+            not_served.push((
+                entry.id,
+                "the config file declares a cluster with the same id; the file's is served".into(),
+            ));
+            continue;
+        }
+        match rotation::load_at_start(store, &c.id, key_source(&c), &c.rotation, rotate, now) {
+            Ok(keys) => clusters.push(Arc::new(Cluster::new(c, Arc::new(keys)))),
+            Err(e) => not_served.push((c.id.clone(), e.to_string())),
+        }
+    }
+    for (id, why) in &not_served {
+        tracing::error!(
+            cluster = id,
+            problem = why,
+            "a cluster of the registry is not served"
+        );
+    }
+    if !clusters.is_empty() {
+        tracing::info!(
+            clusters = clusters.len(),
+            "loaded the clusters created at run time"
+        );
+    }
+    Ok((clusters, generation, not_served))
+}
+
+type RuntimeClusters = (Vec<Arc<Cluster>>, u64, Vec<(String, String)>);
 
 /// Runs blocking start-up work where it does not hold up an async worker.
 /// Under the server's own multi-threaded runtime that is the calling thread
@@ -235,20 +305,43 @@ pub async fn run(
         ));
     }
     state.health.set_listeners(infos);
-    let signers = bind_signers(&state).await?;
     let background = start_background(config, &state);
-    let hup = background.reload_handle();
+    let keys = background.reload_handle();
+    let admin = state.admin.clone();
+    let generation = admin.as_ref().map_or(0, |a| {
+        a.generation.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let mut fleet_config = config.clone();
+    fleet_config.clusters = Vec::new();
+    let mut fleet = Fleet::new(
+        fleet::Parts {
+            issuers: state.issuers.clone(),
+            clients: state.clients.clone(),
+            health: state.health.clone(),
+            metrics: state.metrics.clone(),
+            signing: state.signing.clone(),
+            clock: state.clock.clone(),
+        },
+        key_store(config),
+        keys.clone(),
+        fleet_config,
+        generation,
+        admin.clone(),
+    );
+    fleet.bind_signers().await?;
+    let (hup_tx, hup_rx) = tokio::sync::mpsc::unbounded_channel();
     let sighup = tokio::spawn(async move {
         let mut signal = match reloads.0 {
             Ok(signal) => signal,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; key sets reload on their interval only");
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the config and key sets reload on their interval only");
                 return;
             }
         };
         while signal.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading key sets");
-            hup.reload_now();
+            tracing::info!("SIGHUP: reloading the config and every key set");
+            keys.reload_now();
+            let _ = hup_tx.send(());
         }
     });
     log_clusters(&state);
@@ -260,28 +353,10 @@ pub async fn run(
         "workload-issuer started"
     );
 
-    // One shutdown signal, fanned out to every listener.
+    // One shutdown signal, fanned out to every listener and the fleet.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signing: Vec<_> = signers
-        .into_iter()
-        .map(|(cluster, socket)| {
-            let mut stop = stop_rx.clone();
-            let backend = Arc::new(signer::LocalSigner::new(
-                cluster.clone(),
-                state.signing.clone(),
-                state.metrics.clone(),
-            ));
-            tokio::spawn(async move {
-                let served = externaljwt::serve(socket, backend, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(cluster = cluster.id(), error = %e, "the external signer stopped");
-                }
-            })
-        })
-        .collect();
+    let resyncs = admin.as_ref().and_then(|a| a.take_requests());
+    let following = tokio::spawn(fleet.run(resyncs, hup_rx, stop_rx.clone()));
     let serving: Vec<_> = listeners
         .into_iter()
         .map(|(listener, face)| {
@@ -294,7 +369,7 @@ pub async fn run(
         .collect();
     shutdown.await;
     let _ = stop_tx.send(true);
-    for task in serving.into_iter().chain(signing) {
+    for task in serving.into_iter().chain(std::iter::once(following)) {
         task.await.map_err(|e| StartError::Join(e.to_string()))?;
     }
     for w in watchers {
@@ -304,39 +379,6 @@ pub async fn run(
     background.stop().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Binds the external-signer socket of each cluster that names one
-/// (REFERENCE §9), before anything is served: a socket that cannot be had
-/// stops the start.
-async fn bind_signers(
-    state: &AppState,
-) -> Result<Vec<(Arc<crate::issuer::Cluster>, externaljwt::Socket)>, StartError> {
-    let mut bound = Vec::new();
-    for cluster in state.issuers.load().all() {
-        let c = &cluster.config;
-        let Some(at) = &c.kubernetes_signer else {
-            continue;
-        };
-        let failed = |source| StartError::Signer {
-            cluster: c.id.clone(),
-            source,
-        };
-        let gid = match &at.group {
-            Some(group) => Some(externaljwt::group_id(group).map_err(failed)?),
-            None => None,
-        };
-        let socket = externaljwt::bind(&at.path, gid).await.map_err(failed)?;
-        tracing::info!(
-            cluster = c.id,
-            mode = if gid.is_some() { "0660" } else { "0600" },
-            group = at.group.as_deref().unwrap_or(""),
-            "external token signer (ExternalJWTSigner v1, v1alpha1) on unix://{}",
-            at.path.display()
-        );
-        bound.push((cluster.clone(), socket));
-    }
-    Ok(bound)
 }
 
 /// Every cluster, or a summary when there are many.
@@ -355,9 +397,12 @@ fn log_clusters(state: &AppState) {
             "serving issuer"
         );
     }
+    if all.is_empty() {
+        tracing::warn!("no clusters yet: create one with the admin API (POST /admin/v1/clusters) or `workload-issuer clusters add`");
+    }
     if all.len() > LISTED {
         tracing::info!(
-            "and {} more clusters (`workload-issuer keys list` shows them all)",
+            "and {} more clusters (`workload-issuer clusters list` shows them all)",
             all.len() - LISTED
         );
     }
@@ -366,16 +411,11 @@ fn log_clusters(state: &AppState) {
 /// Starts the task that applies rotation policies (when this replica
 /// rotates) and follows key-set changes made by other replicas or the CLI.
 fn start_background(config: &Config, state: &AppState) -> Background {
-    let mut managed = Vec::new();
-    let mut loaded = Vec::new();
-    for cluster in state.issuers.load().all() {
-        let (target, clock) = (cluster.clone(), state.clock.clone());
-        managed.push(Managed {
-            cluster: cluster.id().to_owned(),
-            source: key_source(&cluster.config),
-            policy: cluster.config.rotation,
-            publish: Box::new(move |set| target.replace_keys(set, clock.now())),
-        });
+    let issuers = state.issuers.load();
+    let mut managed = Vec::with_capacity(issuers.all().len());
+    let mut loaded = Vec::with_capacity(issuers.all().len());
+    for cluster in issuers.all() {
+        managed.push(fleet::managed(cluster, &state.clock));
         loaded.push(cluster.published().keys.clone());
     }
     let settings = BackgroundSettings {

@@ -15,24 +15,44 @@ use tonic::Status;
 use crate::externaljwt::proto::{FetchKeysResponse, MetadataResponse, SignJwtResponse};
 use crate::externaljwt::{fetch_keys_response, Backend};
 use crate::issuer::external::{self, Refusal, SignError, REFRESH_HINT_SECONDS};
-use crate::issuer::Cluster;
+use crate::issuer::{Cluster, LiveIssuers};
 use crate::metrics::{Metrics, SignOutcome, SignVia};
 use crate::signing::SigningTurns;
 
-/// Signs for one cluster.
+/// Signs for one cluster, found by its id in the live cluster set on every
+/// call: a reloaded config that changes the cluster's settings reaches the
+/// signer at once.
 pub struct LocalSigner {
-    cluster: Arc<Cluster>,
+    id: String,
+    issuers: Arc<LiveIssuers>,
     turns: Arc<SigningTurns>,
     metrics: Arc<Metrics>,
 }
 
 impl LocalSigner {
-    pub fn new(cluster: Arc<Cluster>, turns: Arc<SigningTurns>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        id: String,
+        issuers: Arc<LiveIssuers>,
+        turns: Arc<SigningTurns>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         LocalSigner {
-            cluster,
+            id,
+            issuers,
             turns,
             metrics,
         }
+    }
+
+    /// The cluster as served now; UNAVAILABLE once it is no longer served
+    /// (its socket is closed as soon as the server sees that).
+    fn cluster(&self) -> Result<Arc<Cluster>, Status> {
+        self.issuers.load().by_id(&self.id).cloned().ok_or_else(|| {
+            Status::unavailable(format!(
+                "cluster \"{}\" is no longer served by this issuer",
+                self.id
+            ))
+        })
     }
 
     fn refused(&self, e: SignError) -> Status {
@@ -42,10 +62,9 @@ impl LocalSigner {
             Refusal::FailedPrecondition => SignOutcome::CannotSign,
             Refusal::Internal => SignOutcome::Failed,
         };
-        self.metrics
-            .sign(self.cluster.id(), SignVia::Socket, outcome);
+        self.metrics.sign(&self.id, SignVia::Socket, outcome);
         tracing::info!(
-            cluster = self.cluster.id(),
+            cluster = self.id,
             via = "socket",
             reason = e.message,
             "signing request refused"
@@ -66,10 +85,11 @@ pub fn status(e: SignError) -> Status {
 
 impl Backend for LocalSigner {
     async fn sign(&self, claims: String) -> Result<SignJwtResponse, Status> {
-        let published = external::signing_keys(&self.cluster).map_err(|e| self.refused(e))?;
-        let checked = external::check(&self.cluster, &claims).map_err(|e| self.refused(e))?;
+        let cluster = self.cluster()?;
+        let published = external::signing_keys(&cluster).map_err(|e| self.refused(e))?;
+        let checked = external::check(&cluster, &claims).map_err(|e| self.refused(e))?;
         // RSA takes hundreds of microseconds: in turn, as minting does.
-        let signed = if self.cluster.signs_slowly() {
+        let signed = if cluster.signs_slowly() {
             self.turns
                 .run(|| external::sign(&published, &checked))
                 .await
@@ -78,9 +98,9 @@ impl Backend for LocalSigner {
         }
         .map_err(|e| self.refused(e))?;
         self.metrics
-            .sign(self.cluster.id(), SignVia::Socket, SignOutcome::Signed);
+            .sign(&self.id, SignVia::Socket, SignOutcome::Signed);
         tracing::info!(
-            cluster = self.cluster.id(),
+            cluster = self.id,
             via = "socket",
             namespace = checked.namespace.as_deref().unwrap_or(""),
             kid = signed.kid,
@@ -94,12 +114,8 @@ impl Backend for LocalSigner {
     }
 
     async fn fetch_keys(&self) -> Result<FetchKeysResponse, Status> {
-        let data = external::key_data(&self.cluster.published()).map_err(|e| {
-            tracing::error!(
-                cluster = self.cluster.id(),
-                error = e.message,
-                "FetchKeys failed"
-            );
+        let data = external::key_data(&self.cluster()?.published()).map_err(|e| {
+            tracing::error!(cluster = self.id, error = e.message, "FetchKeys failed");
             status(e)
         })?;
         Ok(fetch_keys_response(
@@ -110,8 +126,9 @@ impl Backend for LocalSigner {
     }
 
     async fn metadata(&self) -> Result<MetadataResponse, Status> {
+        let cluster = self.cluster()?;
         Ok(MetadataResponse {
-            max_token_expiration_seconds: external::max_lifetime_seconds(&self.cluster),
+            max_token_expiration_seconds: external::max_lifetime_seconds(&cluster),
         })
     }
 }

@@ -91,7 +91,9 @@ impl Config {
         V: AsRef<OsStr>,
     {
         let Some(path) = path else {
-            return layered("the embedded default", None, env, overrides);
+            let mut config = layered("the embedded default", None, env, overrides)?;
+            config.overrides = overrides.clone();
+            return Ok(config);
         };
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -100,6 +102,7 @@ impl Config {
         })?;
         let mut config = layered(&source, Some(&text), env, overrides)?;
         config.file = Some(path.to_owned());
+        config.overrides = overrides.clone();
         Ok(config)
     }
 

@@ -36,6 +36,9 @@ pub struct Config {
     /// The file this configuration was read from (`None`: the embedded
     /// default alone).
     pub file: Option<PathBuf>,
+    /// The flags it was loaded with, to load it again the same way (a
+    /// reload).
+    pub overrides: crate::config::Overrides,
 }
 
 #[derive(Clone, Debug)]
@@ -109,7 +112,7 @@ pub struct RotationPolicy {
     pub retention: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
     pub id: String,
     /// The issuer URL exactly as it appears in `iss` and in discovery.

@@ -18,6 +18,10 @@ pub struct Admin {
     /// Replaced when the config is reloaded.
     pub settings: ArcSwap<AdminSettings>,
     resync: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    /// The other end, until whoever keeps the cluster set takes it.
+    requests: std::sync::Mutex<Option<ResyncRequests>>,
+    /// The registry's generation the served set was loaded at.
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 /// The settings of the config the admin API follows.
@@ -34,14 +38,23 @@ pub struct AdminSettings {
 pub type ResyncRequests = mpsc::UnboundedReceiver<oneshot::Sender<()>>;
 
 impl Admin {
-    pub fn new(store: KeyStore, settings: AdminSettings) -> (Admin, ResyncRequests) {
+    pub fn new(store: KeyStore, settings: AdminSettings, generation: u64) -> Admin {
         let (tx, rx) = mpsc::unbounded_channel();
-        let admin = Admin {
+        Admin {
             store,
             settings: ArcSwap::from_pointee(settings),
             resync: tx,
-        };
-        (admin, rx)
+            requests: std::sync::Mutex::new(Some(rx)),
+            generation: std::sync::atomic::AtomicU64::new(generation),
+        }
+    }
+
+    /// The resync requests, for whoever keeps the cluster set: once.
+    pub fn take_requests(&self) -> Option<ResyncRequests> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Brings this server's cluster set up to date with the keys dir (the

@@ -33,7 +33,19 @@ pub fn healthz() -> Response {
 /// are for the operator (the API listener, the logs), not the internet.
 pub fn readyz(state: &AppState, face: Face) -> Response {
     let issuers = state.issuers.load();
-    match state.health.readiness(&issuers) {
+    let mut ready = state.health.readiness(&issuers);
+    if face != Face::Public {
+        let config = state.health.config_problems();
+        if !config.is_empty() {
+            ready = Err(ready
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .chain(config)
+                .collect());
+        }
+    }
+    match ready {
         Ok(()) => json(
             StatusCode::OK,
             serde_json::json!({

@@ -182,6 +182,7 @@ pub(super) fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<C
         tls_reload_interval: tls_reload_interval?,
         allow_insecure_key_permissions: file.allow_insecure_key_permissions,
         file: None,
+        overrides: Default::default(),
     })
 }
 

@@ -18,12 +18,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::{oneshot, watch};
 
 use crate::clock::SharedClock;
+use crate::config::runtime_cluster;
 use crate::config::{ClusterConfig, Config, Origin};
 use crate::health::Health;
 use crate::http::admin::{Admin, AdminSettings, ResyncRequests};
 use crate::issuer::auth::ApiClients;
 use crate::issuer::{Cluster, Issuers, LiveIssuers};
-use crate::keys::registry::Registry;
+use crate::keys::registry::{Registry, Seen};
 use crate::keys::rotation::{self, Managed, ReloadHandle};
 use crate::keys::store::{KeySet, KeyStore};
 use crate::metrics::Metrics;
@@ -63,6 +64,10 @@ pub struct Fleet {
     /// How the config file looked when last read, to see it change.
     config_stamp: Option<FileStamp>,
     generation: u64,
+    /// The registry's files as last read.
+    seen: Seen,
+    /// Clusters of the registry that are not served, with why.
+    registry_problems: HashMap<String, String>,
     signers: HashMap<String, SignerTask>,
 }
 
@@ -122,10 +127,21 @@ impl Fleet {
         store: KeyStore,
         background: ReloadHandle,
         config: Config,
-        generation: u64,
+        (generation, seen): (u64, Seen),
         admin: Option<Arc<Admin>>,
     ) -> Fleet {
         let config_stamp = FileStamp::of(config.file.as_deref());
+        // What the start found wrong in the registry stays named until the
+        // entry changes.
+        let registry_problems = parts
+            .health
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clusters
+            .iter()
+            .cloned()
+            .collect();
         Fleet {
             parts,
             admin,
@@ -134,6 +150,8 @@ impl Fleet {
             config,
             config_stamp,
             generation,
+            seen,
+            registry_problems,
             signers: HashMap::new(),
         }
     }
@@ -261,9 +279,9 @@ impl Fleet {
     }
 
     /// Brings the served set up to date with the registry: clusters created
-    /// elsewhere are loaded and served, deleted ones dropped, and the key
-    /// sets that changed on disk (a recreate, a rotation) reread. Only when
-    /// the generation moved, unless `force`.
+    /// elsewhere are loaded and served, deleted ones dropped, recreated ones
+    /// get their new keys at once. Only when the generation moved, unless
+    /// `force`; only the registry's files that changed are read.
     async fn sync_registry(&mut self, force: bool) {
         let registry = Registry::new(&self.store);
         let generation = match registry.generation() {
@@ -276,12 +294,18 @@ impl Fleet {
         if generation == self.generation && !force {
             return;
         }
-        let (store, public_url) = (self.store.clone(), self.config.public_url.clone());
-        let listed =
-            tokio::task::spawn_blocking(move || Registry::new(&store).clusters(&public_url)).await;
-        let (good, bad) = match listed {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
+        let (store, mut seen) = (self.store.clone(), std::mem::take(&mut self.seen));
+        let scanned = tokio::task::spawn_blocking(move || {
+            let scanned = Registry::new(&store).scan(&mut seen);
+            (scanned, seen)
+        })
+        .await;
+        let scanned = match scanned {
+            Ok((Ok(scanned), seen)) => {
+                self.seen = seen;
+                scanned
+            }
+            Ok((Err(e), _)) => {
                 tracing::error!(error = %e, "cannot read the cluster registry; the clusters served stay as they are");
                 return;
             }
@@ -292,36 +316,95 @@ impl Fleet {
         };
         self.generation = generation;
         let live = self.parts.issuers.load_full();
-        let wanted: HashSet<&str> = good.iter().map(|(e, _)| e.id.as_str()).collect();
+        let present: HashSet<&str> = scanned.ids.iter().map(String::as_str).collect();
+        self.registry_problems
+            .retain(|id, _| present.contains(id.as_str()));
         let removed: Vec<String> = live
             .all()
             .iter()
-            .filter(|c| c.config.origin == Origin::Runtime && !wanted.contains(c.id()))
+            .filter(|c| c.config.origin == Origin::Runtime && !present.contains(c.id()))
             .map(|c| c.id().to_owned())
             .collect();
-        let mut problems = bad;
+        for (id, why) in scanned.unreadable {
+            self.registry_problems.insert(id, why);
+        }
         let mut added = Vec::new();
-        for (entry, c) in good {
+        for entry in scanned.changed {
+            self.registry_problems.remove(&entry.id);
             match live.by_id(&entry.id) {
-                Some(existing) if existing.config.origin == Origin::File => problems.push((
-                    entry.id.clone(),
-                    "the config file declares a cluster with the same id; the file's is served"
-                        .into(),
-                )),
+                Some(existing) if existing.config.origin == Origin::File => {
+                    self.registry_problems.insert(
+                        entry.id.clone(),
+                        "the config file declares a cluster with the same id; the file's is served"
+                            .into(),
+                    );
+                }
                 Some(_) => {}
-                None => added.push(c),
+                None => match runtime_cluster(&entry.settings, &self.config.public_url) {
+                    Ok(c) => added.push(c),
+                    Err(problems) => {
+                        self.registry_problems
+                            .insert(entry.id.clone(), crate::serve::joined(&problems));
+                    }
+                },
             }
         }
-        let problems = self.apply(Vec::new(), added, removed, problems).await;
+        let failed = self.apply(Vec::new(), added, removed, Vec::new()).await;
+        self.registry_problems.extend(failed);
+        self.recreated(scanned.recreated).await;
         self.parts
             .health
             .config
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clusters = problems;
-        // A recreate or a rotation changed key sets on disk: reread them now
-        // rather than at the next reload interval.
-        self.background.reload_changed().await;
+            .clusters = self
+            .registry_problems
+            .iter()
+            .map(|(id, why)| (id.clone(), why.clone()))
+            .collect();
+    }
+
+    /// Publishes the new keys of clusters recreated (here or elsewhere):
+    /// every old key leaves the JWKS at once.
+    async fn recreated(&mut self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let live = self.parts.issuers.load_full();
+        let clusters: Vec<Arc<Cluster>> = ids
+            .iter()
+            .filter_map(|id| live.by_id(id).cloned())
+            .collect();
+        let store = self.store.clone();
+        let ids: Vec<String> = clusters.iter().map(|c| c.id().to_owned()).collect();
+        let loaded = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .map(|id| {
+                    let set = store.load(&id, None);
+                    (id, set)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut managed_now = Vec::new();
+        for (cluster, (id, set)) in clusters.iter().zip(loaded) {
+            match set {
+                Ok(Some(set)) => {
+                    let set = Arc::new(set);
+                    tracing::info!(
+                        cluster = id,
+                        kid = set.current().kid(),
+                        "cluster recreated: its new key signs, every old key left the JWKS and no token they signed verifies"
+                    );
+                    cluster.replace_keys(set.clone(), self.parts.clock.now());
+                    managed_now.push((managed(cluster, &self.parts.clock), set));
+                }
+                Ok(None) => tracing::error!(cluster = id, "recreated, but its keys are not on disk yet; the periodic reload will find them"),
+                Err(e) => tracing::error!(cluster = id, error = %e, "recreated, but its new keys do not load"),
+            }
+        }
+        self.background.manage(managed_now);
     }
 
     /// Serves `added` (their keys loaded or created), `changed` (new

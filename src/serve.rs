@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::clock::{unix_seconds, SharedClock, SystemClock};
+use crate::config::runtime_cluster;
 use crate::config::Config;
 use crate::fleet::{self, Fleet};
 use crate::health::ListenerInfo;
@@ -18,7 +19,7 @@ use crate::http::{app_for, AppState, Face};
 use crate::issuer::auth::ApiClients;
 use crate::issuer::{Cluster, Issuers};
 use crate::keys::policy::Source;
-use crate::keys::registry::Registry;
+use crate::keys::registry::{Registry, Seen};
 use crate::keys::rotation::{self, Background, BackgroundSettings};
 use crate::keys::store::KeyStore;
 use crate::server::{self, ListenerStats, TlsSource};
@@ -157,8 +158,8 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
 }
 
 /// The registry's clusters at start, with their keys, the registry's
-/// generation they were read at, and the ones not served, with why (a
-/// registry entry is no reason to refuse the start).
+/// generation and files they were read at, and the ones not served, with
+/// why (a registry entry is no reason to refuse the start).
 fn runtime_clusters(
     store: &KeyStore,
     public_url: &str,
@@ -168,10 +169,12 @@ fn runtime_clusters(
 ) -> Result<RuntimeClusters, StartError> {
     let registry = Registry::new(store);
     let generation = registry.generation().map_err(StartError::Store)?;
-    let (good, mut not_served) = registry.clusters(public_url).map_err(StartError::Store)?;
+    let mut seen = Seen::default();
+    let scanned = registry.scan(&mut seen).map_err(StartError::Store)?;
+    let mut not_served = scanned.unreadable;
     let taken: std::collections::HashSet<&str> = from_file.iter().map(|c| c.id()).collect();
-    let mut clusters = Vec::with_capacity(good.len());
-    for (entry, c) in good {
+    let mut clusters = Vec::with_capacity(scanned.changed.len());
+    for entry in scanned.changed {
         if taken.contains(entry.id.as_str()) {
             not_served.push((
                 entry.id,
@@ -179,6 +182,13 @@ fn runtime_clusters(
             ));
             continue;
         }
+        let c = match runtime_cluster(&entry.settings, public_url) {
+            Ok(c) => c,
+            Err(problems) => {
+                not_served.push((entry.id, joined(&problems)));
+                continue;
+            }
+        };
         match rotation::load_at_start(store, &c.id, key_source(&c), &c.rotation, rotate, now) {
             Ok(keys) => clusters.push(Arc::new(Cluster::new(c, Arc::new(keys)))),
             Err(e) => not_served.push((c.id.clone(), e.to_string())),
@@ -197,10 +207,19 @@ fn runtime_clusters(
             "loaded the clusters created at run time"
         );
     }
-    Ok((clusters, generation, not_served))
+    Ok((clusters, (generation, seen), not_served))
 }
 
-type RuntimeClusters = (Vec<Arc<Cluster>>, u64, Vec<(String, String)>);
+/// Problems of a cluster's settings, on one line.
+pub fn joined(problems: &[crate::config::FieldProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+type RuntimeClusters = (Vec<Arc<Cluster>>, (u64, Seen), Vec<(String, String)>);
 
 /// Runs blocking start-up work where it does not hold up an async worker.
 /// Under the server's own multi-threaded runtime that is the calling thread
@@ -308,9 +327,10 @@ pub async fn run(
     let background = start_background(config, &state);
     let keys = background.reload_handle();
     let admin = state.admin.clone();
-    let generation = admin.as_ref().map_or(0, |a| {
-        a.generation.load(std::sync::atomic::Ordering::Relaxed)
-    });
+    let loaded = admin
+        .as_ref()
+        .and_then(|a| a.loaded.lock().unwrap_or_else(|e| e.into_inner()).take())
+        .unwrap_or_default();
     let mut fleet_config = config.clone();
     fleet_config.clusters = Vec::new();
     let mut fleet = Fleet::new(
@@ -325,7 +345,7 @@ pub async fn run(
         key_store(config),
         keys.clone(),
         fleet_config,
-        generation,
+        loaded,
         admin.clone(),
     );
     fleet.bind_signers().await?;

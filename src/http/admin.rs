@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::keys::registry::Seen;
 use crate::keys::store::KeyStore;
 
 /// What the admin API works with beyond the live clusters.
@@ -20,8 +21,9 @@ pub struct Admin {
     resync: mpsc::UnboundedSender<oneshot::Sender<()>>,
     /// The other end, until whoever keeps the cluster set takes it.
     requests: std::sync::Mutex<Option<ResyncRequests>>,
-    /// The registry's generation the served set was loaded at.
-    pub generation: std::sync::atomic::AtomicU64,
+    /// The registry's generation the served set was loaded at, and its
+    /// files as read then, for whoever keeps the cluster set to take.
+    pub loaded: std::sync::Mutex<Option<(u64, Seen)>>,
 }
 
 /// The settings of the config the admin API follows.
@@ -38,14 +40,14 @@ pub struct AdminSettings {
 pub type ResyncRequests = mpsc::UnboundedReceiver<oneshot::Sender<()>>;
 
 impl Admin {
-    pub fn new(store: KeyStore, settings: AdminSettings, generation: u64) -> Admin {
+    pub fn new(store: KeyStore, settings: AdminSettings, loaded: (u64, Seen)) -> Admin {
         let (tx, rx) = mpsc::unbounded_channel();
         Admin {
             store,
             settings: ArcSwap::from_pointee(settings),
             resync: tx,
             requests: std::sync::Mutex::new(Some(rx)),
-            generation: std::sync::atomic::AtomicU64::new(generation),
+            loaded: std::sync::Mutex::new(Some(loaded)),
         }
     }
 

@@ -5,6 +5,7 @@
 //! ```text
 //! <keys dir>/.clusters/<id>.json    one cluster's settings as given, mode 0600
 //! <keys dir>/.clusters/generation   a counter every change moves
+//! <keys dir>/.clusters/<id>.recreated  when the cluster last got new keys
 //! ```
 //!
 //! ".clusters" is not a DNS label, so no cluster's own directory is named so.
@@ -25,12 +26,35 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{io_err, rfc3339, KeyRecord, KeySet, KeyStore, StoreError, StoreLock};
+use super::store::{io_err, rfc3339, KeyRecord, KeySet, KeyStore, Stamp, StoreError, StoreLock};
 use crate::config::{runtime_cluster, ClusterConfig, FieldProblem, Origin};
 use crate::fsutil::{ensure_dir, write_atomic};
 
 const DIR: &str = ".clusters";
 const GENERATION: &str = "generation";
+/// The suffix of the marker a recreate leaves: `<id>.recreated`.
+const MARKER: &str = ".recreated";
+
+/// The registry's files as a server last saw them, to read only what
+/// changed.
+#[derive(Debug, Default)]
+pub struct Seen {
+    stamps: HashMap<String, Stamp>,
+    scanned: bool,
+}
+
+/// What [`Registry::scan`] found.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// Every cluster the registry holds.
+    pub ids: Vec<String>,
+    /// The entries new or changed since the last scan.
+    pub changed: Vec<Entry>,
+    /// Entries that could not be read, with why.
+    pub unreadable: Vec<(String, String)>,
+    /// Clusters recreated since the last scan (their keys are new).
+    pub recreated: Vec<String>,
+}
 
 /// One cluster created at run time, as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -187,6 +211,75 @@ impl<'a> Registry<'a> {
         Ok(Some(entry))
     }
 
+    /// The marker a recreate writes (for a cluster of the config file too).
+    fn marker_path(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}{MARKER}"))
+    }
+
+    fn remove_marker(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.marker_path(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// What changed in the registry since `seen` was last updated: every id
+    /// it holds, the entries new or changed (parsed), and the clusters
+    /// recreated since. One directory read and a stat per file; only what
+    /// changed is read. The first scan (an empty `seen`) reports every entry
+    /// and no recreate.
+    pub fn scan(&self, seen: &mut Seen) -> Result<Scanned, StoreError> {
+        let dir = self.dir();
+        let names = match fs::read_dir(&dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                seen.stamps.clear();
+                seen.scanned = true;
+                return Ok(Scanned::default());
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let first = !seen.scanned;
+        let mut out = Scanned::default();
+        let mut stamps = HashMap::with_capacity(seen.stamps.len());
+        for name in names {
+            let name = name.map_err(io_err(&dir))?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue; // a write in progress
+            }
+            let (id, marker) = match (name.strip_suffix(".json"), name.strip_suffix(MARKER)) {
+                (Some(id), _) => (id, false),
+                (_, Some(id)) => (id, true),
+                _ => continue,
+            };
+            let path = dir.join(name);
+            let Some(stamp) = Stamp::read(&path).map_err(io_err(&path))? else {
+                continue; // removed meanwhile
+            };
+            let changed = seen.stamps.get(name) != Some(&stamp);
+            stamps.insert(name.to_owned(), stamp);
+            if marker {
+                if changed && !first {
+                    out.recreated.push(id.to_owned());
+                }
+                continue;
+            }
+            out.ids.push(id.to_owned());
+            if changed {
+                match self.get(id) {
+                    Ok(Some(entry)) => out.changed.push(entry),
+                    Ok(None) => {}
+                    Err(e) => out.unreadable.push((id.to_owned(), e.to_string())),
+                }
+            }
+        }
+        seen.stamps = stamps;
+        seen.scanned = true;
+        Ok(out)
+    }
+
     fn put(&self, _lock: &StoreLock, entry: &Entry) -> Result<(), StoreError> {
         let dir = self.dir();
         ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
@@ -245,15 +338,13 @@ impl<'a> Registry<'a> {
                     message: format!("a cluster with id \"{id}\" already exists"),
                 });
             }
+            // `known` holds every cluster the caller serves or listed (a
+            // server: created elsewhere up to one registry poll ago).
             if let Some(other) = known.by_issuer_path(&cluster.issuer_path) {
                 return Err(taken_path(&cluster, other));
             }
-            for (entry, c) in self.clusters(public_url)?.0 {
-                if c.issuer_path == cluster.issuer_path {
-                    return Err(taken_path(&cluster, &entry.id));
-                }
-            }
             remove_keys(self.store, &lock, &id)?;
+            self.remove_marker(&id)?;
             let entry = Entry {
                 id: id.clone(),
                 settings: settings.clone(),
@@ -294,6 +385,7 @@ impl<'a> Registry<'a> {
         let kids = kids_on_disk(self.store, id)?;
         let path = self.entry_path(id);
         fs::remove_file(&path).map_err(io_err(&path))?;
+        self.remove_marker(id)?;
         remove_keys(self.store, &lock, id)?;
         self.bump(&lock)?;
         Ok(kids)
@@ -321,7 +413,17 @@ impl<'a> Registry<'a> {
             remove_keys(self.store, &lock, id)?;
             kids
         };
-        let keys = self.first_keys(cluster, now)?;
+        let keys = self
+            .store
+            .load_or_create(&cluster.id, cluster.key_spec, now)?
+            .0;
+        // The marker tells servers sharing the keys dir to reread this
+        // cluster's keys at once.
+        let lock = self.store.lock()?;
+        let marker = self.marker_path(id);
+        write_atomic(&marker, format!("{}\n", rfc3339(now)).as_bytes(), 0o600)
+            .map_err(io_err(&marker))?;
+        self.bump(&lock)?;
         Ok((kids, keys))
     }
 
@@ -540,4 +642,187 @@ impl View {
 /// The path of a registry entry, for messages.
 pub fn entry_file(store: &KeyStore, id: &str) -> PathBuf {
     Registry::new(store).entry_path(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BASE: &str = "https://oidc.example.com";
+
+    fn listed(store: &KeyStore) -> Listed {
+        let registry = Registry::new(store);
+        Listed::new(
+            registry
+                .clusters(BASE)
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn create_stores_the_cluster_with_new_keys_and_refuses_what_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let registry = Registry::new(&store);
+        let now = SystemTime::now();
+        assert_eq!(registry.generation().unwrap(), 0);
+        let (entry, c, keys) = registry
+            .create(
+                &json!({"id": "ws-1", "algorithm": "ES256"}),
+                BASE,
+                &listed(&store),
+                now,
+            )
+            .unwrap();
+        assert_eq!(entry.id, "ws-1");
+        assert_eq!(c.origin, Origin::Runtime);
+        assert_eq!(c.issuer, "https://oidc.example.com/c/ws-1");
+        assert!(!keys.keys().is_empty());
+        assert!(registry.generation().unwrap() > 0);
+
+        let again = registry
+            .create(
+                &json!({"id": "ws-1", "algorithm": "ES256"}),
+                BASE,
+                &listed(&store),
+                now,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(again, AdminError::Taken { field: "id", .. }),
+            "{again}"
+        );
+        let path = registry
+            .create(
+                &json!({"id": "ws-2", "issuer": "https://oidc.example.com/c/ws-1"}),
+                BASE,
+                &listed(&store),
+                now,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                path,
+                AdminError::Taken {
+                    field: "issuer",
+                    ..
+                }
+            ),
+            "{path}"
+        );
+        assert!(path.to_string().contains("\"ws-1\""), "{path}");
+        let bad = registry
+            .create(&json!({"id": "WS_3"}), BASE, &listed(&store), now)
+            .unwrap_err();
+        assert_eq!(bad.field(), Some("id"));
+    }
+
+    #[test]
+    fn remove_and_recreate_leave_no_old_key_and_a_new_cluster_never_inherits_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let registry = Registry::new(&store);
+        let now = SystemTime::now();
+        let settings = json!({"id": "ws-1", "algorithm": "ES256"});
+        let (_, c, first) = registry
+            .create(&settings, BASE, &listed(&store), now)
+            .unwrap();
+        let old: Vec<String> = first.keys().iter().map(|k| k.record.kid.clone()).collect();
+
+        let mut seen = Seen::default();
+        registry.scan(&mut seen).unwrap();
+        let (gone, second) = registry.recreate(&c, now).unwrap();
+        assert_eq!(gone, old);
+        assert!(second.keys().iter().all(|k| !old.contains(&k.record.kid)));
+        let scanned = registry.scan(&mut seen).unwrap();
+        assert_eq!(scanned.recreated, vec!["ws-1".to_owned()]);
+        assert!(registry.get("ws-1").unwrap().unwrap().recreated.is_some());
+
+        let removed = registry.remove("ws-1", &listed(&store), None).unwrap();
+        assert_eq!(
+            removed,
+            second
+                .keys()
+                .iter()
+                .map(|k| k.record.kid.clone())
+                .collect::<Vec<_>>()
+        );
+        assert!(!store.cluster_dir("ws-1").exists());
+        let scanned = registry.scan(&mut seen).unwrap();
+        assert!(scanned.ids.is_empty());
+        assert!(matches!(
+            registry.remove("ws-1", &listed(&store), None).unwrap_err(),
+            AdminError::Unknown(_)
+        ));
+
+        // Keys left under the id (a crash between the steps) are not reused.
+        let (stale, _) = store
+            .load_or_create("ws-1", crate::config::KeySpec::P256, now)
+            .unwrap();
+        let (_, _, fresh) = registry
+            .create(&settings, BASE, &listed(&store), now)
+            .unwrap();
+        let stale = stale.current().kid().to_owned();
+        assert!(fresh.keys().iter().all(|k| k.record.kid != stale));
+    }
+
+    #[test]
+    fn a_config_cluster_is_not_removed_and_the_message_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let mut c = runtime_cluster(&json!({"id": "base"}), BASE).unwrap();
+        c.origin = Origin::File;
+        let known = Listed::new(vec![c]);
+        let err = Registry::new(&store)
+            .remove("base", &known, Some(Path::new("/etc/wi.toml")))
+            .unwrap_err();
+        assert!(matches!(err, AdminError::FromFile { .. }));
+        assert!(err.to_string().contains("/etc/wi.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_scan_reads_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let registry = Registry::new(&store);
+        let now = SystemTime::now();
+        let mut seen = Seen::default();
+        assert!(registry.scan(&mut seen).unwrap().ids.is_empty());
+        for id in ["a", "b"] {
+            registry
+                .create(
+                    &json!({"id": id, "algorithm": "ES256"}),
+                    BASE,
+                    &listed(&store),
+                    now,
+                )
+                .unwrap();
+        }
+        let scanned = registry.scan(&mut seen).unwrap();
+        assert_eq!(scanned.changed.len(), 2);
+        assert!(scanned.recreated.is_empty());
+        registry
+            .create(
+                &json!({"id": "c", "algorithm": "ES256"}),
+                BASE,
+                &listed(&store),
+                now,
+            )
+            .unwrap();
+        let scanned = registry.scan(&mut seen).unwrap();
+        assert_eq!(scanned.ids.len(), 3);
+        assert_eq!(
+            scanned
+                .changed
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>(),
+            ["c"]
+        );
+    }
 }

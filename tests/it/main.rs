@@ -22,6 +22,7 @@ mod minting;
 mod observability;
 mod publish_only;
 mod python_client;
+mod reload;
 mod review;
 mod rotation;
 mod signer;

@@ -548,7 +548,7 @@ mod tests {
             public_url: config.public_url.clone(),
             file: Some(FILE.into()),
         };
-        let admin = Admin::new(KeyStore::new(dir.path()), settings, 0);
+        let admin = Admin::new(KeyStore::new(dir.path()), settings, (0, Seen::default()));
         let mut requests = admin.take_requests().unwrap();
         state.admin = Some(Arc::new(admin));
         let resyncs = Arc::new(AtomicUsize::new(0));

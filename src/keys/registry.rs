@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::store::{io_err, rfc3339, KeyRecord, KeySet, KeyStore, Stamp, StoreError, StoreLock};
 use crate::config::{runtime_cluster, ClusterConfig, FieldProblem, Origin};
 use crate::fsutil::{ensure_dir, write_atomic};
+use crate::k8s::names::is_dns_label;
 
 const DIR: &str = ".clusters";
 const GENERATION: &str = "generation";
@@ -190,8 +191,12 @@ impl<'a> Registry<'a> {
         Ok(entries)
     }
 
-    /// The entry of a cluster created at run time.
+    /// The entry of a cluster created at run time (`None` for an id that is
+    /// no DNS label: no path is ever built from one).
     pub fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+        if !is_dns_label(id) {
+            return Ok(None);
+        }
         let path = self.entry_path(id);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -369,6 +374,9 @@ impl<'a> Registry<'a> {
         known: &dyn Known,
         file: Option<&Path>,
     ) -> Result<Vec<String>, AdminError> {
+        if !is_dns_label(id) {
+            return Err(AdminError::Unknown(id.to_owned()));
+        }
         let lock = self.store.lock()?;
         if self.get(id)?.is_none() {
             return Err(match known.by_id(id) {
@@ -400,6 +408,9 @@ impl<'a> Registry<'a> {
         now: SystemTime,
     ) -> Result<(Vec<String>, KeySet), AdminError> {
         let id = cluster.id.as_str();
+        if !is_dns_label(id) {
+            return Err(AdminError::Unknown(id.to_owned()));
+        }
         let kids = {
             let lock = self.store.lock()?;
             let kids = kids_on_disk(self.store, id)?;
@@ -759,6 +770,16 @@ mod tests {
             registry.remove("ws-1", &listed(&store), None).unwrap_err(),
             AdminError::Unknown(_)
         ));
+        // No path is built from an id that is no DNS label.
+        std::fs::write(dir.path().join("outside.json"), "{}").unwrap();
+        for id in ["../outside", "..", "a/b"] {
+            assert!(matches!(
+                registry.remove(id, &listed(&store), None).unwrap_err(),
+                AdminError::Unknown(_)
+            ));
+            assert!(registry.get(id).unwrap().is_none());
+        }
+        assert!(dir.path().join("outside.json").exists());
 
         // Keys left under the id (a crash between the steps) are not reused.
         let (stale, _) = store

@@ -43,6 +43,7 @@ name = "admin"
 token_file = "admin.token"
 generate = true
 clusters = ["*"]
+admin = true
 "#;
 
 /// Two clusters and two clients, like config/example.toml plus a scoped client.

@@ -26,4 +26,5 @@ mod python_client;
 mod reload;
 mod review;
 mod rotation;
+mod runtime_clusters;
 mod signer;

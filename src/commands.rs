@@ -18,7 +18,6 @@ use crate::keys::policy::{next_transition, RotationError, Transition};
 use crate::keys::public::PublicKey;
 use crate::keys::steps;
 use crate::keys::store::{KeyRecord, KeyState, KeyStore};
-use crate::serve::key_source;
 
 pub fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(Some(file), &Overrides::default()) {
@@ -162,7 +161,13 @@ fn run_keys(command: KeysCommand) -> Result<(), CommandError> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                steps::revoke(&store, &id, &kid, key_source(c), system_now()),
+                steps::revoke(
+                    &store,
+                    &id,
+                    &kid,
+                    crate::keys::policy::Source::of(c),
+                    system_now(),
+                ),
             )
         }
         KeysCommand::Import {

@@ -142,18 +142,6 @@ impl From<Invalid> for AppError {
     }
 }
 
-/// A 201 answer that could not be encoded: logged, and a 500 that says
-/// nothing internal.
-impl From<crate::http::token_request::EncodeError> for AppError {
-    fn from(e: crate::http::token_request::EncodeError) -> AppError {
-        tracing::error!(error = %e, "encoding an answer failed");
-        AppError::kube(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the answer could not be encoded",
-        )
-    }
-}
-
 /// The `reason` Kubernetes puts in a `Status` for each code
 /// (k8s.io/apimachinery/pkg/apis/meta/v1 StatusReason).
 fn reason(status: StatusCode) -> &'static str {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::clock::{unix_seconds, SharedClock, SystemClock};
-use crate::config::runtime_cluster;
 use crate::config::Config;
+use crate::config::{joined, runtime_cluster};
 use crate::fleet::{self, Fleet};
 use crate::health::ListenerInfo;
 use crate::http::admin::{Admin, AdminSettings};
@@ -54,16 +54,6 @@ pub fn key_store(config: &Config) -> KeyStore {
         .allow_insecure_permissions(config.allow_insecure_key_permissions)
 }
 
-/// Where a cluster's keys come from: generated of its configured kind, or
-/// imported by hand when it signs its own tokens.
-pub fn key_source(c: &crate::config::ClusterConfig) -> Source {
-    if c.publish_only {
-        Source::Imported
-    } else {
-        Source::Generated(c.key_spec)
-    }
-}
-
 /// Loads or creates every cluster's keys (the config file's, then those
 /// created at run time) and the API clients; `clock` is the time the server
 /// stamps tokens and keys with. A config cluster whose keys do not load
@@ -86,7 +76,7 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
             let keys = rotation::load_at_start(
                 &store,
                 &c.id,
-                key_source(&c),
+                Source::of(&c),
                 &c.rotation,
                 rotate,
                 now,
@@ -133,7 +123,7 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
     let mut state = AppState::new(
         issuers,
         clients,
-        |records, c| match key_source(c) {
+        |records, c| match Source::of(c) {
             Source::Generated(spec) => crate::keys::policy::next_due(records, spec, &c.rotation),
             Source::Imported => crate::keys::policy::replace_by_hand_due(records, &c.rotation),
         },
@@ -189,7 +179,7 @@ fn runtime_clusters(
                 continue;
             }
         };
-        match rotation::load_at_start(store, &c.id, key_source(&c), &c.rotation, rotate, now) {
+        match rotation::load_at_start(store, &c.id, Source::of(&c), &c.rotation, rotate, now) {
             Ok(keys) => clusters.push(Arc::new(Cluster::new(c, Arc::new(keys)))),
             Err(e) => not_served.push((c.id.clone(), e.to_string())),
         }
@@ -208,15 +198,6 @@ fn runtime_clusters(
         );
     }
     Ok((clusters, (generation, seen), not_served))
-}
-
-/// Problems of a cluster's settings, on one line.
-pub fn joined(problems: &[crate::config::FieldProblem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 type RuntimeClusters = (Vec<Arc<Cluster>>, (u64, Seen), Vec<(String, String)>);
@@ -348,7 +329,10 @@ pub async fn run(
         loaded,
         admin.clone(),
     );
-    fleet.bind_signers().await?;
+    fleet
+        .bind_signers()
+        .await
+        .map_err(|(cluster, source)| StartError::Signer { cluster, source })?;
     let (hup_tx, hup_rx) = tokio::sync::mpsc::unbounded_channel();
     let sighup = tokio::spawn(async move {
         let mut signal = match reloads.0 {

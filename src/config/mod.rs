@@ -37,4 +37,4 @@ pub use model::{
     ApiClientConfig, ClusterConfig, Config, Credential, Limits, ListenerConfig, Origin, RateLimit,
     RotationPolicy, RotationSettings, SignerSocket, TlsFiles, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE,
 };
-pub use runtime::{runtime_cluster, FieldProblem, RUNTIME_FIELDS};
+pub use runtime::{joined, runtime_cluster, FieldProblem, RUNTIME_FIELDS};

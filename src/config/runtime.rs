@@ -61,6 +61,15 @@ impl fmt::Display for FieldProblem {
     }
 }
 
+/// Problems of a cluster's settings, on one line.
+pub fn joined(problems: &[FieldProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Checks a cluster's settings as the config file's `[[clusters]]` table is
 /// checked; `public_url` gives the issuer when none is set. Every problem is
 /// reported, each with its field.

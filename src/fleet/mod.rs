@@ -31,11 +31,11 @@ use crate::health::Health;
 use crate::http::admin::{Admin, ResyncRequests};
 use crate::issuer::auth::ApiClients;
 use crate::issuer::{Cluster, Issuers, LiveIssuers};
+use crate::keys::policy::Source;
 use crate::keys::registry::Seen;
 use crate::keys::rotation::{self, Managed, ReloadHandle};
 use crate::keys::store::{KeySet, KeyStore};
 use crate::metrics::Metrics;
-use crate::serve::key_source;
 use crate::signing::SigningTurns;
 
 /// How often the registry's generation is read: a cluster created on
@@ -76,7 +76,7 @@ pub fn managed(cluster: &Arc<Cluster>, clock: &SharedClock) -> Managed {
     let (target, clock) = (cluster.clone(), clock.clone());
     Managed {
         cluster: cluster.id().to_owned(),
-        source: key_source(&cluster.config),
+        source: Source::of(&cluster.config),
         policy: cluster.config.rotation,
         publish: Box::new(move |set| target.replace_keys(set, clock.now())),
     }
@@ -93,7 +93,7 @@ fn load_clusters(
     let mut loaded = Vec::new();
     let mut failed = Vec::new();
     for c in clusters {
-        match rotation::load_at_start(store, &c.id, key_source(&c), &c.rotation, rotate, now) {
+        match rotation::load_at_start(store, &c.id, Source::of(&c), &c.rotation, rotate, now) {
             Ok(keys) => loaded.push(Arc::new(Cluster::new(c, Arc::new(keys)))),
             Err(e) => failed.push((c.id.clone(), e.to_string())),
         }

@@ -76,7 +76,7 @@ impl Fleet {
                     Ok(c) => added.push(c),
                     Err(problems) => {
                         self.registry_problems
-                            .insert(entry.id.clone(), crate::serve::joined(&problems));
+                            .insert(entry.id.clone(), crate::config::joined(&problems));
                     }
                 },
             }

@@ -17,17 +17,16 @@ pub(super) struct SignerTask {
 }
 
 impl Fleet {
-    /// Serves the external-signer socket of every cluster that names one.
-    pub async fn bind_signers(&mut self) -> Result<(), crate::serve::StartError> {
+    /// Serves the external-signer socket of every cluster that names one;
+    /// a socket that cannot be had is the cluster's id with the error.
+    pub async fn bind_signers(&mut self) -> Result<(), (String, std::io::Error)> {
         let issuers = self.parts.issuers.load_full();
         for cluster in issuers.all() {
             if let Some(at) = &cluster.config.kubernetes_signer {
-                let task = self.bind_signer(cluster.id(), at).await.map_err(|source| {
-                    crate::serve::StartError::Signer {
-                        cluster: cluster.id().to_owned(),
-                        source,
-                    }
-                })?;
+                let task = self
+                    .bind_signer(cluster.id(), at)
+                    .await
+                    .map_err(|e| (cluster.id().to_owned(), e))?;
                 self.signers.insert(cluster.id().to_owned(), task);
             }
         }

@@ -125,6 +125,18 @@ pub enum EncodeError {
     Json(#[from] serde_json::Error),
 }
 
+/// A 201 answer that could not be encoded: logged, and a 500 that says
+/// nothing internal.
+impl From<EncodeError> for crate::error::AppError {
+    fn from(e: EncodeError) -> crate::error::AppError {
+        tracing::error!(error = %e, "encoding an answer failed");
+        crate::error::AppError::kube(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer could not be encoded",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,18 @@ impl From<KeySpec> for Source {
     }
 }
 
+impl Source {
+    /// Where a cluster's keys come from: generated of its configured kind,
+    /// or imported by hand when it signs its own tokens.
+    pub fn of(c: &crate::config::ClusterConfig) -> Source {
+        if c.publish_only {
+            Source::Imported
+        } else {
+            Source::Generated(c.key_spec)
+        }
+    }
+}
+
 /// One change to a cluster's keys, logged with cluster and kid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::store::{io_err, rfc3339, KeyRecord, KeySet, KeyStore, Stamp, StoreError, StoreLock};
-use crate::config::{runtime_cluster, ClusterConfig, FieldProblem, Origin};
+use crate::config::{joined, runtime_cluster, ClusterConfig, FieldProblem, Origin};
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::k8s::names::is_dns_label;
 
@@ -86,7 +86,7 @@ pub trait Known {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The settings do not validate (400).
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("{}", joined(.0))]
     Invalid(Vec<FieldProblem>),
     /// An id or issuer path another cluster holds (409).
     #[error("{field}: {message}")]
@@ -306,14 +306,7 @@ impl<'a> Registry<'a> {
         for entry in self.list()? {
             match runtime_cluster(&entry.settings, public_url) {
                 Ok(c) => good.push((entry, c)),
-                Err(problems) => {
-                    let why = problems
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    bad.push((entry.id.clone(), why));
-                }
+                Err(problems) => bad.push((entry.id.clone(), joined(&problems))),
             }
         }
         Ok((good, bad))

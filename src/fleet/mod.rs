@@ -150,27 +150,46 @@ impl Fleet {
         // never yields stands in.
         let (_never, unused) = tokio::sync::mpsc::unbounded_channel();
         let mut resyncs = resyncs.unwrap_or(unused);
+        // A closed SIGHUP channel (no signal could be had) is not polled.
+        let mut hup_open = true;
         loop {
             let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+            // Which clusters' registry files to read: `None` all of them.
+            let mut scope: Option<Vec<String>> = Some(Vec::new());
             let (force, reload_config) = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 request = resyncs.recv() => match request {
-                    Some(done) => {
-                        waiting.push(done);
-                        // Answer every resync asked for meanwhile with this pass.
+                    Some(first) => {
+                        // Every resync asked for meanwhile is answered by
+                        // this pass.
+                        let mut requests = vec![first];
                         while let Ok(more) = resyncs.try_recv() {
-                            waiting.push(more);
+                            requests.push(more);
+                        }
+                        for r in requests {
+                            match (&mut scope, r.ids) {
+                                (Some(all), Some(ids)) => all.extend(ids),
+                                _ => scope = None,
+                            }
+                            waiting.push(r.done);
                         }
                         (true, false)
                     }
                     None => continue,
                 },
-                signal = hup.recv() => match signal {
+                signal = hup.recv(), if hup_open => match signal {
                     Some(()) => (true, true),
-                    None => continue,
+                    None => {
+                        hup_open = false;
+                        continue;
+                    }
                 },
                 () = tokio::time::sleep(POLL) => {
                     let due = self.parts.clock.elapsed() >= next_config_check;
+                    if due {
+                        next_config_check =
+                            self.parts.clock.elapsed() + self.config.rotation.reload_interval;
+                    }
                     (false, due && FileStamp::of(self.config.file.as_deref()) != self.config_stamp)
                 }
             };
@@ -178,11 +197,13 @@ impl Fleet {
                 self.reload_config().await;
                 next_config_check =
                     self.parts.clock.elapsed() + self.config.rotation.reload_interval;
-            } else if self.parts.clock.elapsed() >= next_config_check {
-                next_config_check =
-                    self.parts.clock.elapsed() + self.config.rotation.reload_interval;
+                // Entries the old config shadowed or refused are read again.
+                scope = None;
             }
-            self.sync_registry(force).await;
+            match scope {
+                Some(ids) if !ids.is_empty() => self.sync_registry_ids(ids).await,
+                _ => self.sync_registry(force || reload_config).await,
+            }
             for done in waiting {
                 let _ = done.send(());
             }
@@ -244,7 +265,7 @@ impl Fleet {
         clusters.extend(loaded.iter().cloned());
         if !removed.is_empty() || !loaded.is_empty() || !replaced.is_empty() {
             self.parts.issuers.store(Arc::new(Issuers::of(clusters)));
-            self.background.forget(removed.clone());
+            self.background.forget(removed.clone()).await;
             self.background.manage(
                 loaded
                     .iter()
@@ -253,16 +274,22 @@ impl Fleet {
                     .collect::<Vec<(Managed, Arc<KeySet>)>>(),
             );
         }
-        for id in &removed {
+        let back: HashSet<&str> = loaded.iter().map(|c| c.id()).collect();
+        for id in removed.iter().filter(|id| !back.contains(id.as_str())) {
             tracing::info!(cluster = id, "cluster no longer served: its documents answer 404 and its tokens no longer verify here");
         }
         for c in &loaded {
+            let what = if gone.contains(c.id()) {
+                "cluster served afresh (deleted and created again, or recreated): its old keys and settings are gone"
+            } else {
+                "cluster served"
+            };
             tracing::info!(
                 cluster = c.id(),
                 issuer = c.config.issuer,
                 kid = c.published().keys.current().kid(),
                 origin = ?c.config.origin,
-                "cluster served"
+                "{what}"
             );
         }
         for c in &replaced {

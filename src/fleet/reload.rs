@@ -35,10 +35,17 @@ impl Fleet {
     pub(super) async fn reload_config(&mut self) {
         let (file, overrides) = (self.config.file.clone(), self.config.overrides.clone());
         self.config_stamp = FileStamp::of(file.as_deref());
+        // The keys dir and the rotation settings are the running ones until
+        // a restart (warn_restart_only says so when they differ).
+        let (keys_dir, rotation) = (self.config.keys_dir.clone(), self.config.rotation.clone());
         let loaded = tokio::task::spawn_blocking(move || {
-            let config = Config::load(file.as_deref(), &overrides).map_err(|e| e.to_string())?;
-            let (clients, _) = ApiClients::load(&config.api_clients, &config.keys_dir)
-                .map_err(|e| e.to_string())?;
+            let mut config =
+                Config::load(file.as_deref(), &overrides).map_err(|e| e.to_string())?;
+            let (clients, _) =
+                ApiClients::load(&config.api_clients, &keys_dir).map_err(|e| e.to_string())?;
+            warn_restart_only_keys(&keys_dir, &rotation, &config);
+            config.keys_dir = keys_dir;
+            config.rotation = rotation;
             Ok::<_, String>((config, clients))
         })
         .await
@@ -162,17 +169,11 @@ fn warn_restart_only(old: &Config, new: &Config) {
     if old.listen != new.listen {
         differ.push("listen");
     }
-    if old.keys_dir != new.keys_dir {
-        differ.push("keys_dir");
-    }
     if old.api_listener.as_ref().map(|l| l.addr) != new.api_listener.as_ref().map(|l| l.addr) {
         differ.push("api.listen");
     }
     if old.limits != new.limits {
         differ.push("limits");
-    }
-    if old.rotation != new.rotation {
-        differ.push("rotation");
     }
     if old.tls.as_ref().map(|t| (&t.cert, &t.key, &t.client_ca))
         != new.tls.as_ref().map(|t| (&t.cert, &t.key, &t.client_ca))
@@ -186,6 +187,20 @@ fn warn_restart_only(old: &Config, new: &Config) {
         tracing::warn!(
             settings = differ.join(", "),
             "these settings changed in the config and take effect at the next restart"
+        );
+    }
+}
+
+/// The keys dir and `[rotation]`, which a running server keeps: said when
+/// the file changed them.
+fn warn_restart_only_keys(
+    keys_dir: &std::path::Path,
+    rotation: &crate::config::RotationSettings,
+    new: &Config,
+) {
+    if new.keys_dir != keys_dir || new.rotation != *rotation {
+        tracing::warn!(
+            "keys_dir or [rotation] changed in the config: the running values stay until the next restart"
         );
     }
 }

@@ -43,7 +43,7 @@ pub struct Admin {
     pub store: KeyStore,
     /// Replaced when the config is reloaded.
     pub settings: ArcSwap<AdminSettings>,
-    resync: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    resync: mpsc::UnboundedSender<Resync>,
     /// The other end, until whoever keeps the cluster set takes it.
     requests: std::sync::Mutex<Option<ResyncRequests>>,
     /// The registry's generation the served set was loaded at, and its
@@ -62,7 +62,16 @@ pub struct AdminSettings {
 
 /// The requests for a resync, for whoever keeps the cluster set (`serve`):
 /// answer each once the set is up to date with the keys dir.
-pub type ResyncRequests = mpsc::UnboundedReceiver<oneshot::Sender<()>>;
+pub type ResyncRequests = mpsc::UnboundedReceiver<Resync>;
+
+/// One request to bring the served set up to date.
+pub struct Resync {
+    /// The clusters just changed here (only their files need reading), or
+    /// `None` for all of them.
+    pub ids: Option<Vec<String>>,
+    /// Answered once done.
+    pub done: oneshot::Sender<()>,
+}
 
 impl Admin {
     pub fn new(store: KeyStore, settings: AdminSettings, loaded: (u64, Seen)) -> Admin {
@@ -87,8 +96,19 @@ impl Admin {
     /// Brings this server's cluster set up to date with the keys dir (the
     /// registry and the key sets), returning once it is.
     pub async fn resync(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.resync.send(tx).is_ok() {
+        self.send(None).await;
+    }
+
+    /// As [`Admin::resync`], after a change of this one cluster made here:
+    /// only its files are read (the registry's other changes are seen at
+    /// the next poll).
+    pub async fn resync_for(&self, id: &str) {
+        self.send(Some(vec![id.to_owned()])).await;
+    }
+
+    async fn send(&self, ids: Option<Vec<String>>) {
+        let (done, rx) = oneshot::channel();
+        if self.resync.send(Resync { ids, done }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -356,7 +376,7 @@ async fn create(
         }
     })
     .await?;
-    admin.resync().await;
+    admin.resync_for(&cluster.id).await;
     let records = records(&keys);
     tracing::info!(
         cluster = cluster.id,
@@ -418,7 +438,7 @@ async fn delete(
         }
     })
     .await?;
-    admin.resync().await;
+    admin.resync_for(&id).await;
     tracing::info!(
         cluster = id,
         client = client.name,
@@ -476,7 +496,7 @@ async fn recreate(
         }
     })
     .await?;
-    admin.resync().await;
+    admin.resync_for(&id).await;
     let records = records(&keys);
     tracing::info!(
         cluster = id,
@@ -554,10 +574,10 @@ mod tests {
         let resyncs = Arc::new(AtomicUsize::new(0));
         let (issuers, count) = (state.issuers.clone(), resyncs.clone());
         tokio::spawn(async move {
-            while let Some(done) = requests.recv().await {
+            while let Some(request) = requests.recv().await {
                 issuers.store(Arc::new(live(&store, &config)));
                 count.fetch_add(1, Ordering::SeqCst);
-                let _ = done.send(());
+                let _ = request.done.send(());
             }
         });
         let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();

@@ -55,6 +55,16 @@ pub struct Scanned {
     pub unreadable: Vec<(String, String)>,
     /// Clusters recreated since the last scan (their keys are new).
     pub recreated: Vec<String>,
+    /// Of the clusters a targeted scan named, those with no entry.
+    pub absent: Vec<String>,
+}
+
+impl Seen {
+    /// Forgets what was seen of a cluster's entry: the next scan reads it
+    /// again (to retry a cluster that could not be served).
+    pub fn forget(&mut self, id: &str) {
+        self.stamps.remove(&format!("{id}.json"));
+    }
 }
 
 /// One cluster created at run time, as stored.
@@ -285,6 +295,46 @@ impl<'a> Registry<'a> {
         Ok(out)
     }
 
+    /// As [`Registry::scan`], for these clusters' files only (a change made
+    /// here): their entries if new or changed, `absent` for those with none,
+    /// `recreated` for those recreated. `ids` lists the named ones present.
+    pub fn scan_ids(&self, seen: &mut Seen, ids: &[String]) -> Result<Scanned, StoreError> {
+        let mut out = Scanned::default();
+        for id in ids.iter().filter(|id| is_dns_label(id)) {
+            let name = format!("{id}.json");
+            let path = self.dir().join(&name);
+            match Stamp::read(&path).map_err(io_err(&path))? {
+                None => {
+                    seen.stamps.remove(&name);
+                    out.absent.push(id.clone());
+                }
+                Some(stamp) => {
+                    out.ids.push(id.clone());
+                    if seen.stamps.insert(name, stamp) != Some(stamp) {
+                        match self.get(id) {
+                            Ok(Some(entry)) => out.changed.push(entry),
+                            Ok(None) => out.absent.push(id.clone()),
+                            Err(e) => out.unreadable.push((id.clone(), e.to_string())),
+                        }
+                    }
+                }
+            }
+            let name = format!("{id}{MARKER}");
+            let marker = self.dir().join(&name);
+            match Stamp::read(&marker).map_err(io_err(&marker))? {
+                Some(stamp) => {
+                    if seen.stamps.insert(name, stamp) != Some(stamp) {
+                        out.recreated.push(id.clone());
+                    }
+                }
+                None => {
+                    seen.stamps.remove(&name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn put(&self, _lock: &StoreLock, entry: &Entry) -> Result<(), StoreError> {
         let dir = self.dir();
         ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
@@ -341,6 +391,16 @@ impl<'a> Registry<'a> {
             if let Some(other) = known.by_issuer_path(&cluster.issuer_path) {
                 return Err(taken_path(&cluster, other));
             }
+            if let Some(name) = foreign_file(self.store, &id)? {
+                return Err(AdminError::Taken {
+                    field: "id",
+                    message: format!(
+                        "the keys dir already holds {}/{name}, which is no key file; choose \
+                         another cluster id",
+                        id
+                    ),
+                });
+            }
             remove_keys(self.store, &lock, &id)?;
             self.remove_marker(&id)?;
             let entry = Entry {
@@ -351,7 +411,17 @@ impl<'a> Registry<'a> {
             };
             self.put(&lock, &entry)?;
         }
-        let keys = self.first_keys(&cluster, now)?;
+        let keys = match self.first_keys(&cluster, now) {
+            Ok(keys) => keys,
+            Err(e) => {
+                // No entry without keys: a retry must not find the id taken.
+                let lock = self.store.lock()?;
+                let path = self.entry_path(&id);
+                let _ = fs::remove_file(&path);
+                remove_keys(self.store, &lock, &id)?;
+                return Err(e);
+            }
+        };
         let entry = self
             .get(&id)?
             .ok_or_else(|| AdminError::Unknown(id.clone()))?;
@@ -383,11 +453,20 @@ impl<'a> Registry<'a> {
                 _ => AdminError::Unknown(id.to_owned()),
             });
         }
-        let kids = kids_on_disk(self.store, id)?;
         let path = self.entry_path(id);
+        // An entry shadowed by a cluster of the config file under the same
+        // id: the keys are that cluster's, and stay.
+        let shadowed = known.by_id(id).is_some_and(|c| c.origin == Origin::File);
+        let kids = if shadowed {
+            Vec::new()
+        } else {
+            kids_on_disk(self.store, id)?
+        };
         fs::remove_file(&path).map_err(io_err(&path))?;
         self.remove_marker(id)?;
-        remove_keys(self.store, &lock, id)?;
+        if !shadowed {
+            remove_keys(self.store, &lock, id)?;
+        }
         self.bump(&lock)?;
         Ok(kids)
     }
@@ -477,10 +556,47 @@ fn kids_on_disk(store: &KeyStore, id: &str) -> Result<Vec<String>, StoreError> {
     })
 }
 
+/// The first file in `<keys dir>/<id>` that is not a cluster's (a manifest,
+/// key files, a write in progress), if any.
+fn foreign_file(store: &KeyStore, id: &str) -> Result<Option<String>, StoreError> {
+    let dir = store.cluster_dir(id);
+    let names = match fs::read_dir(&dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    for name in names {
+        let name = name.map_err(io_err(&dir))?.file_name();
+        let name = name.to_string_lossy();
+        let ours =
+            name == super::store::MANIFEST || name.ends_with(".pem") || name.starts_with('.');
+        if !ours {
+            return Ok(Some(name.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
 /// Removes a cluster's keys: its directory is renamed out of the way first
 /// (one step: a reader sees the whole set or none of it), then deleted.
-fn remove_keys(store: &KeyStore, _lock: &StoreLock, id: &str) -> Result<(), StoreError> {
+pub fn remove_keys(store: &KeyStore, _lock: &StoreLock, id: &str) -> Result<(), StoreError> {
     let dir = store.cluster_dir(id);
+    // Only a cluster's own directory: a manifest, key files and what a write
+    // in progress leaves. Anything else (a token file's directory that
+    // happens to bear the name) is not removed.
+    match foreign_file(store, id)? {
+        Some(name) => {
+            return Err(StoreError::Manifest {
+                path: dir,
+                reason: format!(
+                    "holds {name:?}, which is no key file: not a cluster's keys, so nothing \
+                     was removed; move it, or choose another cluster id"
+                ),
+            })
+        }
+        None if !dir.exists() => return Ok(()),
+        None => {}
+    }
     let gone = store.root().join(format!(
         ".removed-{id}-{}",
         SystemTime::now()
@@ -797,6 +913,29 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, AdminError::FromFile { .. }));
         assert!(err.to_string().contains("/etc/wi.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_that_holds_more_than_keys_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
+        std::fs::write(dir.path().join("tokens/ci.token"), "secret\n").unwrap();
+        let err = Registry::new(&store)
+            .create(
+                &json!({"id": "tokens"}),
+                BASE,
+                &listed(&store),
+                SystemTime::now(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, AdminError::Taken { field: "id", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ci.token"), "{err}");
+        assert!(dir.path().join("tokens/ci.token").exists());
+        assert!(Registry::new(&store).get("tokens").unwrap().is_none());
     }
 
     #[test]

@@ -226,8 +226,8 @@ enum Signal {
     /// Clusters to keep from now on (a cluster already kept under the id is
     /// replaced), each with the key set being served.
     Manage(Vec<(Managed, Arc<KeySet>)>),
-    /// Clusters no longer served.
-    Forget(Vec<String>),
+    /// Clusters no longer served; told when done.
+    Forget(Vec<String>, Option<tokio::sync::oneshot::Sender<()>>),
     Stop,
 }
 
@@ -280,10 +280,16 @@ impl ReloadHandle {
         }
     }
 
-    /// Stops keeping these clusters (deleted, or gone from the config).
-    pub fn forget(&self, clusters: Vec<String>) {
-        if !clusters.is_empty() {
-            let _ = self.0.send(Signal::Forget(clusters));
+    /// Stops keeping these clusters (deleted, or gone from the config),
+    /// and returns once no rotation step can touch them any more (a pass
+    /// under way has finished).
+    pub async fn forget(&self, clusters: Vec<String>) {
+        if clusters.is_empty() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(Signal::Forget(clusters, Some(tx))).is_ok() {
+            let _ = rx.await;
         }
     }
 }
@@ -336,6 +342,12 @@ impl Task {
             .zip(std::mem::take(&mut self.tracked))
             .filter(|(m, _)| !gone.contains(m.cluster.as_str()))
             .unzip();
+        // What failed for a cluster no longer kept is no longer a problem.
+        for list in [&self.status.failing, &self.status.rotation_failing] {
+            list.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(id, _)| !gone.contains(id.as_str()));
+        }
     }
 
     fn pass(&mut self, apply: bool, force: bool, now: SystemTime, steady: Duration) {
@@ -439,8 +451,11 @@ async fn run_task(
                             task.manage(clusters);
                             continue;
                         }
-                        Some(Signal::Forget(clusters)) => {
+                        Some(Signal::Forget(clusters, done)) => {
                             task.forget(&clusters);
+                            if let Some(done) = done {
+                                let _ = done.send(());
+                            }
                             continue;
                         }
                         Some(Signal::Stop) | None => return,

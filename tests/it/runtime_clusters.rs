@@ -380,3 +380,55 @@ async fn the_cli_creates_recreates_and_removes_clusters_that_running_servers_fol
     assert!(terminate(a.process).success());
     assert!(terminate(b.process).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_deleted_and_created_again_at_once_is_served_afresh_by_the_other_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (a, b) = (start(&cfg), start(&cfg));
+    let url = format!("{}/admin/v1/clusters", a.base);
+    let body = json!({"id": "ws-9", "algorithm": "ES256"});
+    let (s, v) = send(http().post(&url), ADMIN, Some(body.clone())).await;
+    assert_eq!(s, 201, "{v}");
+    assert!(
+        eventually(SEEN, || async { !kids(&b, "ws-9").await.is_empty() }).await,
+        "server B never served ws-9"
+    );
+    let old = mint(&b, "ws-9").await;
+    let old_kids = kids(&b, "ws-9").await;
+
+    // Deleted and created again on A well within one of B's polls.
+    let (s, v) = send(http().delete(format!("{url}/ws-9")), ADMIN, None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = send(
+        http().post(&url),
+        ADMIN,
+        Some(json!({"id": "ws-9", "algorithm": "ES256", "audiences": ["other.example.com"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(
+        eventually(SEEN, || async {
+            let now = kids(&b, "ws-9").await;
+            !now.is_empty() && now.iter().all(|k| !old_kids.contains(k))
+        })
+        .await,
+        "server B still serves the deleted cluster's keys"
+    );
+    assert!(!authenticated(&b, "ws-9", &old).await);
+    // B took the new settings too: the new default audience.
+    let (s, v) = send(
+        http().post(format!("{}{}", b.base, token_path("ws-9", "ws", "runner"))),
+        ADMIN,
+        Some(json!({"spec": {}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let token = v["status"]["token"].as_str().unwrap();
+    assert_eq!(
+        crate::harness::decode_part(token, 1)["aud"],
+        json!(["other.example.com"])
+    );
+    assert!(terminate(a.process).success());
+    assert!(terminate(b.process).success());
+}

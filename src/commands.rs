@@ -138,7 +138,7 @@ fn run_keys(command: KeysCommand) -> Result<(), CommandError> {
             let store = crate::serve::key_store(&config);
             report(
                 &id,
-                steps::revoke(&store, &id, &kid, key_source(c), system_now()),
+                steps::revoke(&store, &id, &kid, key_source(c), &c.rotation, system_now()),
             )
         }
         KeysCommand::Import {

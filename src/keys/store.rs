@@ -548,9 +548,11 @@ impl KeyStore {
         Ok(set)
     }
 
-    /// Loads a cluster's keys, creating its first signing key if it has none.
-    /// A restart reuses what is on disk; a broken manifest or key file is an
-    /// error, never a reason to generate a replacement (that would lose a key).
+    /// Loads a cluster's keys, creating its first keys if it has none: the
+    /// signing key and its standby (a next key, published from the start so
+    /// that it can take over at any time; `keys::policy`). A restart reuses
+    /// what is on disk; a broken manifest or key file is an error, never a
+    /// reason to generate a replacement (that would lose a key).
     pub fn load_or_create(
         &self,
         cluster: &str,
@@ -565,20 +567,22 @@ impl KeyStore {
         if let Some(set) = self.load(cluster, None)? {
             return Ok((set, false));
         }
-        let key = self.generate_key(&lock, cluster, spec)?;
         let at = rfc3339(now);
         let mut manifest = Manifest::empty(cluster);
-        manifest.keys.push(KeyRecord {
-            kid: key.kid().to_owned(),
-            alg: key.algorithm().as_str().to_owned(),
-            bits: key.bits(),
-            state: KeyState::Current,
-            created: at.clone(),
-            published: at.clone(),
-            activated: Some(at),
-            retired: None,
-            imported: false,
-        });
+        for state in [KeyState::Current, KeyState::Next] {
+            let key = self.generate_key(&lock, cluster, spec)?;
+            manifest.keys.push(KeyRecord {
+                kid: key.kid().to_owned(),
+                alg: key.algorithm().as_str().to_owned(),
+                bits: key.bits(),
+                state,
+                created: at.clone(),
+                published: at.clone(),
+                activated: (state == KeyState::Current).then(|| at.clone()),
+                retired: None,
+                imported: false,
+            });
+        }
         self.write_manifest(&lock, &manifest)?;
         let set = self
             .load(cluster, None)?
@@ -604,16 +608,31 @@ mod tests {
             .unwrap();
         assert!(created);
         let kid = set.current().kid().to_owned();
+        // The first start publishes a standby beside the signing key.
+        let states: Vec<(KeyState, Option<&str>)> = set
+            .keys()
+            .iter()
+            .map(|k| (k.record.state, k.record.activated.as_deref()))
+            .collect();
+        let first = set.keys()[0].record.published.as_str();
+        assert_eq!(
+            states,
+            [(KeyState::Current, Some(first)), (KeyState::Next, None)]
+        );
+        assert_eq!(set.keys()[1].record.published, first);
         let (again, created) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         assert!(!created);
         assert_eq!(again.current().kid(), kid);
-        let mode = fs::metadata(store.key_path("demo", &kid))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(again.jwks_json(), set.jwks_json());
+        for k in set.keys() {
+            let mode = fs::metadata(store.key_path("demo", k.key.kid()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]
@@ -661,9 +680,11 @@ mod tests {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(set.jwks_json()).unwrap();
         let keys = v["keys"].as_array().unwrap();
-        assert_eq!(keys.len(), 1);
-        for private in ["d", "p", "q", "dp", "dq", "qi"] {
-            assert!(keys[0].get(private).is_none());
+        assert_eq!(keys.len(), 2, "the current key and the standby");
+        for key in keys {
+            for private in ["d", "p", "q", "dp", "dq", "qi"] {
+                assert!(key.get(private).is_none());
+            }
         }
         assert_eq!(set.algorithms(), &[crate::keys::material::Algorithm::Es256]);
     }

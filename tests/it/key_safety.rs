@@ -193,6 +193,7 @@ async fn a_key_revoked_while_the_server_starts_leaves_the_jwks_within_the_reload
         "demo",
         &revoked,
         c.key_spec,
+        &c.rotation,
         std::time::SystemTime::now(),
     )
     .unwrap();

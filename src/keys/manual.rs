@@ -334,7 +334,7 @@ mod tests {
         assert!(set.keys()[0].record.imported);
         let file = std::fs::read_to_string(store.key_path("c", key.kid())).unwrap();
         assert!(file.starts_with("-----BEGIN PUBLIC KEY-----"), "{file}");
-        let jwks: serde_json::Value = serde_json::from_slice(set.jwks_json()).unwrap();
+        let jwks: serde_json::Value = serde_json::from_slice(&set.jwks_json()).unwrap();
         assert_eq!(jwks["keys"][0]["kid"], key.kid());
     }
 

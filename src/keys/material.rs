@@ -183,7 +183,7 @@ impl SigningKey {
         self.public.kid()
     }
 
-    pub fn public_jwk(&self) -> &PublicJwk {
+    pub fn public_jwk(&self) -> PublicJwk {
         self.public.public_jwk()
     }
 

@@ -516,7 +516,8 @@ impl KeyStore {
 
     /// Like [`load_set`](Self::load_set), but takes keys already parsed in
     /// `previous` by kid, when their files did not change, instead of
-    /// reading and parsing them again.
+    /// reading and parsing them again. Of a generated key that does not sign
+    /// (the standby, a retired key) only the public half is kept.
     pub fn load_set_reusing(
         &self,
         manifest: &Manifest,
@@ -527,16 +528,20 @@ impl KeyStore {
         let mut keys = Vec::with_capacity(manifest.keys.len());
         for record in &manifest.keys {
             let path = self.key_path(cluster, &record.kid);
+            let signs = record.state == KeyState::Current;
+            // A key that now signs needs its private key: a resting one of
+            // the previous set is read again.
             let reusable = previous
                 .and_then(|p| p.keys.iter().find(|k| k.record.kid == record.kid))
-                .filter(|k| Stamp::read(&path).ok().flatten() == k.file);
+                .filter(|k| Stamp::read(&path).ok().flatten() == k.file)
+                .filter(|k| !signs || !matches!(k.key, Material::Resting(_)));
             let (key, file) = match reusable {
                 Some(k) => (k.key.clone(), k.file),
                 None => self.load_key(cluster, &record.kid)?,
             };
             keys.push(StoredKey {
                 record: record.clone(),
-                key,
+                key: if signs { key } else { key.resting() },
                 file,
             });
         }
@@ -636,6 +641,48 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_does_not_sign_holds_only_its_public_half_until_it_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (set, _) = store
+            .load_or_create("demo", KeySpec::P256, SystemTime::now())
+            .unwrap();
+        let (first, standby) = (&set.keys()[0], &set.keys()[1]);
+        assert!(matches!(first.key, Material::Signing(_)));
+        assert!(matches!(standby.key, Material::Resting(_)));
+        assert_eq!(set.signer().unwrap().kid(), first.key.kid());
+        let standby_kid = standby.key.kid().to_owned();
+
+        // The standby takes over (as a rotation writes it): reloading with
+        // the previous set reads its private key again, and the retired key
+        // keeps only its public half.
+        let mut m = store.read_manifest("demo").unwrap().unwrap();
+        m.keys[0].state = KeyState::Retired;
+        m.keys[0].retired = Some(m.keys[0].published.clone());
+        m.keys[1].state = KeyState::Current;
+        m.keys[1].activated = Some(m.keys[1].published.clone());
+        store.write_manifest(&store.lock().unwrap(), &m).unwrap();
+        let after = store.load("demo", Some(&set)).unwrap().unwrap();
+        assert_eq!(after.signer().unwrap().kid(), standby_kid);
+        assert!(matches!(after.keys()[0].key, Material::Resting(_)));
+        let sig = after.signer().unwrap().sign(b"m").unwrap();
+        assert!(after.find(&standby_kid).unwrap().verify(b"m", &sig));
+
+        // A set is never built around a current key held without its
+        // private half.
+        let resting = |i: usize| StoredKey {
+            record: after.keys()[i].record.clone(),
+            key: after.keys()[i].key.clone().resting(),
+            file: None,
+        };
+        let err = KeySet::new(vec![resting(0), resting(1)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("key {standby_kid} is current, but its private key was not loaded")
+        );
+    }
+
+    #[test]
     fn a_corrupt_key_file_is_an_error_and_is_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());
@@ -678,7 +725,7 @@ mod tests {
         let (set, _) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(set.jwks_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&set.jwks_json()).unwrap();
         let keys = v["keys"].as_array().unwrap();
         assert_eq!(keys.len(), 2, "the current key and the standby");
         for key in keys {

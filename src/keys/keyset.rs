@@ -251,7 +251,7 @@ impl KeySet {
     /// per set and keep the bytes.
     pub fn jwks_json(&self) -> Vec<u8> {
         let public: Vec<PublicJwk> = self.keys.iter().map(|k| k.key.public_jwk()).collect();
-        jwks_json(&public.iter().collect::<Vec<_>>())
+        jwks_json(&public)
     }
 
     /// Sorted, unique algorithms of the published keys.

@@ -459,6 +459,17 @@ impl KeyStore {
         cluster: &str,
         kid: &str,
     ) -> Result<(Material, Option<Stamp>), StoreError> {
+        self.load_key_to(cluster, kid, true)
+    }
+
+    /// [`load_key`](Self::load_key); a private key that is not to `sign`
+    /// is read as its public half only ([`Material::Resting`]).
+    fn load_key_to(
+        &self,
+        cluster: &str,
+        kid: &str,
+        sign: bool,
+    ) -> Result<(Material, Option<Stamp>), StoreError> {
         let path = self.key_path(cluster, kid);
         let mut file = File::open(&path).map_err(io_err(&path))?;
         let meta = file.metadata().map_err(io_err(&path))?;
@@ -473,12 +484,18 @@ impl KeyStore {
                 source,
             })?;
             Arc::new(key).into()
-        } else {
+        } else if sign {
             let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
                 path: path.clone(),
                 source,
             })?;
             Arc::new(key).into()
+        } else {
+            let key = SigningKey::public_of_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
+                path: path.clone(),
+                source,
+            })?;
+            Material::Resting(Arc::new(key))
         };
         if key.kid() != kid {
             return Err(StoreError::KidMismatch {
@@ -537,7 +554,7 @@ impl KeyStore {
                 .filter(|k| !signs || !matches!(k.key, Material::Resting(_)));
             let (key, file) = match reusable {
                 Some(k) => (k.key.clone(), k.file),
-                None => self.load_key(cluster, &record.kid)?,
+                None => self.load_key_to(cluster, &record.kid, signs)?,
             };
             keys.push(StoredKey {
                 record: record.clone(),

@@ -522,7 +522,7 @@ pub fn recover(
     }
     for name in files {
         let kid = name.trim_end_matches(".pem");
-        let (key, _) = store.load_key(cluster, kid)?;
+        let (key, _) = store.load_key(cluster, kid, false)?;
         let path = store.key_path(cluster, kid);
         let modified = std::fs::metadata(&path)
             .and_then(|m| m.modified())

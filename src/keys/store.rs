@@ -453,18 +453,8 @@ impl KeyStore {
 
     /// Loads the key file of `kid`, checking who may read it and that it
     /// holds the key of that kid; with the file's stamp as it was read. The
-    /// file holds a private key, or (imported) a public key only.
+    /// file holds a private key (parsed whole only to `sign`), or a public key.
     pub fn load_key(
-        &self,
-        cluster: &str,
-        kid: &str,
-    ) -> Result<(Material, Option<Stamp>), StoreError> {
-        self.load_key_to(cluster, kid, true)
-    }
-
-    /// [`load_key`](Self::load_key); a private key that is not to `sign`
-    /// is read as its public half only ([`Material::Resting`]).
-    fn load_key_to(
         &self,
         cluster: &str,
         kid: &str,
@@ -478,6 +468,10 @@ impl KeyStore {
             meta.len().try_into().unwrap_or(0),
         ));
         io::Read::read_to_end(&mut file, &mut pem).map_err(io_err(&path))?;
+        let bad_key = |source| StoreError::Key {
+            path: path.clone(),
+            source,
+        };
         let key: Material = if pem.starts_with(b"-----BEGIN PUBLIC KEY-----") {
             let key = PublicKey::from_pem(&pem).map_err(|source| StoreError::Public {
                 path: path.clone(),
@@ -485,17 +479,10 @@ impl KeyStore {
             })?;
             Arc::new(key).into()
         } else if sign {
-            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
-                path: path.clone(),
-                source,
-            })?;
-            Arc::new(key).into()
+            Arc::new(SigningKey::from_pkcs8_pem(&pem).map_err(bad_key)?).into()
         } else {
-            let key = SigningKey::public_of_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
-                path: path.clone(),
-                source,
-            })?;
-            Material::Resting(Arc::new(key))
+            let public = SigningKey::public_of_pkcs8_pem(&pem).map_err(bad_key)?;
+            Material::Resting(Arc::new(public))
         };
         if key.kid() != kid {
             return Err(StoreError::KidMismatch {
@@ -532,9 +519,8 @@ impl KeyStore {
     }
 
     /// Like [`load_set`](Self::load_set), but takes keys already parsed in
-    /// `previous` by kid, when their files did not change, instead of
-    /// reading and parsing them again. Of a generated key that does not sign
-    /// (the standby, a retired key) only the public half is kept.
+    /// `previous` by kid, when their files did not change, instead of reading
+    /// them again (but a resting key that now signs is). Non-signing keys rest.
     pub fn load_set_reusing(
         &self,
         manifest: &Manifest,
@@ -546,15 +532,13 @@ impl KeyStore {
         for record in &manifest.keys {
             let path = self.key_path(cluster, &record.kid);
             let signs = record.state == KeyState::Current;
-            // A key that now signs needs its private key: a resting one of
-            // the previous set is read again.
             let reusable = previous
                 .and_then(|p| p.keys.iter().find(|k| k.record.kid == record.kid))
                 .filter(|k| Stamp::read(&path).ok().flatten() == k.file)
                 .filter(|k| !signs || !matches!(k.key, Material::Resting(_)));
             let (key, file) = match reusable {
                 Some(k) => (k.key.clone(), k.file),
-                None => self.load_key_to(cluster, &record.kid, signs)?,
+                None => self.load_key(cluster, &record.kid, signs)?,
             };
             keys.push(StoredKey {
                 record: record.clone(),
@@ -570,11 +554,9 @@ impl KeyStore {
         Ok(set)
     }
 
-    /// Loads a cluster's keys, creating its first keys if it has none: the
-    /// signing key and its standby (a next key, published from the start so
-    /// that it can take over at any time; `keys::policy`). A restart reuses
-    /// what is on disk; a broken manifest or key file is an error, never a
-    /// reason to generate a replacement (that would lose a key).
+    /// Loads a cluster's keys, creating its signing key and standby if it has
+    /// none. A restart reuses what is on disk; a broken manifest or key file is
+    /// an error, never a reason to generate a replacement (that would lose a key).
     pub fn load_or_create(
         &self,
         cluster: &str,

@@ -166,6 +166,7 @@ fn run_keys(command: KeysCommand) -> Result<(), CommandError> {
                     &id,
                     &kid,
                     crate::keys::policy::Source::of(c),
+                    &c.rotation,
                     system_now(),
                 ),
             )

@@ -105,7 +105,7 @@ impl Published {
         );
         Published {
             discovery: Document::new(discovery::document(issuer, keys.algorithms())),
-            jwks: Document::new(keys.jwks_json().to_vec()),
+            jwks: Document::new(keys.jwks_json()),
             max_age: max_age.as_secs(),
             header_b64: URL_SAFE_NO_PAD.encode(header),
             changed: newest_record_time(&keys),

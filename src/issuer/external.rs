@@ -433,9 +433,10 @@ mod tests {
             assert_eq!(header["alg"], alg);
             assert_eq!(header["typ"], "JWT");
             let data = key_data(&set.published).unwrap();
-            assert_eq!(data.keys.len(), 1);
-            assert_eq!(data.keys[0].kid, signed.kid);
-            assert_eq!(kid_from_spki_der(&data.keys[0].der), signed.kid);
+            // The signing key and the standby published beside it.
+            assert_eq!(data.keys.len(), 2);
+            let key = data.keys.iter().find(|k| k.kid == signed.kid).unwrap();
+            assert_eq!(kid_from_spki_der(&key.der), signed.kid);
             let message = format!("{}.{claims}", signed.header);
             let signature = URL_SAFE_NO_PAD.decode(&signed.signature).unwrap();
             assert!(set.key.verify(message.as_bytes(), &signature));

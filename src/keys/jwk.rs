@@ -93,11 +93,11 @@ impl PublicJwk {
 
 #[derive(Serialize)]
 struct JwkSet<'a> {
-    keys: &'a [&'a PublicJwk],
+    keys: &'a [PublicJwk],
 }
 
 /// Serializes a JWK Set (RFC 7517 §5), compact.
-pub fn jwks_json(keys: &[&PublicJwk]) -> Vec<u8> {
+pub fn jwks_json(keys: &[PublicJwk]) -> Vec<u8> {
     // Serializing plain strings into a Vec cannot fail.
     serde_json::to_vec(&JwkSet { keys }).unwrap_or_default()
 }

@@ -1,10 +1,13 @@
-//! A cluster's key set in memory: the published keys and the current one,
-//! with the JWKS serialized once; immutable, swapped whole. Each key and the
+//! A cluster's key set in memory: the published keys and the current one;
+//! immutable, swapped whole. Its JWKS is serialized when asked for: the
+//! issuer serializes it once per key set and keeps that one copy. Each key and the
 //! set remember the version ([`Stamp`]) of the file they came from.
 //!
 //! A key is either generated here (its private half signs) or imported as a
 //! public key only (a `publish_only` cluster, whose kube-apiserver signs):
-//! a set whose current key is imported has no signer.
+//! a set whose current key is imported has no signer. Of a generated key that
+//! does not sign from the set (the standby, retired keys) only the public
+//! half is held: the private key stays in its file until the key is current.
 
 use std::fs;
 use std::io;
@@ -49,11 +52,15 @@ impl Stamp {
     }
 }
 
-/// What the keys dir holds of a key: the private key (generated here), or
-/// only the public key (imported).
+/// What is held in memory of a key: the private key (generated here), the
+/// public half of a generated key that does not sign (its private key stays
+/// in its file), or only the public key (imported).
 #[derive(Clone, Debug)]
 pub enum Material {
     Signing(Arc<SigningKey>),
+    /// Generated here, but not current: with 10,000 clusters, holding the
+    /// parsed private keys of their standbys alone would cost ~20 MB.
+    Resting(Arc<PublicKey>),
     Public(Arc<PublicKey>),
 }
 
@@ -61,7 +68,15 @@ impl Material {
     pub fn public(&self) -> &PublicKey {
         match self {
             Material::Signing(k) => k.public(),
-            Material::Public(k) => k,
+            Material::Resting(k) | Material::Public(k) => k,
+        }
+    }
+
+    /// The same key, holding only its public half when it is a private key.
+    pub fn resting(self) -> Material {
+        match self {
+            Material::Signing(k) => Material::Resting(Arc::new(k.public().clone())),
+            other => other,
         }
     }
 
@@ -69,7 +84,7 @@ impl Material {
     pub fn signing(&self) -> Option<&Arc<SigningKey>> {
         match self {
             Material::Signing(k) => Some(k),
-            Material::Public(_) => None,
+            Material::Resting(_) | Material::Public(_) => None,
         }
     }
 
@@ -86,7 +101,7 @@ impl Material {
         self.public().algorithm()
     }
 
-    pub fn public_jwk(&self) -> &PublicJwk {
+    pub fn public_jwk(&self) -> PublicJwk {
         self.public().public_jwk()
     }
 }
@@ -137,6 +152,8 @@ pub enum KeySetError {
         listed: &'static str,
         holds: &'static str,
     },
+    #[error("key {0} is current, but its private key was not loaded")]
+    CurrentResting(String),
 }
 
 /// A cluster's published keys and its current key, immutable once built. Rotation
@@ -145,7 +162,6 @@ pub enum KeySetError {
 pub struct KeySet {
     pub(crate) keys: Vec<StoredKey>,
     current: usize,
-    jwks: Vec<u8>,
     algorithms: Vec<Algorithm>,
     /// The version of the manifest it was loaded from, taken before reading.
     pub(crate) stamp: Option<Stamp>,
@@ -182,15 +198,17 @@ impl KeySet {
             [] => return Err(KeySetError::NoCurrent),
             _ => return Err(KeySetError::ManyCurrent(currents.len())),
         };
-        let public: Vec<&PublicJwk> = keys.iter().map(|k| k.key.public_jwk()).collect();
-        let jwks = jwks_json(&public);
+        if let Material::Resting(_) = keys[current].key {
+            return Err(KeySetError::CurrentResting(
+                keys[current].record.kid.clone(),
+            ));
+        }
         let mut algorithms: Vec<Algorithm> = keys.iter().map(|k| k.key.algorithm()).collect();
         algorithms.sort();
         algorithms.dedup();
         Ok(KeySet {
             keys,
             current,
-            jwks,
             algorithms,
             stamp: None,
             checked: None,
@@ -229,9 +247,11 @@ impl KeySet {
         self.keys[self.current].key.public()
     }
 
-    /// The JWK Set document, serialized once.
-    pub fn jwks_json(&self) -> &[u8] {
-        &self.jwks
+    /// The JWK Set document (RFC 7517 §5), serialized anew: call it once
+    /// per set and keep the bytes.
+    pub fn jwks_json(&self) -> Vec<u8> {
+        let public: Vec<PublicJwk> = self.keys.iter().map(|k| k.key.public_jwk()).collect();
+        jwks_json(&public)
     }
 
     /// Sorted, unique algorithms of the published keys.

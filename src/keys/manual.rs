@@ -334,7 +334,7 @@ mod tests {
         assert!(set.keys()[0].record.imported);
         let file = std::fs::read_to_string(store.key_path("c", key.kid())).unwrap();
         assert!(file.starts_with("-----BEGIN PUBLIC KEY-----"), "{file}");
-        let jwks: serde_json::Value = serde_json::from_slice(set.jwks_json()).unwrap();
+        let jwks: serde_json::Value = serde_json::from_slice(&set.jwks_json()).unwrap();
         assert_eq!(jwks["keys"][0]["kid"], key.kid());
     }
 
@@ -525,7 +525,14 @@ mod tests {
         let store = KeyStore::new(dir.path());
         let (a, b) = (public(KeySpec::P256), public(KeySpec::P256));
         import_at(&store, &a, None, t0(), false).unwrap();
-        let why = refused(revoke(&store, "c", a.kid(), Source::Imported, t0() + HOUR));
+        let why = refused(revoke(
+            &store,
+            "c",
+            a.kid(),
+            Source::Imported,
+            &policy(),
+            t0() + HOUR,
+        ));
         assert!(
             why.contains("no next key is imported") && why.contains("--state current --force"),
             "{why}"
@@ -533,7 +540,15 @@ mod tests {
         assert_eq!(store.key_files("c").unwrap().len(), 1);
 
         import_at(&store, &b, None, t0() + HOUR, false).unwrap();
-        let t = revoke(&store, "c", a.kid(), Source::Imported, t0() + 2 * HOUR).unwrap();
+        let t = revoke(
+            &store,
+            "c",
+            a.kid(),
+            Source::Imported,
+            &policy(),
+            t0() + 2 * HOUR,
+        )
+        .unwrap();
         assert!(
             t.contains(&Transition::Activated {
                 kid: b.kid().to_owned(),
@@ -611,22 +626,19 @@ mod tests {
         let (p, spec) = (policy(), KeySpec::P256);
         apply_policy(&store, "c", spec, &p, t0()).unwrap();
         let first = kid_in(&store, KeyState::Current).unwrap();
+        // With no next key (a store from before standby keys), retiring the
+        // current key points to `keys rotate`.
+        let dropped = drop_standby(&store);
         let why = refused(retire(&store, "c", &first, &p, t0() + HOUR, false));
         assert!(why.contains("keys rotate --cluster c"), "{why}");
-        // The policy publishes a next key ahead; retiring the current key
-        // hands over once that key has been published for publish_ahead.
-        run(&store, spec, &p, t0(), t0() + 29 * DAY);
+        // The policy publishes a standby; retiring the current key hands
+        // over once that key has been published for publish_ahead.
+        run(&store, spec, &p, t0() + HOUR, t0() + 2 * HOUR);
         let next = kid_in(&store, KeyState::Next).unwrap();
-        let why = refused(retire(
-            &store,
-            "c",
-            &first,
-            &p,
-            t0() + 29 * DAY + HOUR,
-            false,
-        ));
+        assert_ne!(next, dropped);
+        let why = refused(retire(&store, "c", &first, &p, t0() + 3 * HOUR, false));
         assert!(why.contains("less than publish_ahead"), "{why}");
-        let t = retire(&store, "c", &first, &p, t0() + 30 * DAY, false).unwrap();
+        let t = retire(&store, "c", &first, &p, t0() + 2 * HOUR + DAY, false).unwrap();
         assert!(
             t.contains(&Transition::Activated {
                 kid: next.clone(),
@@ -636,5 +648,16 @@ mod tests {
         );
         let set = store.load("c", None).unwrap().unwrap();
         assert_eq!(set.signer().map(|k| k.kid().to_owned()), Some(next));
+        // `keys retire` generates nothing; the policy's next step publishes
+        // the new standby.
+        assert!(kid_in(&store, KeyState::Next).is_none());
+        run(
+            &store,
+            spec,
+            &p,
+            t0() + 2 * HOUR + DAY,
+            t0() + 3 * HOUR + DAY,
+        );
+        assert!(kid_in(&store, KeyState::Next).is_some());
     }
 }

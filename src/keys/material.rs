@@ -175,6 +175,51 @@ impl SigningKey {
         }
     }
 
+    /// The public half of a PKCS#8 PEM private key, read without building a
+    /// key that signs (no point multiplication, no RSA key check): for a key
+    /// that is only published, such as a standby. An EC key file carries its
+    /// public key (RFC 5915); one that does not is parsed whole. The private
+    /// half is checked against the kid when the key is loaded to sign.
+    pub fn public_of_pkcs8_pem(pem: &[u8]) -> Result<PublicKey, KeyError> {
+        let (label, der) =
+            rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let der = Zeroizing::new(der);
+        if label != PEM_LABEL {
+            return Err(KeyError::Pem(format!(
+                "found label \"{label}\", expected \"{PEM_LABEL}\""
+            )));
+        }
+        let info = rsa::pkcs8::PrivateKeyInfo::try_from(der.as_slice())
+            .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+        let oid = info.algorithm.oid;
+        let spki = if oid == rsa::pkcs1::ALGORITHM_OID {
+            let key = rsa::pkcs1::RsaPrivateKey::try_from(info.private_key)
+                .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+            let public = rsa::RsaPublicKey::new(
+                rsa::BigUint::from_bytes_be(key.modulus.as_bytes()),
+                rsa::BigUint::from_bytes_be(key.public_exponent.as_bytes()),
+            )
+            .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+            public.to_public_key_der()
+        } else if oid == p256::elliptic_curve::ALGORITHM_OID {
+            let key = sec1::EcPrivateKey::try_from(info.private_key)
+                .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+            let Some(point) = key.public_key else {
+                return SigningKey::from_pkcs8_der(&der).map(|k| k.public);
+            };
+            p256::PublicKey::from_sec1_bytes(point)
+                .map_err(|_| KeyError::UnsupportedType)?
+                .to_public_key_der()
+        } else {
+            return Err(KeyError::UnsupportedType);
+        }
+        .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+        PublicKey::from_spki_der(spki.as_bytes()).map_err(|e| match e {
+            PublicKeyError::RsaSize(bits) => KeyError::RsaSize(bits),
+            other => KeyError::Pkcs8(other.to_string()),
+        })
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.public.algorithm()
     }
@@ -183,7 +228,7 @@ impl SigningKey {
         self.public.kid()
     }
 
-    pub fn public_jwk(&self) -> &PublicJwk {
+    pub fn public_jwk(&self) -> PublicJwk {
         self.public.public_jwk()
     }
 
@@ -283,6 +328,19 @@ mod tests {
             .decode(jwk["x"].as_str().unwrap())
             .unwrap();
         assert_eq!(x.as_slice(), &point.x().unwrap()[..]);
+    }
+
+    #[test]
+    fn the_public_half_read_without_the_signer_is_the_signers() {
+        for spec in [KeySpec::P256, KeySpec::Rsa { bits: 2048 }] {
+            let (key, pem) = SigningKey::generate(spec).unwrap();
+            let public = SigningKey::public_of_pkcs8_pem(pem.as_bytes()).unwrap();
+            assert_eq!(&public, key.public(), "{spec}");
+            assert_eq!(public.public_jwk(), key.public_jwk());
+        }
+        let public = include_bytes!("../../tests/vectors/kubernetes-kid-rsa.pub.pem");
+        let err = SigningKey::public_of_pkcs8_pem(public).unwrap_err();
+        assert!(err.to_string().contains("PUBLIC KEY"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! next (published, not signing) -> current (signing) -> retired (published) -> deleted
 //! ```
 //!
+//! A cluster whose keys are generated here always has a next key, the
+//! standby: made with the first key, and again whenever one takes over, so
+//! the current key can be replaced at any moment by a key every cached JWKS
+//! already holds (once it has been published for `publish_ahead`).
+//!
 //! Imports `keys::store`'s manifest types and `config`'s policy; nothing above.
 
 use std::collections::HashSet;
@@ -294,13 +299,13 @@ pub fn next_due(records: &[KeyRecord], spec: KeySpec, policy: &RotationPolicy) -
         return now;
     };
     let due = activated + policy.rotate_every;
+    // With no standby (or one of another type), one is to be published now.
     let mut at = match records.iter().find(|k| k.state == KeyState::Next) {
-        Some(next) if spec_of(next) != Some(spec) => return now,
-        Some(next) => match parse(Some(&next.published)) {
+        Some(next) if spec_of(next) == Some(spec) => match parse(Some(&next.published)) {
             Some(published) => due.max(published + policy.publish_ahead),
             None => return now,
         },
-        None => due.checked_sub(policy.publish_ahead).unwrap_or(now),
+        _ => return now,
     };
     for k in records.iter().filter(|k| k.state == KeyState::Retired) {
         match parse(k.retired.as_deref()) {

@@ -55,18 +55,20 @@ pub enum PublicKeyError {
     RsaSize(usize),
 }
 
-/// A public key as this issuer publishes it: algorithm, kid, JWK, and the
-/// encoding aws-lc-rs verifies signatures with.
+/// A public key as this issuer publishes it: algorithm, kid, and its PKIX
+/// DER, from which the JWK and the encoding aws-lc-rs verifies signatures
+/// with are read when asked for (a server with 10,000 clusters holds tens of
+/// thousands of these; the JWK is serialized once per key-set change).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
     alg: Algorithm,
     kid: String,
-    jwk: PublicJwk,
     bits: u32,
     /// The PKIX SubjectPublicKeyInfo DER, as Go marshals it.
     spki: Vec<u8>,
-    /// RSA: the PKCS#1 RSAPublicKey DER; EC: the uncompressed SEC1 point.
-    raw: Vec<u8>,
+    /// Where in `spki` the subjectPublicKey's bits start, which end it: RSA,
+    /// the PKCS#1 RSAPublicKey DER; EC, the uncompressed SEC1 point.
+    raw_at: usize,
 }
 
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
@@ -178,15 +180,12 @@ impl PublicKey {
         };
         let spki = key.to_public_key_der().map_err(|e| encode(&e))?;
         let raw = key.to_pkcs1_der().map_err(|e| encode(&e))?;
-        let kid = kid_from_spki_der(spki.as_bytes());
-        Ok(PublicKey {
-            alg: Algorithm::Rs256,
-            jwk: PublicJwk::rsa(&kid, &key.n().to_bytes_be(), &key.e().to_bytes_be()),
-            kid,
-            bits: bits as u32,
-            spki: spki.as_bytes().to_vec(),
-            raw: raw.as_bytes().to_vec(),
-        })
+        PublicKey::new(
+            Algorithm::Rs256,
+            bits as u32,
+            spki.as_bytes(),
+            raw.as_bytes(),
+        )
     }
 
     fn p256(key: &p256::PublicKey) -> Result<PublicKey, PublicKeyError> {
@@ -196,22 +195,41 @@ impl PublicKey {
                 what: "EC P-256",
                 reason: e.to_string(),
             })?;
-        let kid = kid_from_spki_der(spki.as_bytes());
         let point = key.to_encoded_point(false);
-        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+        if point.x().is_none() || point.y().is_none() {
             return Err(PublicKeyError::Malformed {
                 what: "EC P-256",
                 reason: "the point at infinity".into(),
             });
+        }
+        PublicKey::new(Algorithm::Es256, 256, spki.as_bytes(), point.as_bytes())
+    }
+
+    /// `raw` is the subjectPublicKey of `spki`: the last bytes of its DER.
+    /// Refused unless the JWK can be read from it later.
+    fn new(alg: Algorithm, bits: u32, spki: &[u8], raw: &[u8]) -> Result<Self, PublicKeyError> {
+        let readable = match alg {
+            Algorithm::Es256 => raw.len() == 65 && raw[0] == 4,
+            Algorithm::Rs256 => rsa::pkcs1::RsaPublicKey::try_from(raw).is_ok(),
         };
+        if !readable || !spki.ends_with(raw) {
+            return Err(PublicKeyError::Malformed {
+                what: "PKIX",
+                reason: "the public key is not where its encoding ends".into(),
+            });
+        }
         Ok(PublicKey {
-            alg: Algorithm::Es256,
-            jwk: PublicJwk::ec_p256(&kid, x, y),
-            kid,
-            bits: 256,
-            spki: spki.as_bytes().to_vec(),
-            raw: point.as_bytes().to_vec(),
+            alg,
+            kid: kid_from_spki_der(spki),
+            bits,
+            spki: spki.to_vec(),
+            raw_at: spki.len() - raw.len(),
         })
+    }
+
+    /// RSA: the PKCS#1 RSAPublicKey DER; EC: the uncompressed SEC1 point.
+    fn raw(&self) -> &[u8] {
+        &self.spki[self.raw_at..]
     }
 
     /// The key as a PEM "PUBLIC KEY" (PKIX), as it is kept in the keys dir.
@@ -228,8 +246,22 @@ impl PublicKey {
         &self.kid
     }
 
-    pub fn public_jwk(&self) -> &PublicJwk {
-        &self.jwk
+    /// The public JWK (RFC 7517 §4), built from the key's encoding.
+    pub fn public_jwk(&self) -> PublicJwk {
+        let raw = self.raw();
+        match self.alg {
+            // 0x04 || x || y, each coordinate 32 bytes (checked when made).
+            Algorithm::Es256 => PublicJwk::ec_p256(&self.kid, &raw[1..33], &raw[33..65]),
+            Algorithm::Rs256 => match rsa::pkcs1::RsaPublicKey::try_from(raw) {
+                Ok(key) => PublicJwk::rsa(
+                    &self.kid,
+                    key.modulus.as_bytes(),
+                    key.public_exponent.as_bytes(),
+                ),
+                // Not reached: `new` refuses an encoding that does not decode.
+                Err(_) => PublicJwk::rsa(&self.kid, &[], &[]),
+            },
+        }
     }
 
     /// RSA modulus size, or 256 for P-256.
@@ -256,7 +288,7 @@ impl PublicKey {
             Algorithm::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
             Algorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
         };
-        UnparsedPublicKey::new(alg, &self.raw)
+        UnparsedPublicKey::new(alg, self.raw())
             .verify(message, signature)
             .is_ok()
     }

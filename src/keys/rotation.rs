@@ -59,8 +59,16 @@ pub fn load_at_start(
     if !rotate {
         let (keys, created) = store.load_or_create(cluster, spec, now)?;
         if created {
-            let signer = keys.current();
-            tracing::info!(cluster, kid = signer.kid(), alg = %signer.algorithm(), "generated the first signing key");
+            let made: Vec<Transition> = keys
+                .keys()
+                .iter()
+                .map(|k| Transition::Generated {
+                    kid: k.record.kid.clone(),
+                    alg: k.record.alg.clone(),
+                    state: k.record.state,
+                })
+                .collect();
+            log_transitions(cluster, &made);
         }
         return Ok(keys);
     }
@@ -637,12 +645,12 @@ mod tests {
             set: Arc::new(plain.load("c", None).unwrap().unwrap()),
             withheld_since: None,
         }];
-        // Due: the next key is to be published.
+        // Due: the standby is to take over.
         let failing = apply_due(
             &full,
             &[noop_managed(p)],
             &mut tracked,
-            t0() + 29 * DAY,
+            t0() + 30 * DAY,
             Duration::ZERO,
         );
         assert_eq!(failing.len(), 1);
@@ -731,18 +739,21 @@ mod tests {
             }
         };
         passed(Duration::ZERO).await;
+        let standby = kid_in(&store, KeyState::Next).expect("a standby from the first start");
         // Thirty days go by a minute at a time, as seen by the task: the
-        // next key is published a day ahead, then signs on the day.
+        // standby waits, then signs on the day, and a new one is published.
         for day in 1..=30u32 {
             clock.jump(DAY - minute);
             clock.advance(minute);
             passed(clock.elapsed()).await;
             let now_signing = signing.lock().unwrap().clone();
-            let next = kid_in(&store, KeyState::Next);
+            let next = kid_in(&store, KeyState::Next).unwrap_or_default();
             match day {
-                ..=28 => assert!(next.is_none() && now_signing == first, "day {day}"),
-                29 => assert!(next.is_some() && now_signing == first, "day {day}"),
-                _ => assert_ne!(now_signing, first, "day {day}: the next key signs"),
+                ..=29 => assert!(next == standby && now_signing == first, "day {day}"),
+                _ => assert!(
+                    now_signing == standby && !next.is_empty() && next != standby,
+                    "day {day}: the standby signs, and a new one waits"
+                ),
             }
         }
         // Without the clock moving, the task does nothing.

@@ -152,14 +152,22 @@ impl<'a> Change<'a> {
         rec
     }
 
-    /// Makes sure some key signs: the next key if there is one (early), or a
-    /// new key (first start, or after the signing key was revoked).
-    fn ensure_current(&mut self, spec: KeySpec) -> Result<(), RotationError> {
+    /// Makes sure some key signs: the next key if there is one (early when
+    /// it has been published for less than `publish_ahead`), or a new key
+    /// (first start, or after the signing key was revoked with no next key).
+    fn ensure_current(
+        &mut self,
+        spec: KeySpec,
+        publish_ahead: Duration,
+    ) -> Result<(), RotationError> {
         if index_of(&self.manifest, KeyState::Current).is_some() {
             return Ok(());
         }
         match index_of(&self.manifest, KeyState::Next) {
-            Some(n) => self.activate(n, true),
+            Some(n) => {
+                let published = times(self.cluster(), &self.manifest.keys[n])?.published;
+                self.activate(n, published + publish_ahead > self.now);
+            }
             None => {
                 // A cluster's very first key: no relying party has a JWKS of
                 // it to be out of date, so nothing signs early.
@@ -171,6 +179,45 @@ impl<'a> Change<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Makes sure a standby key is published: every cluster whose keys are
+    /// generated here keeps a next key in its JWKS at all times, so that the
+    /// current key can be replaced at any moment (`keys rotate`, `keys
+    /// revoke`) by a key every cached JWKS already holds.
+    ///
+    /// A standby never blocks the step it belongs to: when the cluster
+    /// already publishes as many keys of the type as AWS accepts (only
+    /// forced rotations get there), the step goes on without one and a later
+    /// step publishes it once retired keys have left.
+    fn ensure_standby(&mut self, spec: KeySpec) -> Result<(), RotationError> {
+        if index_of(&self.manifest, KeyState::Next).is_some() {
+            return Ok(());
+        }
+        match self.generate(spec, KeyState::Next) {
+            Ok(_) => Ok(()),
+            Err(e @ RotationError::TooManyKeys { .. }) => {
+                tracing::warn!(
+                    cluster = self.cluster(),
+                    "no standby key published for now: {e}"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops a next key of another type than `spec`: it never signed, so
+    /// it may go at any time, and the standby that replaces it brings in
+    /// the configured type (RS256 -> ES256 and back).
+    fn discard_other_type(&mut self, spec: KeySpec) {
+        if let Some(n) = index_of(&self.manifest, KeyState::Next) {
+            if spec_of(&self.manifest.keys[n]) != Some(spec) {
+                let rec = self.drop_key(n);
+                self.transitions
+                    .push(Transition::Discarded { kid: rec.kid });
+            }
+        }
     }
 
     /// Drops the retired keys past their retention from the JWKS, unless
@@ -244,9 +291,10 @@ impl<'a> Change<'a> {
 ///   have jumped ([`clock_ahead`]; [`ClockTrust`]);
 /// - an unused next key of another type than `spec` is replaced;
 /// - with no signing key (first start, after a revoke), one is made to sign at once;
-/// - the next key is generated `publish_ahead` before the current key is due;
 /// - the current key is replaced when it is due *and* the next key has been
 ///   published for `publish_ahead`; until then it keeps signing;
+/// - a next key (the standby) is always published: from the first start,
+///   and again in the step that promotes the one before;
 /// - the manifest's `checked` is renewed when the clock can be vouched for.
 pub fn apply_policy(
     store: &KeyStore,
@@ -276,19 +324,8 @@ pub fn apply_policy_trusting(
     change.vouch = ahead.is_none();
 
     change.expire_retired(policy, ahead)?;
-
-    // A next key that never signed can go at any time; replace one of a type
-    // the configuration no longer asks for (RS256 -> ES256 and back).
-    if let Some(n) = index_of(&change.manifest, KeyState::Next) {
-        if spec_of(&change.manifest.keys[n]) != Some(spec) {
-            let rec = change.drop_key(n);
-            change
-                .transitions
-                .push(Transition::Discarded { kid: rec.kid });
-        }
-    }
-
-    change.ensure_current(spec)?;
+    change.discard_other_type(spec);
+    change.ensure_current(spec, policy.publish_ahead)?;
 
     // Promote the next key when the current one is due and the next one has
     // been published long enough.
@@ -304,20 +341,7 @@ pub fn apply_policy_trusting(
         }
     }
 
-    // Publish the next key ahead of the current key's due time.
-    if index_of(&change.manifest, KeyState::Next).is_none() {
-        if let Some(c) = index_of(&change.manifest, KeyState::Current) {
-            let cur = times(cluster, &change.manifest.keys[c])?;
-            let activated = cur.activated.unwrap_or(cur.published);
-            let due = activated + policy.rotate_every;
-            if due
-                .checked_sub(policy.publish_ahead)
-                .is_none_or(|at| at <= now)
-            {
-                change.generate(spec, KeyState::Next)?;
-            }
-        }
-    }
+    change.ensure_standby(spec)?;
 
     let heartbeat = heartbeat_due(change.manifest.checked.as_deref(), policy) <= now;
     let transitions = change.commit(heartbeat)?;
@@ -341,9 +365,11 @@ pub(super) fn tidy(store: &KeyStore, lock: &StoreLock, cluster: &str) -> Result<
     Ok(())
 }
 
-/// `keys rotate`: the next key takes over now. Refused while it has been
+/// `keys rotate`: the next key (the standby) takes over now, and a new
+/// standby is published in the same step. Refused while the next key has been
 /// published for less than `publish_ahead`, unless `force`. Without a next
-/// key, one is published now (and, with `force`, signs at once).
+/// key (a store from before standby keys, or one of another type, which is
+/// replaced), one is published now (and, with `force`, signs at once).
 pub fn rotate(
     store: &KeyStore,
     cluster: &str,
@@ -362,14 +388,7 @@ pub fn rotate(
     }
     // A next key of a type the configuration no longer asks for never
     // signed: replace it, so that rotation brings in the configured type.
-    if let Some(n) = index_of(&change.manifest, KeyState::Next) {
-        if spec_of(&change.manifest.keys[n]) != Some(spec) {
-            let rec = change.drop_key(n);
-            change
-                .transitions
-                .push(Transition::Discarded { kid: rec.kid });
-        }
-    }
+    change.discard_other_type(spec);
     let n = match index_of(&change.manifest, KeyState::Next) {
         Some(n) => n,
         None => change.generate(spec, KeyState::Next)?,
@@ -390,7 +409,8 @@ pub fn rotate(
         let why = "relying parties that cached the JWKS before it appeared must refetch it first";
         return Err(RotationError::Refused(if fresh {
             format!(
-                "published a new next key {kid}; it can sign from {} (publish_ahead {}): {why}. \
+                "published a new next key {kid} (the cluster had no standby key of the \
+                 configured type); it can sign from {} (publish_ahead {}): {why}. \
                  Run `keys rotate` again then, or add --force to rotate now anyway",
                 rfc3339(ready),
                 show(policy.publish_ahead)
@@ -406,13 +426,16 @@ pub fn rotate(
         }));
     }
     change.activate(n, ready > now);
-    let transitions = change.commit(false)?;
-    Ok(transitions)
+    change.ensure_standby(spec)?;
+    change.commit(false)
 }
 
 /// `keys revoke`: removes a key from the JWKS at once (a compromised key) and
 /// deletes its file. If it was signing, the next key takes over at once, or a
-/// new key is made to sign.
+/// new key is made to sign; a generated cluster then gets a new standby in
+/// the same step (also when the key revoked was the standby).
+/// The policy's `publish_ahead` only tells whether the key taking over
+/// signs early (logged as a warning).
 ///
 /// For imported keys (a `publish_only` cluster) nothing is generated: the
 /// current key is revoked only when a next key can take over at once;
@@ -422,6 +445,7 @@ pub fn revoke(
     cluster: &str,
     kid: &str,
     source: impl Into<Source>,
+    policy: &RotationPolicy,
     now: SystemTime,
 ) -> Result<Vec<Transition>, RotationError> {
     let source: Source = source.into();
@@ -431,7 +455,10 @@ pub fn revoke(
     let signing = change.manifest.keys[i].state == KeyState::Current;
     if let (Source::Imported, true) = (source, signing) {
         match index_of(&change.manifest, KeyState::Next) {
-            Some(n) => change.activate(n, true),
+            Some(n) => {
+                let published = times(cluster, &change.manifest.keys[n])?.published;
+                change.activate(n, published + policy.publish_ahead > now);
+            }
             None => {
                 return Err(RotationError::Refused(format!(
                 "refused: key {kid} is the current key of cluster \"{cluster}\", whose keys are \
@@ -448,7 +475,8 @@ pub fn revoke(
         .transitions
         .push(Transition::Revoked { kid: rec.kid });
     if let Source::Generated(spec) = source {
-        change.ensure_current(spec)?;
+        change.ensure_current(spec, policy.publish_ahead)?;
+        change.ensure_standby(spec)?;
     }
     change.commit(false)
 }
@@ -494,7 +522,7 @@ pub fn recover(
     }
     for name in files {
         let kid = name.trim_end_matches(".pem");
-        let (key, _) = store.load_key(cluster, kid)?;
+        let (key, _) = store.load_key(cluster, kid, false)?;
         let path = store.key_path(cluster, kid);
         let modified = std::fs::metadata(&path)
             .and_then(|m| m.modified())
@@ -579,6 +607,19 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    /// The kid of the next key, which must be of `alg`.
+    fn standby(store: &KeyStore, alg: &str) -> String {
+        let m = manifest(store);
+        let next: Vec<&KeyRecord> = m
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Next)
+            .collect();
+        assert_eq!(next.len(), 1, "exactly one standby key: {m:?}");
+        assert_eq!(next[0].alg, alg);
+        next[0].kid.clone()
+    }
+
     #[test]
     fn a_key_lives_next_current_retired_deleted_on_schedule() {
         let dir = tempfile::tempdir().unwrap();
@@ -588,37 +629,44 @@ mod tests {
 
         let t = apply_policy(&store, "c", spec, &p, t0()).unwrap();
         assert!(
-            matches!(t[1], Transition::Activated { early: false, .. }),
-            "first start signs at once, and not early (no JWKS of it is cached anywhere): {t:?}"
-        );
-        let first = kid_in(&store, KeyState::Current).unwrap();
-
-        // Nothing to do until publish_ahead before the due time.
-        assert!(run(&store, spec, &p, t0(), t0() + 28 * DAY).is_empty());
-        let t = run(&store, spec, &p, t0() + 28 * DAY, t0() + 29 * DAY);
-        assert!(
             matches!(
                 &t[..],
-                [Transition::Generated {
-                    state: KeyState::Next,
-                    ..
-                }]
+                [
+                    Transition::Generated {
+                        state: KeyState::Current,
+                        ..
+                    },
+                    Transition::Activated { early: false, .. },
+                    Transition::Generated {
+                        state: KeyState::Next,
+                        ..
+                    }
+                ]
             ),
-            "{t:?}"
+            "first start signs at once, and not early (no JWKS of it is cached anywhere), \
+             and publishes the standby key at once: {t:?}"
         );
-        let second = kid_in(&store, KeyState::Next).unwrap();
+        let first = kid_in(&store, KeyState::Current).unwrap();
+        let second = standby(&store, "ES256");
 
+        // Nothing to do until the current key is due: the standby is there.
+        assert!(run(&store, spec, &p, t0(), t0() + 29 * DAY).is_empty());
         let t = run(&store, spec, &p, t0() + 29 * DAY, t0() + 30 * DAY);
-        assert_eq!(
-            t,
-            vec![
-                Transition::Retired { kid: first.clone() },
-                Transition::Activated {
-                    kid: second.clone(),
-                    early: false
-                }
-            ]
-        );
+        let [Transition::Retired { kid: retired }, Transition::Activated {
+            kid: activated,
+            early: false,
+        }, Transition::Generated {
+            kid: third,
+            state: KeyState::Next,
+            ..
+        }] = &t[..]
+        else {
+            panic!("the standby takes over and a new one is published in one step: {t:?}");
+        };
+        assert_eq!((retired, activated), (&first, &second));
+        assert_eq!(standby(&store, "ES256"), *third);
+        assert_eq!(store.load("c", None).unwrap().unwrap().keys().len(), 3);
+
         // Retired, still published until its retention ends.
         assert!(run(&store, spec, &p, t0() + 30 * DAY, t0() + 31 * DAY).is_empty());
         assert!(states(&store)
@@ -639,12 +687,39 @@ mod tests {
     }
 
     #[test]
+    fn a_store_without_a_standby_gets_one_at_the_next_step() {
+        // A store written before every cluster kept a standby key.
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (p, spec) = (policy(), KeySpec::P256);
+        apply_policy(&store, "c", spec, &p, t0()).unwrap();
+        drop_standby(&store);
+        let records = manifest(&store).keys;
+        assert_eq!(next_due(&records, spec, &p), SystemTime::UNIX_EPOCH);
+        let t = apply_policy(&store, "c", spec, &p, t0() + HOUR).unwrap();
+        assert!(
+            matches!(
+                &t[..],
+                [Transition::Generated {
+                    state: KeyState::Next,
+                    ..
+                }]
+            ),
+            "{t:?}"
+        );
+        let records = manifest(&store).keys;
+        assert_eq!(next_due(&records, spec, &p), t0() + 30 * DAY);
+    }
+
+    #[test]
     fn after_long_downtime_one_step_lands_in_a_valid_state_without_signing_early() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());
         let (p, spec) = (policy(), KeySpec::P256);
         apply_policy(&store, "c", spec, &p, t0()).unwrap();
         let first = kid_in(&store, KeyState::Current).unwrap();
+        // A store from before standby keys: no next key.
+        drop_standby(&store);
 
         // Down for 100 days, past three rotation points, with no next key.
         let back = t0() + 100 * DAY;
@@ -672,28 +747,18 @@ mod tests {
             matches!(t[1], Transition::Activated { early: false, .. }),
             "{t:?}"
         );
+        let waiting = standby(&store, "ES256");
 
         // The retired first key is past its retention, but this clock is
         // 130 days past the last time the manifest vouched for: it could
-        // have jumped, so the key is kept. The next key is published ahead
-        // of the following rotation all the same.
+        // have jumped, so the key is kept. The standby stays as it is.
         let t = apply_policy(&store, "c", spec, &p, back + 30 * DAY).unwrap();
         assert!(
-            t.iter()
-                .any(|x| matches!(x, Transition::Withheld { kid, .. } if *kid == first)),
+            matches!(&t[..], [Transition::Withheld { kid, .. }] if *kid == first),
             "{t:?}"
         );
         assert!(manifest(&store).keys.iter().any(|k| k.kid == first));
-        assert!(
-            t.iter().any(|x| matches!(
-                x,
-                Transition::Generated {
-                    state: KeyState::Next,
-                    ..
-                }
-            )),
-            "{t:?}"
-        );
+        assert_eq!(standby(&store, "ES256"), waiting);
         // Once the process has watched its clock for a whole retention, the
         // key leaves.
         let t = apply_policy_trusting(
@@ -706,16 +771,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t, vec![Transition::Deleted { kid: first.clone() }]);
-        // Down again for 200 days: the next key was published long ago, so
-        // the overdue current key hands over in one step.
+        // Down again for 200 days: the standby was published long ago, so
+        // the overdue current key hands over in one step, not early, and a
+        // new standby is published.
         let t = apply_policy(&store, "c", spec, &p, back + 230 * DAY).unwrap();
         assert!(
             matches!(
                 &t[..],
                 [
                     Transition::Retired { .. },
-                    Transition::Activated { early: false, .. }
-                ]
+                    Transition::Activated { early: false, kid },
+                    Transition::Generated { state: KeyState::Next, .. }
+                ] if *kid == waiting
             ),
             "{t:?}"
         );
@@ -727,6 +794,7 @@ mod tests {
                 .count(),
             1
         );
+        assert_ne!(standby(&store, "ES256"), waiting);
     }
 
     #[test]
@@ -740,39 +808,73 @@ mod tests {
         ));
         apply_policy(&store, "c", spec, &p, t0()).unwrap();
         let first = kid_in(&store, KeyState::Current).unwrap();
+        let next = standby(&store, "ES256");
 
+        // The standby has been published since the first start.
+        let before = manifest(&store);
         let err = rotate(&store, "c", spec, &p, t0() + HOUR, false)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("published a new next key") && err.contains("--force"),
+            err.contains(&format!(
+                "refused: next key {next} has been published for 1h, less than publish_ahead (1day)"
+            )) && err.contains("2026-01-02T00:00:00Z")
+                && err.contains("--force"),
             "{err}"
         );
-        let next = kid_in(&store, KeyState::Next).expect("the new next key is kept");
-        let err = rotate(&store, "c", spec, &p, t0() + 2 * HOUR, false)
+        assert_eq!(manifest(&store), before, "a refusal changes nothing");
+
+        // Once it has been published for publish_ahead, it takes over (at
+        // any time, not only when the current key is due), and a new standby
+        // is published in the same step.
+        let t = rotate(&store, "c", spec, &p, t0() + DAY, false).unwrap();
+        let [Transition::Retired { kid: retired }, Transition::Activated {
+            kid: activated,
+            early: false,
+        }, Transition::Generated {
+            kid: third,
+            state: KeyState::Next,
+            ..
+        }] = &t[..]
+        else {
+            panic!("{t:?}");
+        };
+        assert_eq!((retired, activated), (&first, &next));
+        assert_eq!(standby(&store, "ES256"), *third);
+
+        // The new standby is as young as the rotation: refused again...
+        let err = rotate(&store, "c", spec, &p, t0() + DAY + HOUR, false)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("refused: next key") && err.contains("published for 1h"),
+            err.contains(&format!(
+                "refused: next key {third} has been published for 1h"
+            )),
             "{err}"
         );
-        assert_eq!(kid_in(&store, KeyState::Current).unwrap(), first);
-
-        let t = rotate(&store, "c", spec, &p, t0() + HOUR + DAY, false).unwrap();
+        // ...unless forced, which signs early and publishes yet another.
+        let t = rotate(&store, "c", spec, &p, t0() + DAY + 2 * HOUR, true).unwrap();
         assert!(
             t.contains(&Transition::Activated {
-                kid: next.clone(),
-                early: false
+                kid: third.clone(),
+                early: true
             }),
             "{t:?}"
         );
+        assert_ne!(standby(&store, "ES256"), *third);
 
-        let t = rotate(&store, "c", spec, &p, t0() + HOUR + DAY + HOUR, true).unwrap();
+        // A store without a standby (written before they were kept) gets one
+        // from a refused rotation, whose clock starts then.
+        drop_standby(&store);
+        let err = rotate(&store, "c", spec, &p, t0() + 2 * DAY, false)
+            .unwrap_err()
+            .to_string();
         assert!(
-            t.iter()
-                .any(|x| matches!(x, Transition::Activated { early: true, .. })),
-            "{t:?}"
+            err.contains("published a new next key")
+                && err.contains("no standby key of the configured type"),
+            "{err}"
         );
+        standby(&store, "ES256");
     }
 
     #[test]
@@ -781,32 +883,79 @@ mod tests {
         let store = KeyStore::new(dir.path());
         let (p, spec) = (policy(), KeySpec::P256);
         apply_policy(&store, "c", spec, &p, t0()).unwrap();
-        apply_policy(&store, "c", spec, &p, t0() + 29 * DAY).unwrap();
         let (cur, next) = (
             kid_in(&store, KeyState::Current).unwrap(),
-            kid_in(&store, KeyState::Next).unwrap(),
+            standby(&store, "ES256"),
         );
 
-        let t = revoke(&store, "c", &cur, spec, t0() + 29 * DAY + HOUR).unwrap();
+        // The standby, published for long, takes over: not early, and a new
+        // standby is published in the same step.
+        let t = revoke(&store, "c", &cur, spec, &p, t0() + 10 * DAY).unwrap();
         assert_eq!(t[0], Transition::Revoked { kid: cur.clone() });
+        assert_eq!(
+            t[1],
+            Transition::Activated {
+                kid: next.clone(),
+                early: false
+            }
+        );
         assert_eq!(kid_in(&store, KeyState::Current).unwrap(), next);
         assert!(!store.key_path("c", &cur).exists());
+        let second = standby(&store, "ES256");
 
-        // With no next key, a new key signs at once.
-        let t = revoke(&store, "c", &next, spec, t0() + 30 * DAY).unwrap();
+        // Revoking the standby replaces it.
+        let t = revoke(&store, "c", &second, spec, &p, t0() + 10 * DAY + HOUR).unwrap();
         assert!(
             matches!(
-                t[1],
-                Transition::Generated {
-                    state: KeyState::Current,
-                    ..
-                }
+                &t[..],
+                [
+                    Transition::Revoked { .. },
+                    Transition::Generated {
+                        state: KeyState::Next,
+                        ..
+                    }
+                ]
             ),
             "{t:?}"
         );
-        assert_eq!(manifest(&store).keys.len(), 1);
+        let third = standby(&store, "ES256");
+        assert_eq!(kid_in(&store, KeyState::Current).unwrap(), next);
 
-        let err = revoke(&store, "c", "nope", spec, t0())
+        // A standby younger than publish_ahead takes over early (logged).
+        let t = revoke(&store, "c", &next, spec, &p, t0() + 10 * DAY + 2 * HOUR).unwrap();
+        assert_eq!(
+            t[1],
+            Transition::Activated {
+                kid: third.clone(),
+                early: true
+            }
+        );
+
+        // With no next key (a store from before standby keys), a new key
+        // signs at once, and a standby is published beside it.
+        drop_standby(&store);
+        let t = revoke(&store, "c", &third, spec, &p, t0() + 11 * DAY).unwrap();
+        assert!(
+            matches!(
+                &t[..],
+                [
+                    Transition::Revoked { .. },
+                    Transition::Generated {
+                        state: KeyState::Current,
+                        ..
+                    },
+                    Transition::Activated { early: true, .. },
+                    Transition::Generated {
+                        state: KeyState::Next,
+                        ..
+                    }
+                ]
+            ),
+            "{t:?}"
+        );
+        assert_eq!(manifest(&store).keys.len(), 2);
+
+        let err = revoke(&store, "c", "nope", spec, &p, t0())
             .unwrap_err()
             .to_string();
         assert!(
@@ -822,33 +971,102 @@ mod tests {
         let p = policy();
         let rsa = KeySpec::Rsa { bits: 2048 };
         apply_policy(&store, "c", rsa, &p, t0()).unwrap();
-        apply_policy(&store, "c", rsa, &p, t0() + 29 * DAY).unwrap();
-        // The operator switches the cluster to ES256: the unused RSA next key
-        // is replaced by an EC one, which takes over on schedule.
+        standby(&store, "RS256");
+        // The operator switches the cluster to ES256: the unused RSA standby
+        // is replaced by an EC one at once, which takes over on schedule once
+        // it has been published for publish_ahead (here an hour after the
+        // current key was due).
         let t = apply_policy(&store, "c", KeySpec::P256, &p, t0() + 29 * DAY + HOUR).unwrap();
-        assert!(matches!(t[0], Transition::Discarded { .. }), "{t:?}");
+        assert!(
+            matches!(
+                &t[..],
+                [
+                    Transition::Discarded { .. },
+                    Transition::Generated {
+                        state: KeyState::Next,
+                        ..
+                    }
+                ]
+            ),
+            "{t:?}"
+        );
+        let ec = standby(&store, "ES256");
+        assert!(
+            apply_policy(&store, "c", KeySpec::P256, &p, t0() + 30 * DAY)
+                .unwrap()
+                .is_empty()
+        );
         apply_policy(&store, "c", KeySpec::P256, &p, t0() + 30 * DAY + HOUR).unwrap();
         let set = store.load_set(&manifest(&store)).unwrap();
-        assert_eq!(set.current().algorithm().as_str(), "ES256");
+        assert_eq!(set.current().kid(), ec);
         let algs: Vec<&str> = set.algorithms().iter().map(|a| a.as_str()).collect();
         assert_eq!(
             algs,
             ["ES256", "RS256"],
             "the retired RSA key is still published"
         );
-        // And back, by a manual rotation.
-        let _ = rotate(&store, "c", rsa, &p, t0() + 31 * DAY, false);
+        standby(&store, "ES256");
+        // And back, by a manual rotation: the EC standby makes way for an
+        // RSA one, which signs once published for publish_ahead.
+        let err = rotate(&store, "c", rsa, &p, t0() + 31 * DAY, false).unwrap_err();
+        assert!(
+            err.to_string().contains("published a new next key"),
+            "{err}"
+        );
+        standby(&store, "RS256");
         rotate(&store, "c", rsa, &p, t0() + 32 * DAY + HOUR, false).unwrap();
         let set = store.load_set(&manifest(&store)).unwrap();
         assert_eq!(set.current().algorithm().as_str(), "RS256");
+        standby(&store, "RS256");
+    }
+
+    /// The rotation policy of a one-cluster configuration, as validated.
+    fn configured(settings: &str) -> Result<RotationPolicy, String> {
+        let text = format!(
+            "listen = \"127.0.0.1:8080\"\npublic_url = \"https://oidc.example.com\"\n\
+             keys_dir = \"keys\"\n[[clusters]]\nid = \"c\"\n{settings}"
+        );
+        crate::config::Config::parse("test", &text, &Default::default())
+            .map(|c| c.clusters[0].rotation)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_published_keys_never_exceed_the_bound_the_config_checks() {
+        // The tightest policy the configuration accepts: with the standby,
+        // the JWKS holds the current key, the next key and every key
+        // retired within the retention, 2 + ceil(retention / rotate_every)
+        // keys, which the configuration caps at 100 of a type.
+        let err = configured("rotate_every = \"1d\"\nretention = \"98d 1h\"\n").unwrap_err();
+        assert!(err.contains("publishes up to 101 keys"), "{err}");
+        let p = configured("rotate_every = \"1d\"\nretention = \"97d 23h\"\n").unwrap();
+        let bound = 2 + p.retention.as_secs().div_ceil(p.rotate_every.as_secs());
+        assert_eq!(bound, MAX_KEYS_PER_TYPE as u64);
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let spec = KeySpec::P256;
+        let mut most = 0;
+        // Steps every 6 hours for 150 days: past the first deletions.
+        let mut now = t0();
+        while now <= t0() + 150 * DAY {
+            apply_policy(&store, "c", spec, &p, now).unwrap();
+            let m = manifest(&store);
+            assert_eq!(
+                m.keys.iter().filter(|k| k.state == KeyState::Next).count(),
+                1,
+                "a standby at all times"
+            );
+            most = most.max(m.keys.len());
+            now += 6 * HOUR;
+        }
+        assert_eq!(most as u64, bound, "the bound is reached, never passed");
     }
 
     #[test]
     fn a_failure_between_any_two_writes_leaves_a_loadable_store_that_lost_no_live_key() {
         let spec = KeySpec::P256;
         // A step that writes a lot: deletes an expired retired key, promotes
-        // the next key, and publishes a new next key (rotate_every ==
-        // publish_ahead makes that immediate).
+        // the next key, and publishes a new standby.
         let busy = RotationPolicy {
             rotate_every: DAY,
             publish_ahead: DAY,
@@ -964,7 +1182,7 @@ mod tests {
                     let m = manifest(&store);
                     let k = &m.keys[(rng.next() as usize) % m.keys.len()];
                     let was_current = k.state == KeyState::Current;
-                    revoke(&store, "c", &k.kid, spec, now).unwrap();
+                    revoke(&store, "c", &k.kid, spec, &p, now).unwrap();
                     revoked.insert(k.kid.clone());
                     early_allowed = was_current;
                 }
@@ -1016,6 +1234,12 @@ mod tests {
                 m.keys.len() <= MAX_KEYS_PER_TYPE,
                 "step {i}: {} keys",
                 m.keys.len()
+            );
+            // (e) a standby key at all times.
+            assert_eq!(
+                m.keys.iter().filter(|k| k.state == KeyState::Next).count(),
+                1,
+                "step {i}: {m:?}"
             );
 
             // (d) a key leaves only after its retention (or by revoke).
@@ -1080,7 +1304,15 @@ mod tests {
             let steps = [
                 apply_policy(&store, "c", spec, &p, now).map(|_| ()),
                 rotate(&store, "c", spec, &p, now, true).map(|_| ()),
-                revoke(&store, "c", files[0].trim_end_matches(".pem"), spec, now).map(|_| ()),
+                revoke(
+                    &store,
+                    "c",
+                    files[0].trim_end_matches(".pem"),
+                    spec,
+                    &p,
+                    now,
+                )
+                .map(|_| ()),
             ];
             for step in steps {
                 let err = step.unwrap_err().to_string();
@@ -1108,11 +1340,12 @@ mod tests {
         let (p, spec) = (policy(), KeySpec::P256);
         apply_policy(&store, "c", spec, &p, t0()).unwrap();
         let old = std::fs::read(store.manifest_path("c")).unwrap();
-        run(&store, spec, &p, t0(), t0() + 29 * DAY);
+        run(&store, spec, &p, t0(), t0() + 30 * DAY);
         let next = kid_in(&store, KeyState::Next).unwrap();
-        // A backup from before the next key was published is restored.
+        // A backup from before the rotation published this standby is
+        // restored (and its own rotation then runs again).
         std::fs::write(store.manifest_path("c"), old).unwrap();
-        apply_policy(&store, "c", spec, &p, t0() + 29 * DAY + HOUR).unwrap();
+        apply_policy(&store, "c", spec, &p, t0() + 30 * DAY + HOUR).unwrap();
         assert!(
             store.key_path("c", &next).exists(),
             "the published next key's file was deleted because the restored manifest did not list it"
@@ -1152,8 +1385,19 @@ mod tests {
         }
         let set = store.load("c", None).unwrap().unwrap();
         assert_eq!(set.current().kid(), signing);
-        // The other keys stay published for a whole retention from now.
+        // The other keys stay published for a whole retention from now, and
+        // the next step publishes a new standby.
         let t = run(&store, spec, &p, now, now + p.retention - HOUR);
+        assert!(
+            matches!(
+                t.first(),
+                Some(Transition::Generated {
+                    state: KeyState::Next,
+                    ..
+                })
+            ),
+            "{t:?}"
+        );
         assert!(
             !t.iter().any(|x| matches!(x, Transition::Deleted { .. })),
             "{t:?}"

@@ -453,11 +453,12 @@ impl KeyStore {
 
     /// Loads the key file of `kid`, checking who may read it and that it
     /// holds the key of that kid; with the file's stamp as it was read. The
-    /// file holds a private key, or (imported) a public key only.
+    /// file holds a private key (parsed whole only to `sign`), or a public key.
     pub fn load_key(
         &self,
         cluster: &str,
         kid: &str,
+        sign: bool,
     ) -> Result<(Material, Option<Stamp>), StoreError> {
         let path = self.key_path(cluster, kid);
         let mut file = File::open(&path).map_err(io_err(&path))?;
@@ -467,18 +468,21 @@ impl KeyStore {
             meta.len().try_into().unwrap_or(0),
         ));
         io::Read::read_to_end(&mut file, &mut pem).map_err(io_err(&path))?;
+        let bad_key = |source| StoreError::Key {
+            path: path.clone(),
+            source,
+        };
         let key: Material = if pem.starts_with(b"-----BEGIN PUBLIC KEY-----") {
             let key = PublicKey::from_pem(&pem).map_err(|source| StoreError::Public {
                 path: path.clone(),
                 source,
             })?;
             Arc::new(key).into()
+        } else if sign {
+            Arc::new(SigningKey::from_pkcs8_pem(&pem).map_err(bad_key)?).into()
         } else {
-            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|source| StoreError::Key {
-                path: path.clone(),
-                source,
-            })?;
-            Arc::new(key).into()
+            let public = SigningKey::public_of_pkcs8_pem(&pem).map_err(bad_key)?;
+            Material::Resting(Arc::new(public))
         };
         if key.kid() != kid {
             return Err(StoreError::KidMismatch {
@@ -515,8 +519,8 @@ impl KeyStore {
     }
 
     /// Like [`load_set`](Self::load_set), but takes keys already parsed in
-    /// `previous` by kid, when their files did not change, instead of
-    /// reading and parsing them again.
+    /// `previous` by kid, when their files did not change, instead of reading
+    /// them again (but a resting key that now signs is). Non-signing keys rest.
     pub fn load_set_reusing(
         &self,
         manifest: &Manifest,
@@ -527,16 +531,18 @@ impl KeyStore {
         let mut keys = Vec::with_capacity(manifest.keys.len());
         for record in &manifest.keys {
             let path = self.key_path(cluster, &record.kid);
+            let signs = record.state == KeyState::Current;
             let reusable = previous
                 .and_then(|p| p.keys.iter().find(|k| k.record.kid == record.kid))
-                .filter(|k| Stamp::read(&path).ok().flatten() == k.file);
+                .filter(|k| Stamp::read(&path).ok().flatten() == k.file)
+                .filter(|k| !signs || !matches!(k.key, Material::Resting(_)));
             let (key, file) = match reusable {
                 Some(k) => (k.key.clone(), k.file),
-                None => self.load_key(cluster, &record.kid)?,
+                None => self.load_key(cluster, &record.kid, signs)?,
             };
             keys.push(StoredKey {
                 record: record.clone(),
-                key,
+                key: if signs { key } else { key.resting() },
                 file,
             });
         }
@@ -548,9 +554,9 @@ impl KeyStore {
         Ok(set)
     }
 
-    /// Loads a cluster's keys, creating its first signing key if it has none.
-    /// A restart reuses what is on disk; a broken manifest or key file is an
-    /// error, never a reason to generate a replacement (that would lose a key).
+    /// Loads a cluster's keys, creating its signing key and standby if it has
+    /// none. A restart reuses what is on disk; a broken manifest or key file is
+    /// an error, never a reason to generate a replacement (that would lose a key).
     pub fn load_or_create(
         &self,
         cluster: &str,
@@ -565,20 +571,22 @@ impl KeyStore {
         if let Some(set) = self.load(cluster, None)? {
             return Ok((set, false));
         }
-        let key = self.generate_key(&lock, cluster, spec)?;
         let at = rfc3339(now);
         let mut manifest = Manifest::empty(cluster);
-        manifest.keys.push(KeyRecord {
-            kid: key.kid().to_owned(),
-            alg: key.algorithm().as_str().to_owned(),
-            bits: key.bits(),
-            state: KeyState::Current,
-            created: at.clone(),
-            published: at.clone(),
-            activated: Some(at),
-            retired: None,
-            imported: false,
-        });
+        for state in [KeyState::Current, KeyState::Next] {
+            let key = self.generate_key(&lock, cluster, spec)?;
+            manifest.keys.push(KeyRecord {
+                kid: key.kid().to_owned(),
+                alg: key.algorithm().as_str().to_owned(),
+                bits: key.bits(),
+                state,
+                created: at.clone(),
+                published: at.clone(),
+                activated: (state == KeyState::Current).then(|| at.clone()),
+                retired: None,
+                imported: false,
+            });
+        }
         self.write_manifest(&lock, &manifest)?;
         let set = self
             .load(cluster, None)?
@@ -604,16 +612,73 @@ mod tests {
             .unwrap();
         assert!(created);
         let kid = set.current().kid().to_owned();
+        // The first start publishes a standby beside the signing key.
+        let states: Vec<(KeyState, Option<&str>)> = set
+            .keys()
+            .iter()
+            .map(|k| (k.record.state, k.record.activated.as_deref()))
+            .collect();
+        let first = set.keys()[0].record.published.as_str();
+        assert_eq!(
+            states,
+            [(KeyState::Current, Some(first)), (KeyState::Next, None)]
+        );
+        assert_eq!(set.keys()[1].record.published, first);
         let (again, created) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
         assert!(!created);
         assert_eq!(again.current().kid(), kid);
-        let mode = fs::metadata(store.key_path("demo", &kid))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(again.jwks_json(), set.jwks_json());
+        for k in set.keys() {
+            let mode = fs::metadata(store.key_path("demo", k.key.kid()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_key_that_does_not_sign_holds_only_its_public_half_until_it_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (set, _) = store
+            .load_or_create("demo", KeySpec::P256, SystemTime::now())
+            .unwrap();
+        let (first, standby) = (&set.keys()[0], &set.keys()[1]);
+        assert!(matches!(first.key, Material::Signing(_)));
+        assert!(matches!(standby.key, Material::Resting(_)));
+        assert_eq!(set.signer().unwrap().kid(), first.key.kid());
+        let standby_kid = standby.key.kid().to_owned();
+
+        // The standby takes over (as a rotation writes it): reloading with
+        // the previous set reads its private key again, and the retired key
+        // keeps only its public half.
+        let mut m = store.read_manifest("demo").unwrap().unwrap();
+        m.keys[0].state = KeyState::Retired;
+        m.keys[0].retired = Some(m.keys[0].published.clone());
+        m.keys[1].state = KeyState::Current;
+        m.keys[1].activated = Some(m.keys[1].published.clone());
+        store.write_manifest(&store.lock().unwrap(), &m).unwrap();
+        let after = store.load("demo", Some(&set)).unwrap().unwrap();
+        assert_eq!(after.signer().unwrap().kid(), standby_kid);
+        assert!(matches!(after.keys()[0].key, Material::Resting(_)));
+        let sig = after.signer().unwrap().sign(b"m").unwrap();
+        assert!(after.find(&standby_kid).unwrap().verify(b"m", &sig));
+
+        // A set is never built around a current key held without its
+        // private half.
+        let resting = |i: usize| StoredKey {
+            record: after.keys()[i].record.clone(),
+            key: after.keys()[i].key.clone().resting(),
+            file: None,
+        };
+        let err = KeySet::new(vec![resting(0), resting(1)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("key {standby_kid} is current, but its private key was not loaded")
+        );
     }
 
     #[test]
@@ -659,11 +724,13 @@ mod tests {
         let (set, _) = store
             .load_or_create("demo", KeySpec::P256, SystemTime::now())
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(set.jwks_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&set.jwks_json()).unwrap();
         let keys = v["keys"].as_array().unwrap();
-        assert_eq!(keys.len(), 1);
-        for private in ["d", "p", "q", "dp", "dq", "qi"] {
-            assert!(keys[0].get(private).is_none());
+        assert_eq!(keys.len(), 2, "the current key and the standby");
+        for key in keys {
+            for private in ["d", "p", "q", "dp", "dq", "qi"] {
+                assert!(key.get(private).is_none());
+            }
         }
         assert_eq!(set.algorithms(), &[crate::keys::material::Algorithm::Es256]);
     }

@@ -64,3 +64,19 @@ pub fn run(
     all.extend(apply_policy(store, "c", spec, p, to).unwrap());
     all
 }
+
+/// Takes the standby (next) key out of cluster "c", manifest and file, as a
+/// store written before every cluster kept one looks; returns its kid.
+pub fn drop_standby(store: &KeyStore) -> String {
+    let mut m = manifest(store);
+    let i = m
+        .keys
+        .iter()
+        .position(|k| k.state == KeyState::Next)
+        .expect("a standby key");
+    let kid = m.keys.remove(i).kid;
+    let lock = store.lock().unwrap();
+    store.write_manifest(&lock, &m).unwrap();
+    std::fs::remove_file(store.key_path("c", &kid)).unwrap();
+    kid
+}

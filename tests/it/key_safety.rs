@@ -72,9 +72,11 @@ async fn a_lost_manifest_loses_no_key_says_so_and_keys_recover_brings_the_cluste
         clock.advance(Duration::from_secs(1));
         server.passed(clock.elapsed()).await;
     };
-    // Let rotation publish a next key, so the cluster has more than one.
+    // The cluster has its signing key and its standby from the start; let
+    // one rotation happen, so that a retired key is there too.
     let cluster_dir = keys.join("r");
-    while pem_files(&cluster_dir).len() < 2 {
+    assert_eq!(pem_files(&cluster_dir).len(), 2);
+    while pem_files(&cluster_dir).len() < 3 {
         tick().await;
     }
     let token = server
@@ -156,11 +158,17 @@ async fn a_lost_manifest_loses_no_key_says_so_and_keys_recover_brings_the_cluste
     let jwks = get_json(&client, &format!("http://{addr}/c/r/openid/v1/jwks"))
         .await
         .1;
+    // Every kid is back (the former standby as retired), and the server's
+    // first step published a new standby beside them.
     let expected: Vec<String> = files
         .iter()
         .map(|f| f.trim_end_matches(".pem").to_owned())
         .collect();
-    assert_eq!(kids(&jwks), expected);
+    let served = kids(&jwks);
+    assert!(
+        expected.iter().all(|k| served.contains(k)) && served.len() == expected.len() + 1,
+        "{served:?} vs {expected:?}"
+    );
     verify_with_jwks(&token, &jwks, &issuer, "a").unwrap();
     terminate(server);
 }
@@ -193,6 +201,7 @@ async fn a_key_revoked_while_the_server_starts_leaves_the_jwks_within_the_reload
         "demo",
         &revoked,
         c.key_spec,
+        &c.rotation,
         std::time::SystemTime::now(),
     )
     .unwrap();
@@ -283,7 +292,8 @@ async fn a_keys_dir_others_can_write_stops_the_start_and_opened_up_keys_make_a_s
     })
     .await;
     let client = s.client();
-    let kid = kids(&s.jwks("demo").await).remove(0);
+    let served = kids(&s.jwks("demo").await);
+    let kid = served[0].clone();
     let pem = keys.join("demo").join(format!("{kid}.pem"));
     set_mode(&pem, 0o644);
     let unready = eventually(Duration::from_secs(10), || async {
@@ -296,7 +306,7 @@ async fn a_keys_dir_others_can_write_stops_the_start_and_opened_up_keys_make_a_s
         unready,
         "readyz stayed ready with a world-readable key file"
     );
-    assert_eq!(kids(&s.jwks("demo").await), vec![kid.clone()]);
+    assert_eq!(kids(&s.jwks("demo").await), served);
     set_mode(&pem, 0o600);
     let ready = eventually(Duration::from_secs(10), || async {
         problems(&client, &s.base).await.is_none()
@@ -319,6 +329,8 @@ async fn a_failing_rotation_step_makes_the_server_unready_until_it_succeeds() {
     let client = s.client();
     // A manifest whose times no rotation step can read: every step fails,
     // while the keys themselves still load and serve.
+    let served = kids(&s.jwks("demo").await);
+    assert_eq!(served.len(), 2, "the signing key and the standby");
     let manifest = keys.join("demo").join("manifest.json");
     let good = std::fs::read_to_string(&manifest).unwrap();
     let mut broken: serde_json::Value = serde_json::from_str(&good).unwrap();
@@ -344,7 +356,7 @@ async fn a_failing_rotation_step_makes_the_server_unready_until_it_succeeds() {
         metrics.contains("workload_issuer_key_rotation_failing_clusters 1"),
         "{metrics}"
     );
-    assert_eq!(kids(&s.jwks("demo").await).len(), 1, "still serving");
+    assert_eq!(kids(&s.jwks("demo").await), served, "still serving");
     std::fs::write(&manifest, good).unwrap();
     let ready = eventually(Duration::from_secs(10), || async {
         problems(&client, &s.base).await.is_none()

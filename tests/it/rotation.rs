@@ -63,9 +63,9 @@ async fn jwks(client: &reqwest::Client, addr: &str) -> serde_json::Value {
         .unwrap()
 }
 
-/// `keys ARGS --config CONFIG`, which must succeed; its output.
-async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
-    let out = tokio::process::Command::new(BIN)
+/// `keys ARGS --config CONFIG`; its output, whether it succeeded or not.
+async fn keys_run(config: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(BIN)
         .arg("keys")
         .args(args)
         .arg("--config")
@@ -73,7 +73,12 @@ async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
         .env("NO_COLOR", "1")
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `keys ARGS --config CONFIG`, which must succeed; its output.
+async fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
+    let out = keys_run(config, args).await;
     assert!(
         out.status.success(),
         "keys {args:?}: {}",
@@ -356,4 +361,144 @@ retention = "7d"
         "{err}"
     );
     assert!(err.contains("clusters[1].rotate_every: rotating every 1h with retention 7days publishes up to 170 keys"), "{err}");
+}
+
+/// A cluster rotated by hand within the test: the policy's own rotation is an
+/// hour away, and the standby may take over 5 s after it is published.
+fn standby_clusters() -> String {
+    format!(
+        r#"[rotation]
+reload_interval = "1s"
+
+[[clusters]]
+id = "s"
+algorithm = "ES256"
+jwks_max_age = "2s"
+rotate_every = "1h"
+publish_ahead = "5s"
+{ADMIN_CLIENT}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_key_is_published_from_the_first_start_and_keys_rotate_takes_over_after_publish_ahead(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let s = Server::start(Options {
+        clusters: standby_clusters(),
+        ..Options::new(&keys)
+    })
+    .await;
+    let config = dir.path().join("standby.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:8080\"\nkeys_dir = {:?}\n{}",
+            keys.display().to_string(),
+            standby_clusters()
+        ),
+    )
+    .unwrap();
+    let path = keys.join("s/manifest.json");
+    let manifest =
+        || serde_json::from_slice::<serde_json::Value>(&std::fs::read(&path).unwrap()).unwrap();
+    // The one key in `state`, and its time `field`.
+    let one = |m: &serde_json::Value, state: &str| -> (String, serde_json::Value) {
+        let keys: Vec<&serde_json::Value> = m["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["state"] == state)
+            .collect();
+        assert_eq!(keys.len(), 1, "one {state} key: {m}");
+        (keys[0]["kid"].as_str().unwrap().to_owned(), keys[0].clone())
+    };
+    let time = |k: &serde_json::Value, field: &str| {
+        humantime::parse_rfc3339(k[field].as_str().unwrap()).unwrap()
+    };
+    let publish_ahead = Duration::from_secs(5);
+
+    // From the first start, the JWKS served over HTTP holds the signing key
+    // and the standby; tokens are signed with the former.
+    let m = manifest();
+    let ((first, _), (standby, standby_rec)) = (one(&m, "current"), one(&m, "next"));
+    assert_eq!(
+        kids(&s.jwks("s").await),
+        BTreeSet::from([first.clone(), standby.clone()])
+    );
+    let old_token = s
+        .mint("s", "ns", "sa", json!({"spec":{"audiences":["a"]}}))
+        .await;
+    assert_eq!(crate::harness::decode_part(&old_token, 0)["kid"], first);
+
+    // `keys rotate` without --force is refused while the standby has been
+    // published for less than publish_ahead, and changes nothing.
+    let ready = time(&standby_rec, "published") + publish_ahead;
+    let before = std::fs::read(&path).unwrap();
+    let out = keys_run(&config, &["rotate", "--cluster", "s"]).await;
+    assert!(
+        std::time::SystemTime::now() < ready,
+        "this machine took publish_ahead to get here: the refusal could not be checked"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "refused: next key {standby} has been published for"
+            ))
+            && err.contains("less than publish_ahead (5s)")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a refusal changes nothing"
+    );
+
+    // Tried until it works (still without --force): it does once the
+    // standby has been published for publish_ahead, and not before.
+    let rotated = eventually(Duration::from_secs(30), || {
+        let config = config.clone();
+        async move {
+            let out = keys_run(&config, &["rotate", "--cluster", "s"]).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || err.contains("less than publish_ahead"),
+                "{err}"
+            );
+            out.status.success()
+        }
+    })
+    .await;
+    assert!(rotated, "keys rotate was still refused after publish_ahead");
+    let m = manifest();
+    let (signing, signing_rec) = one(&m, "current");
+    let (retired, _) = one(&m, "retired");
+    let (new_standby, _) = one(&m, "next");
+    assert_eq!((&signing, &retired), (&standby, &first));
+    assert!(
+        time(&signing_rec, "activated") >= ready,
+        "the standby signed before publish_ahead: {m}"
+    );
+    assert!(new_standby != first && new_standby != standby);
+
+    // The running server follows: the old key stays published (retired),
+    // the former standby signs, a new standby is published beside them.
+    let all = BTreeSet::from([first.clone(), standby.clone(), new_standby.clone()]);
+    let followed = eventually(Duration::from_secs(10), || async {
+        kids(&s.jwks("s").await) == all
+    })
+    .await;
+    assert!(followed, "the server did not follow the rotation");
+    let token = s
+        .mint("s", "ns", "sa", json!({"spec":{"audiences":["a"]}}))
+        .await;
+    assert_eq!(crate::harness::decode_part(&token, 0)["kid"], standby);
+    let jwks = s.jwks("s").await;
+    for t in [&token, &old_token] {
+        verify_with_jwks(t, &jwks, &s.issuer("s"), "a").unwrap();
+    }
+    s.stop().await;
 }

@@ -83,7 +83,7 @@ impl Fleet {
 
         let live = self.parts.issuers.load_full();
         let in_file: HashSet<&str> = config.clusters.iter().map(|c| c.id.as_str()).collect();
-        let removed: Vec<String> = live
+        let mut removed: Vec<String> = live
             .all()
             .iter()
             .filter(|c| c.config.origin == Origin::File && !in_file.contains(c.id()))
@@ -91,15 +91,20 @@ impl Fleet {
             .collect();
         let mut added = Vec::new();
         let mut changed = Vec::new();
-        let mut problems = Vec::new();
+        let problems = Vec::new();
+        let mut shadowed = Vec::new();
         for c in &config.clusters {
             match live.by_id(&c.id) {
                 None => added.push(c.clone()),
-                Some(old) if old.config.origin == Origin::Runtime => problems.push((
-                    c.id.clone(),
-                    "created at run time, and now declared in the config file too: remove one"
-                        .into(),
-                )),
+                // The file's wins, as at a start: the entry is shadowed.
+                Some(old) if old.config.origin == Origin::Runtime => {
+                    tracing::warn!(
+                        cluster = c.id,
+                        "created at run time and now declared in the config file too: the file's settings are served; remove one"
+                    );
+                    shadowed.push(c.id.clone());
+                    added.push(c.clone());
+                }
                 Some(old) if old.config != *c => changed.push(c.clone()),
                 Some(_) => {}
             }
@@ -123,6 +128,7 @@ impl Fleet {
                 "cluster removed from the config file: no longer served; its keys stay in the keys dir (a cluster added back under this id gets them again; `clusters recreate` gives new ones)"
             );
         }
+        removed.extend(shadowed);
         let mut problems = self.apply(changed, added, removed, problems).await;
 
         // Signer sockets follow the clusters that name one.

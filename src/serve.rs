@@ -275,9 +275,9 @@ pub async fn run(
         let stats = Arc::new(ListenerStats::default());
         let scheme = if tls.is_some() { "https" } else { "http" };
         let serves = match face {
-            Face::All => "discovery, JWKS, TokenRequest, TokenReview, health, metrics",
+            Face::All => "discovery, JWKS, TokenRequest, TokenReview, admin API, health, metrics",
             Face::Public => "discovery, JWKS, health",
-            Face::Api => "TokenRequest, TokenReview, metrics, health, discovery, JWKS",
+            Face::Api => "TokenRequest, TokenReview, admin API, metrics, health, discovery, JWKS",
         };
         let client_certs = files.as_ref().is_some_and(|f| f.client_ca.is_some());
         tracing::info!(

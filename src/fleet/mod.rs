@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch};
 use self::reload::FileStamp;
 use self::signers::SignerTask;
 use crate::clock::SharedClock;
-use crate::config::{ClusterConfig, Config};
+use crate::config::{ClusterConfig, Config, Origin};
 use crate::health::Health;
 use crate::http::admin::{Admin, ResyncRequests};
 use crate::issuer::auth::ApiClients;
@@ -279,10 +279,14 @@ impl Fleet {
             tracing::info!(cluster = id, "cluster no longer served: its documents answer 404 and its tokens no longer verify here");
         }
         for c in &loaded {
-            let what = if gone.contains(c.id()) {
-                "cluster served afresh (deleted and created again, or recreated): its old keys and settings are gone"
-            } else {
-                "cluster served"
+            let what = match (gone.contains(c.id()), c.config.origin) {
+                (true, Origin::File) => {
+                    "cluster now served with the config file's settings, over the registry's entry of the same id (same keys)"
+                }
+                (true, Origin::Runtime) => {
+                    "cluster served afresh (deleted and created again, or recreated): its old keys and settings are gone"
+                }
+                (false, _) => "cluster served",
             };
             tracing::info!(
                 cluster = c.id(),

@@ -446,7 +446,11 @@ impl<'a> Registry<'a> {
                 Some(c) if c.origin == Origin::File => AdminError::FromFile {
                     id: id.to_owned(),
                     file: file.map_or_else(
-                        || "the embedded default configuration".to_owned(),
+                        || {
+                            "the embedded default configuration (the server runs without --config; \
+                         start it with a config file of your own to choose its clusters)"
+                                .to_owned()
+                        },
                         |f| f.display().to_string(),
                     ),
                 },

@@ -10,6 +10,7 @@ use workload_issuer::client;
 use workload_issuer::config::Config;
 
 fn main() -> ExitCode {
+    quiet_on_a_closed_pipe();
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_env("WORKLOAD_ISSUER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -66,6 +67,26 @@ fn main() -> ExitCode {
             FederationCommand::Print(args) => client::federation::print(args.into()),
         },
     }
+}
+
+/// `workload-issuer keys list | head -3`: once the reader has gone, the next
+/// print fails. Rust ignores SIGPIPE, so `println!` panics there; end
+/// quietly instead, with the status a shell gives a process SIGPIPE ended
+/// (128 + 13). Every other panic is reported as before.
+fn quiet_on_a_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {

@@ -241,3 +241,45 @@ fn bad_input_is_exit_2_naming_the_flag_and_changes_nothing() {
     assert_eq!(ok(&config, &["clusters", "list", "--json"]), before);
     assert!(!dir.path().join("keys/ws-2").exists());
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly_not_with_a_panic() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    for i in 0..40 {
+        ok(
+            &config,
+            &[
+                "clusters",
+                "add",
+                &format!("ws-{i}"),
+                "--algorithm",
+                "ES256",
+            ],
+        );
+    }
+    // The reader takes nothing and goes: every print after that fails.
+    for _ in 0..3 {
+        let mut child = std::process::Command::new(BIN)
+            .args(["keys", "list", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            status.success() || status.code() == Some(141),
+            "{status}: {err}"
+        );
+    }
+}

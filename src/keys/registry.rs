@@ -403,28 +403,28 @@ impl<'a> Registry<'a> {
             }
             remove_keys(self.store, &lock, &id)?;
             self.remove_marker(&id)?;
-            let entry = Entry {
-                id: id.clone(),
-                settings: settings.clone(),
-                created: rfc3339(now),
-                recreated: None,
-            };
-            self.put(&lock, &entry)?;
         }
-        let keys = match self.first_keys(&cluster, now) {
-            Ok(keys) => keys,
-            Err(e) => {
-                // No entry without keys: a retry must not find the id taken.
-                let lock = self.store.lock()?;
-                let path = self.entry_path(&id);
-                let _ = fs::remove_file(&path);
-                remove_keys(self.store, &lock, &id)?;
-                return Err(e);
-            }
+        // The keys first, the entry after: a server that reads the entry
+        // finds the keys on disk, and a failed key generation leaves no
+        // entry behind.
+        let (keys, _) = self.store.load_or_create(&id, cluster.key_spec, now)?;
+        let lock = self.store.lock()?;
+        if self.get(&id)?.is_some() {
+            // Another create of the same id got here first; its keys are
+            // the ones on disk.
+            return Err(AdminError::Taken {
+                field: "id",
+                message: format!("a cluster with id \"{id}\" already exists"),
+            });
+        }
+        let entry = Entry {
+            id: id.clone(),
+            settings: settings.clone(),
+            created: rfc3339(now),
+            recreated: None,
         };
-        let entry = self
-            .get(&id)?
-            .ok_or_else(|| AdminError::Unknown(id.clone()))?;
+        self.put(&lock, &entry)?;
+        self.bump(&lock)?;
         Ok((entry, cluster, keys))
     }
 
@@ -514,16 +514,6 @@ impl<'a> Registry<'a> {
         Ok((kids, keys))
     }
 
-    /// A new cluster's first keys, then the generation moved so that every
-    /// server sees the cluster with them.
-    fn first_keys(&self, cluster: &ClusterConfig, now: SystemTime) -> Result<KeySet, AdminError> {
-        let (keys, _) = self
-            .store
-            .load_or_create(&cluster.id, cluster.key_spec, now)?;
-        let lock = self.store.lock()?;
-        self.bump(&lock)?;
-        Ok(keys)
-    }
 }
 
 fn taken_id(other: &ClusterConfig) -> AdminError {

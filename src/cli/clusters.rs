@@ -10,7 +10,7 @@ use super::ConfigArgs;
 pub enum ClustersCommand {
     /// Create a cluster at run time: its settings (the fields of a [[clusters]] table)
     /// and first key go to the keys dir, where running servers pick it up.
-    Add(AddClusterArgs),
+    Add(Box<AddClusterArgs>),
     /// List every cluster: the config file's and those created at run time.
     List {
         #[command(flatten)]

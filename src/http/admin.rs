@@ -529,7 +529,8 @@ mod tests {
             public_url: config.public_url.clone(),
             file: Some(FILE.into()),
         };
-        let (admin, mut requests) = Admin::new(KeyStore::new(dir.path()), settings);
+        let admin = Admin::new(KeyStore::new(dir.path()), settings, 0);
+        let mut requests = admin.take_requests().unwrap();
         state.admin = Some(Arc::new(admin));
         let resyncs = Arc::new(AtomicUsize::new(0));
         let (issuers, count) = (state.issuers.clone(), resyncs.clone());

@@ -303,7 +303,20 @@ async fn list(State(state): State<Arc<AppState>>, parts: Parts) -> Result<Respon
             }
         })
         .collect();
-    json(StatusCode::OK, &serde_json::json!({ "clusters": clusters }))
+    json(StatusCode::OK, &Listing { clusters })
+}
+
+#[derive(Serialize)]
+struct Listing<'a> {
+    clusters: Vec<Summary<'a>>,
+}
+
+/// The answer to a delete.
+#[derive(Serialize)]
+struct Deleted {
+    id: String,
+    deleted: bool,
+    removed_kids: Vec<String>,
 }
 
 fn origin_name(origin: Origin) -> &'static str {
@@ -413,7 +426,11 @@ async fn delete(
     );
     json(
         StatusCode::OK,
-        &serde_json::json!({ "id": id, "deleted": true, "removed_kids": kids }),
+        &Deleted {
+            id,
+            deleted: true,
+            removed_kids: kids,
+        },
     )
 }
 

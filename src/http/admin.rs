@@ -249,13 +249,14 @@ fn unsupported(what: &str) -> AppError {
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> Result<Response, AppError> {
-    let body = serde_json::to_vec_pretty(value).map_err(|e| {
+    let mut body = serde_json::to_vec_pretty(value).map_err(|e| {
         tracing::error!(error = %e, "admin API: encoding an answer failed");
         AppError::plain(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the answer could not be encoded",
         )
     })?;
+    body.push(b'\n'); // the last line ends, for curl in a terminal
     Ok(uncached(status, "application/json", body))
 }
 

@@ -1,6 +1,10 @@
-//! The one-shot commands: `check-config` and
-//! `keys list|rotate|revoke|import|retire|recover`.
+//! The one-shot commands: `check-config`,
+//! `keys list|rotate|revoke|import|retire|recover`, `export` and
+//! `clusters ...` (in `clusters`). They see the config file's clusters and
+//! those created at run time (the keys dir's registry).
 //! Each returns the process exit code: 0 done, 1 refused or failed, 2 bad input.
+
+pub mod clusters;
 
 use crate::clock::system_now;
 use std::process::ExitCode;
@@ -74,9 +78,29 @@ fn finish(result: Result<(), CommandError>) -> ExitCode {
     }
 }
 
+/// The config, with the clusters created at run time after the file's.
 fn load(args: &ConfigArgs) -> Result<Config, CommandError> {
-    Config::load(args.config.as_deref(), &args.overrides())
-        .map_err(|e| CommandError::BadInput(e.to_string()))
+    let mut config = Config::load(args.config.as_deref(), &args.overrides())
+        .map_err(|e| CommandError::BadInput(e.to_string()))?;
+    let store = crate::serve::key_store(&config);
+    let (runtime, bad) = crate::keys::registry::Registry::new(&store)
+        .clusters(&config.public_url)
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    for (id, why) in bad {
+        eprintln!("warning: cluster {id:?} created at run time is left out: {why}");
+    }
+    for (_, c) in runtime {
+        if config.cluster(&c.id).is_some() {
+            eprintln!(
+                "warning: cluster {:?} created at run time is left out: the config file now \
+                 declares a cluster with that id",
+                c.id
+            );
+            continue;
+        }
+        config.clusters.push(c);
+    }
+    Ok(config)
 }
 
 fn cluster<'c>(config: &'c Config, id: &str) -> Result<&'c ClusterConfig, CommandError> {

@@ -24,6 +24,8 @@ pub struct AppError {
     close: bool,
     /// Seconds for `Retry-After` (and the Status's `details.retryAfterSeconds`).
     retry_after: Option<u64>,
+    /// The request field a plain error is about (the admin API's refusals).
+    field: Option<String>,
 }
 
 impl AppError {
@@ -36,6 +38,7 @@ impl AppError {
             allow: None,
             close: false,
             retry_after: None,
+            field: None,
         }
     }
 
@@ -48,7 +51,21 @@ impl AppError {
             allow: None,
             close: false,
             retry_after: None,
+            field: None,
         }
+    }
+
+    /// Names the request field a plain error is about (`"field"` in its body).
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// The same error in the plain JSON shape, for a surface that is not the
+    /// Kubernetes API but shares its checks (the admin API).
+    pub fn plain_shaped(mut self) -> Self {
+        self.shape = Shape::Plain;
+        self
     }
 
     /// 405, with the methods that are allowed (RFC 9110 §15.5.6).
@@ -185,6 +202,8 @@ struct Empty {}
 struct PlainError<'a> {
     error: &'static str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl IntoResponse for AppError {
@@ -205,6 +224,7 @@ impl IntoResponse for AppError {
             Shape::Plain => serde_json::to_vec(&PlainError {
                 error: self.status.canonical_reason().unwrap_or("Error"),
                 message: &self.message,
+                field: self.field.as_deref(),
             }),
         }
         .unwrap_or_default();

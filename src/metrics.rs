@@ -30,11 +30,13 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// The admin API (`/admin/v1/clusters...`).
+    Admin,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 9] = [
+    const ALL: [Route; 10] = [
         Route::Discovery,
         Route::Jwks,
         Route::Token,
@@ -43,6 +45,7 @@ impl Route {
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
+        Route::Admin,
         Route::Other,
     ];
 
@@ -61,6 +64,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
+            Route::Admin => "admin",
             Route::Other => "other",
         }
     }

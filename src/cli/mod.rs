@@ -17,8 +17,10 @@ use crate::client::{
 };
 use crate::config::Overrides;
 
+mod clusters;
 mod federation;
 
+pub use clusters::{AddClusterArgs, ClustersCommand};
 pub use federation::{
     FederationCheckArgs, FederationCommand, FederationPrintArgs, FederationProvider, PrintProvider,
 };
@@ -56,6 +58,12 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Create, list, show, remove and recreate clusters at run time, in the keys dir,
+    /// with or without a server running (the admin API does the same over HTTP).
+    Clusters {
+        #[command(subcommand)]
+        command: ClustersCommand,
     },
     /// Mint a token through the TokenRequest API and write it out (once, or kept fresh),
     /// authenticated by an API token (--token-file) or a client certificate (--cert, --key).

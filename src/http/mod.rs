@@ -1,7 +1,7 @@
 //! The HTTP surface: routes requests to a cluster by the path of its issuer
 //! URL (one hash probe, axum's fallback), then to discovery, JWKS, the
-//! TokenRequest API or the external signer's endpoints; health and metrics
-//! are ordinary axum routes.
+//! TokenRequest API or the external signer's endpoints; health, metrics and
+//! the admin API (`admin`, at fixed paths) are ordinary axum routes.
 //!
 //! Calls `issuer` and reads the key set it publishes; never imports
 //! `keys::rotation` or a crypto crate.
@@ -131,6 +131,7 @@ pub fn app_for(state: AppState, face: Face) -> Router {
             );
     }
     router
+        .merge(admin::routes(state.metrics.clone(), face))
         .fallback(
             move |State(state): State<Arc<AppState>>, request: Request| route(state, face, request),
         )

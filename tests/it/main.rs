@@ -5,6 +5,7 @@ mod cli;
 mod client_certs;
 mod client_formats;
 mod client_usability;
+mod clusters_cli;
 mod config;
 mod delivery;
 mod delivery_faults;

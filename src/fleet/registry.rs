@@ -82,6 +82,12 @@ impl Fleet {
             }
         }
         let failed = self.apply(Vec::new(), added, removed, Vec::new()).await;
+        // Read again at the next move of the generation: a create that wrote
+        // its entry may still be making the keys (it moves the generation
+        // once they are on disk).
+        for (id, _) in &failed {
+            self.seen.forget(id);
+        }
         self.registry_problems.extend(failed);
         self.recreated(scanned.recreated).await;
         self.parts

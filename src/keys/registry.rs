@@ -43,6 +43,15 @@ pub struct Seen {
     scanned: bool,
 }
 
+impl Seen {
+    /// Forgets an entry, so the next scan reads it again: a server that
+    /// could not load its keys (a create on another server still making
+    /// them) tries again once the generation moves.
+    pub fn forget(&mut self, id: &str) {
+        self.stamps.remove(&format!("{id}.json"));
+    }
+}
+
 /// What [`Registry::scan`] found.
 #[derive(Debug, Default)]
 pub struct Scanned {

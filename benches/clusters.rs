@@ -255,19 +255,29 @@ fn window(samples: &[(Instant, u32)], from: Instant, to: Instant) -> Vec<u32> {
 /// A create to follow on server B: its id and when A's 201 arrived.
 type Follow = (String, Instant);
 
-/// Creates `count` clusters `{prefix}-NNNNN` of `algorithm` on `base`,
-/// `creators` at a time; every `follow_every`th one's id and 201 time go to
-/// `follow`. Returns the time from the first request to the last answer.
+/// Clusters to create: `{prefix}-NNNNN` of `algorithm`, `count` of them.
+struct Batch<'a> {
+    prefix: &'a str,
+    algorithm: &'a str,
+    count: usize,
+}
+
+/// Creates `batch` on `base`, `creators` at a time; every `follow_every`th
+/// one's id and 201 time go to `follow`. Returns the time from the first
+/// request to the last answer.
 async fn create_all(
     base: &str,
     bearer: &str,
-    prefix: &str,
-    algorithm: &str,
-    count: usize,
+    batch: Batch<'_>,
     creators: usize,
     follow: Option<(usize, tokio::sync::mpsc::UnboundedSender<Follow>)>,
     errors: &Arc<Errors>,
 ) -> Duration {
+    let Batch {
+        prefix,
+        algorithm,
+        count,
+    } = batch;
     let next = Arc::new(AtomicUsize::new(0));
     let url = format!("{base}/admin/v1/clusters");
     let started = Instant::now();
@@ -553,9 +563,11 @@ fn run(args: &Args) -> i32 {
         let storm = create_all(
             &a.base,
             &bearer,
-            "es",
-            "ES256",
-            args.creates,
+            Batch {
+                prefix: "es",
+                algorithm: "ES256",
+                count: args.creates,
+            },
             args.creators,
             Some((args.follow_every, tx)),
             &errors,
@@ -576,9 +588,11 @@ fn run(args: &Args) -> i32 {
                 create_all(
                     &a.base,
                     &bearer,
-                    "rs",
-                    "RS256",
-                    args.rsa,
+                    Batch {
+                        prefix: "rs",
+                        algorithm: "RS256",
+                        count: args.rsa,
+                    },
                     args.creators,
                     None,
                     &errors,
@@ -677,9 +691,11 @@ fn run(args: &Args) -> i32 {
             let took = create_all(
                 &r.base,
                 &bearer,
-                "rt",
-                "ES256",
-                args.runtime,
+                Batch {
+                    prefix: "rt",
+                    algorithm: "ES256",
+                    count: args.runtime,
+                },
                 args.creators,
                 None,
                 &errors,

@@ -896,6 +896,25 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_entry_is_read_again_by_the_next_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let registry = Registry::new(&store);
+        let settings = json!({"id": "ws-1", "algorithm": "ES256"});
+        registry
+            .create(&settings, BASE, &listed(&store), SystemTime::now())
+            .unwrap();
+        let mut seen = Seen::default();
+        assert_eq!(registry.scan(&mut seen).unwrap().changed.len(), 1);
+        assert!(registry.scan(&mut seen).unwrap().changed.is_empty());
+        seen.forget("ws-1");
+        let again = registry.scan(&mut seen).unwrap();
+        assert_eq!(again.changed.len(), 1);
+        assert_eq!(again.changed[0].id, "ws-1");
+        assert!(registry.scan(&mut seen).unwrap().changed.is_empty());
+    }
+
+    #[test]
     fn a_config_cluster_is_not_removed_and_the_message_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());

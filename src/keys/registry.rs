@@ -513,7 +513,6 @@ impl<'a> Registry<'a> {
         self.bump(&lock)?;
         Ok((kids, keys))
     }
-
 }
 
 fn taken_id(other: &ClusterConfig) -> AdminError {

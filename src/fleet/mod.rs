@@ -213,6 +213,15 @@ impl Fleet {
         }
     }
 
+    /// What `/readyz` shows of the config and the registry, to update.
+    fn config_status(&self) -> std::sync::MutexGuard<'_, crate::health::ConfigStatus> {
+        self.parts
+            .health
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Serves `added` (their keys loaded or created), `changed` (new
     /// settings, same keys) and stops serving `removed`, in one swap.
     /// Returns `problems` with the clusters whose keys did not load.

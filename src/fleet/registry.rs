@@ -148,12 +148,7 @@ impl Fleet {
             .filter(|id| !fresh.contains(id))
             .collect();
         self.recreated(recreated).await;
-        self.parts
-            .health
-            .config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clusters = self
+        self.config_status().clusters = self
             .registry_problems
             .iter()
             .map(|(id, why)| (id.clone(), why.clone()))

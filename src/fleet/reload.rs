@@ -57,21 +57,11 @@ impl Fleet {
                     problems = why,
                     "the config did not reload: the running config stays in use"
                 );
-                self.parts
-                    .health
-                    .config
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .file = Some(why);
+                self.config_status().file = Some(why);
                 return;
             }
         };
-        self.parts
-            .health
-            .config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .file = None;
+        self.config_status().file = None;
         warn_restart_only(&self.config, &config);
         self.parts.clients.store(Arc::new(clients));
         if let Some(admin) = &self.admin {
@@ -157,12 +147,7 @@ impl Fleet {
                 }
             }
         }
-        self.parts
-            .health
-            .config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .file_clusters = problems;
+        self.config_status().file_clusters = problems;
         let mut kept = config;
         kept.clusters = Vec::new();
         self.config = kept;

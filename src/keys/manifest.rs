@@ -54,6 +54,24 @@ pub struct KeyRecord {
     pub imported: bool,
 }
 
+impl KeyRecord {
+    /// A key just generated here, listed in `state` at `at` (signing from
+    /// then when current).
+    pub fn generated(kid: &str, alg: &str, bits: u32, state: KeyState, at: &str) -> KeyRecord {
+        KeyRecord {
+            kid: kid.to_owned(),
+            alg: alg.to_owned(),
+            bits,
+            state,
+            created: at.to_owned(),
+            published: at.to_owned(),
+            activated: (state == KeyState::Current).then(|| at.to_owned()),
+            retired: None,
+            imported: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {

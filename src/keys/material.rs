@@ -117,14 +117,7 @@ impl SigningKey {
 
     /// Parses a PKCS#8 PEM private key (RSA 2048/3072/4096 or EC P-256).
     pub fn from_pkcs8_pem(pem: &[u8]) -> Result<SigningKey, KeyError> {
-        let (label, der) =
-            rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| KeyError::Pem(e.to_string()))?;
-        let der = Zeroizing::new(der);
-        if label != PEM_LABEL {
-            return Err(KeyError::Pem(format!(
-                "found label \"{label}\", expected \"{PEM_LABEL}\""
-            )));
-        }
+        let der = pkcs8_der(pem)?;
         SigningKey::from_pkcs8_der(&der)
     }
 
@@ -181,14 +174,7 @@ impl SigningKey {
     /// public key (RFC 5915); one that does not is parsed whole. The private
     /// half is checked against the kid when the key is loaded to sign.
     pub fn public_of_pkcs8_pem(pem: &[u8]) -> Result<PublicKey, KeyError> {
-        let (label, der) =
-            rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| KeyError::Pem(e.to_string()))?;
-        let der = Zeroizing::new(der);
-        if label != PEM_LABEL {
-            return Err(KeyError::Pem(format!(
-                "found label \"{label}\", expected \"{PEM_LABEL}\""
-            )));
-        }
+        let der = pkcs8_der(pem)?;
         let info = rsa::pkcs8::PrivateKeyInfo::try_from(der.as_slice())
             .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
         let oid = info.algorithm.oid;
@@ -272,6 +258,20 @@ impl SigningKey {
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         self.public.verify(message, signature)
     }
+}
+
+/// The DER inside a PKCS#8 PEM private key, held in memory that is wiped
+/// when dropped; any other label is refused.
+fn pkcs8_der(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let (label, der) =
+        rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| KeyError::Pem(e.to_string()))?;
+    let der = Zeroizing::new(der);
+    if label != PEM_LABEL {
+        return Err(KeyError::Pem(format!(
+            "found label \"{label}\", expected \"{PEM_LABEL}\""
+        )));
+    }
+    Ok(der)
 }
 
 #[cfg(test)]

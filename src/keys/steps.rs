@@ -84,17 +84,9 @@ impl<'a> Change<'a> {
             .store
             .generate_key(self.lock, &self.manifest.cluster, spec)?;
         let at = rfc3339(self.now);
-        self.manifest.keys.push(KeyRecord {
-            kid: key.kid().to_owned(),
-            alg: key.algorithm().as_str().to_owned(),
-            bits: key.bits(),
-            state,
-            created: at.clone(),
-            published: at.clone(),
-            activated: (state == KeyState::Current).then_some(at),
-            retired: None,
-            imported: false,
-        });
+        let alg = key.algorithm();
+        let record = KeyRecord::generated(key.kid(), alg.as_str(), key.bits(), state, &at);
+        self.manifest.keys.push(record);
         self.transitions.push(Transition::Generated {
             kid: key.kid().to_owned(),
             alg: key.algorithm().as_str().to_owned(),

@@ -575,17 +575,9 @@ impl KeyStore {
         let mut manifest = Manifest::empty(cluster);
         for state in [KeyState::Current, KeyState::Next] {
             let key = self.generate_key(&lock, cluster, spec)?;
-            manifest.keys.push(KeyRecord {
-                kid: key.kid().to_owned(),
-                alg: key.algorithm().as_str().to_owned(),
-                bits: key.bits(),
-                state,
-                created: at.clone(),
-                published: at.clone(),
-                activated: (state == KeyState::Current).then(|| at.clone()),
-                retired: None,
-                imported: false,
-            });
+            let alg = key.algorithm();
+            let record = KeyRecord::generated(key.kid(), alg.as_str(), key.bits(), state, &at);
+            manifest.keys.push(record);
         }
         self.write_manifest(&lock, &manifest)?;
         let set = self

@@ -20,6 +20,10 @@ async fn status(client: &reqwest::Client, url: &str) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
+async fn text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn mint_status(client: &reqwest::Client, base: &str, cluster: &str, token: &str) -> u16 {
     client
         .post(format!(
@@ -82,14 +86,8 @@ async fn sighup_applies_clusters_and_clients_and_a_broken_config_keeps_the_runni
         .await,
         "the new client could not mint for the new cluster"
     );
-    let jwks_a = client
-        .get(format!("{base}/c/a/openid/v1/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks_url = format!("{base}/c/a/openid/v1/jwks");
+    let jwks_a = text(&client, &jwks_url).await;
 
     // A config that does not validate changes nothing, and says so.
     std::fs::write(
@@ -103,14 +101,7 @@ async fn sighup_applies_clusters_and_clients_and_a_broken_config_keeps_the_runni
         eventually(WAIT, || async { status(&client, &readyz).await == 503 }).await,
         "/readyz did not report the broken config"
     );
-    let body = client
-        .get(&readyz)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text(&client, &readyz).await;
     assert!(
         body.contains("the config file did not reload") && body.contains("Bad_Id"),
         "{body}"
@@ -118,14 +109,7 @@ async fn sighup_applies_clusters_and_clients_and_a_broken_config_keeps_the_runni
     assert_eq!(status(&client, &discovery("a")).await, 200);
     assert_eq!(status(&client, &discovery("b")).await, 200);
     assert_eq!(mint_status(&client, &base, "b", "token-two").await, 201);
-    let same = client
-        .get(format!("{base}/c/a/openid/v1/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let same = text(&client, &jwks_url).await;
     assert_eq!(same, jwks_a, "a broken config changed cluster a's keys");
 
     // A good config again: b and client two are gone, /readyz is ready.

@@ -26,7 +26,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{io_err, rfc3339, KeyRecord, KeySet, KeyStore, Stamp, StoreError, StoreLock};
+use super::store::{
+    io_err, rfc3339, KeyRecord, KeySet, KeyState, KeyStore, Stamp, StoreError, StoreLock,
+};
 use crate::config::{joined, runtime_cluster, ClusterConfig, FieldProblem, Origin};
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::k8s::names::is_dns_label;
@@ -487,30 +489,59 @@ impl<'a> Registry<'a> {
         if !is_dns_label(id) {
             return Err(AdminError::Unknown(id.to_owned()));
         }
-        let kids = {
-            let lock = self.store.lock()?;
-            let kids = kids_on_disk(self.store, id)?;
-            if cluster.origin == Origin::Runtime {
-                let mut entry = self
-                    .get(id)?
-                    .ok_or_else(|| AdminError::Unknown(id.to_owned()))?;
-                entry.recreated = Some(rfc3339(now));
-                self.put(&lock, &entry)?;
+        let lock = self.store.lock()?;
+        let kids = match self.store.read_manifest(id) {
+            // One manifest write swaps the whole set: a server reading it
+            // sees the old keys or the new ones, never none.
+            Ok(Some(old)) => {
+                let mut manifest = old.clone();
+                manifest.keys.clear();
+                let at = rfc3339(now);
+                for state in [KeyState::Current, KeyState::Next] {
+                    let key = self.store.generate_key(&lock, id, cluster.key_spec)?;
+                    let alg = key.algorithm();
+                    manifest.keys.push(KeyRecord::generated(
+                        key.kid(),
+                        alg.as_str(),
+                        key.bits(),
+                        state,
+                        &at,
+                    ));
+                }
+                let kids: Vec<String> = old.keys.into_iter().map(|k| k.kid).collect();
+                manifest.removed.extend(kids.iter().cloned());
+                self.store.write_manifest(&lock, &manifest)?;
+                for kid in &kids {
+                    self.store.remove_key_file(&lock, &manifest, kid)?;
+                }
+                kids
             }
-            remove_keys(self.store, &lock, id)?;
-            kids
+            // No manifest (or one that does not read): whatever is there
+            // goes, and the cluster starts over.
+            _ => {
+                let kids = kids_on_disk(self.store, id)?;
+                remove_keys(self.store, &lock, id)?;
+                kids
+            }
         };
-        let keys = self
-            .store
-            .load_or_create(&cluster.id, cluster.key_spec, now)?
-            .0;
+        if cluster.origin == Origin::Runtime {
+            let mut entry = self
+                .get(id)?
+                .ok_or_else(|| AdminError::Unknown(id.to_owned()))?;
+            entry.recreated = Some(rfc3339(now));
+            self.put(&lock, &entry)?;
+        }
         // The marker tells servers sharing the keys dir to reread this
         // cluster's keys at once.
-        let lock = self.store.lock()?;
         let marker = self.marker_path(id);
         write_atomic(&marker, format!("{}\n", rfc3339(now)).as_bytes(), 0o600)
             .map_err(io_err(&marker))?;
         self.bump(&lock)?;
+        drop(lock);
+        let keys = self
+            .store
+            .load_or_create(&cluster.id, cluster.key_spec, now)?
+            .0;
         Ok((kids, keys))
     }
 }
@@ -699,7 +730,7 @@ impl View {
         let d = |t| humantime::format_duration(t).to_string();
         let current = records
             .iter()
-            .find(|k| k.state == super::store::KeyState::Current);
+            .find(|k| k.state == KeyState::Current);
         let next_transition = records
             .iter()
             .filter_map(|k| {

@@ -728,9 +728,7 @@ pub struct ViewTransition {
 impl View {
     pub fn new(c: &ClusterConfig, entry: Option<&Entry>, records: &[KeyRecord]) -> View {
         let d = |t| humantime::format_duration(t).to_string();
-        let current = records
-            .iter()
-            .find(|k| k.state == KeyState::Current);
+        let current = records.iter().find(|k| k.state == KeyState::Current);
         let next_transition = records
             .iter()
             .filter_map(|k| {

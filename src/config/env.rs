@@ -6,7 +6,8 @@
 //! entry of an array of tables is addressed by its index,
 //! `WORKLOAD_ISSUER_CLUSTERS__0__ISSUER`; the next free index adds an entry.
 //! The value is read as its field's kind: a string or duration as written, a
-//! number, `true`/`false`, an array (`["a", "b"]`) or table in TOML. A
+//! number, `true`/`false`, an array (`["a", "b"]`) or table in TOML; a list
+//! of URLs (`STORE__ENDPOINTS`) may also be written comma-separated. A
 //! variable of the prefix that names no setting, or a value that is not of
 //! its field's kind, is a problem naming the variable: a typo must not fall
 //! back to the default unnoticed.
@@ -192,9 +193,13 @@ fn read(
 ) -> Option<Value> {
     let how = match kind {
         Kind::Str | Kind::Duration => return Some(Value::String(text.to_owned())),
+        Kind::List if !text.trim_start().starts_with('[') => return Some(comma_separated(text)),
         Kind::Integer => "write a whole number, such as 10000",
         Kind::Bool => "write true or false",
         Kind::Strings => "write a TOML array, such as [\"a\", \"b\"]",
+        Kind::List => {
+            "write a TOML array, such as [\"a\", \"b\"], or the entries separated by commas"
+        }
         Kind::Table(_) => "write a TOML inline table, such as { field = \"value\" }",
         Kind::Tables(_) => "write a TOML array of inline tables, such as [{ field = \"value\" }]",
     };
@@ -224,6 +229,19 @@ fn read(
         Ok(value) => Some(value),
         Err(_) => refuse(problems),
     }
+}
+
+/// A list written `a,b` (spaces around an entry trimmed); nothing at all is
+/// an empty list.
+fn comma_separated(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return Value::Array(Vec::new());
+    }
+    Value::Array(
+        text.split(',')
+            .map(|entry| Value::String(entry.trim().to_owned()))
+            .collect(),
+    )
 }
 
 /// Sets the value at `steps`: a table is merged into the one it replaces

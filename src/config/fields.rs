@@ -24,6 +24,9 @@ pub(super) enum Kind {
     Bool,
     /// An array of strings.
     Strings,
+    /// An array of strings that a variable may also give comma-separated
+    /// (`a,b`): for lists whose entries never hold a comma, such as URLs.
+    List,
     /// A table of these fields.
     Table(&'static [Field]),
     /// An array of tables of these fields.
@@ -38,7 +41,7 @@ impl Kind {
             Kind::Duration => "a duration string such as \"24h\", \"90m\" or \"3600s\"",
             Kind::Integer => "an integer",
             Kind::Bool => "true or false",
-            Kind::Strings => "an array of strings such as [\"a\", \"b\"]",
+            Kind::Strings | Kind::List => "an array of strings such as [\"a\", \"b\"]",
             Kind::Table(_) => "a table",
             Kind::Tables(_) => "an array of tables",
         }
@@ -62,6 +65,7 @@ pub(super) const TOP: &[Field] = &[
     f("listen", Kind::Str),
     f("public_url", Kind::Str),
     f("keys_dir", Kind::Str),
+    f("store", Kind::Table(STORE)),
     f("tls_cert", Kind::Str),
     f("tls_key", Kind::Str),
     f("clusters", Kind::Tables(CLUSTER)),
@@ -79,6 +83,20 @@ const API: &[Field] = &[
     f("tls_cert", Kind::Str),
     f("tls_key", Kind::Str),
     f("client_ca", Kind::Str),
+];
+
+const STORE: &[Field] = &[
+    f("kind", Kind::Str),
+    f("endpoints", Kind::List),
+    f("prefix", Kind::Str),
+    f("kek_file", Kind::Str),
+    f("ca_file", Kind::Str),
+    f("cert_file", Kind::Str),
+    f("key_file", Kind::Str),
+    f("username", Kind::Str),
+    f("password_file", Kind::Str),
+    f("lease_ttl", Kind::Duration),
+    f("cache_dir", Kind::Str),
 ];
 
 const LIMITS: &[Field] = &[
@@ -180,7 +198,7 @@ pub(super) fn check_value(
         (Kind::Str | Kind::Duration, DeValue::String(_))
         | (Kind::Integer, DeValue::Integer(_))
         | (Kind::Bool, DeValue::Boolean(_)) => {}
-        (Kind::Strings, DeValue::Array(items)) => {
+        (Kind::Strings | Kind::List, DeValue::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 if !matches!(item.get_ref(), DeValue::String(_)) {
                     problems.push(wrong(item, &format!("{path}[{i}]"), "a string"));
@@ -254,7 +272,7 @@ mod tests {
 
     use super::*;
     use crate::config::schema::{
-        FileApi, FileApiClient, FileCluster, FileConfig, FileLimits, FileRotation,
+        FileApi, FileApiClient, FileCluster, FileConfig, FileLimits, FileRotation, FileStore,
     };
 
     /// The field names serde's derive gives a struct: the deserializer it
@@ -317,6 +335,7 @@ mod tests {
             ("top level", TOP, serde_fields::<FileConfig>()),
             ("api", sub(TOP, "api"), serde_fields::<FileApi>()),
             ("limits", sub(TOP, "limits"), serde_fields::<FileLimits>()),
+            ("store", sub(TOP, "store"), serde_fields::<FileStore>()),
             (
                 "rotation",
                 sub(TOP, "rotation"),
@@ -352,7 +371,7 @@ mod tests {
                     Kind::Duration => toml::Value::String("1s".into()),
                     Kind::Integer => toml::Value::Integer(1),
                     Kind::Bool => toml::Value::Boolean(true),
-                    Kind::Strings => toml::Value::Array(vec!["x".into()]),
+                    Kind::Strings | Kind::List => toml::Value::Array(vec!["x".into()]),
                     Kind::Table(sub) => toml::Value::Table(sample(sub)),
                     Kind::Tables(sub) => toml::Value::Array(vec![toml::Value::Table(sample(sub))]),
                 };

@@ -574,8 +574,8 @@ mod tests {
             p,
             [
                 "line 2: unknown field `listen_port` at the top level; expected one of: listen, \
-                 public_url, keys_dir, tls_cert, tls_key, clusters, api_clients, rotation, \
-                 tls_reload_interval, api, limits, allow_insecure_http, \
+                 public_url, keys_dir, store, tls_cert, tls_key, clusters, api_clients, \
+                 rotation, tls_reload_interval, api, limits, allow_insecure_http, \
                  allow_insecure_key_permissions",
                 "line 4: unknown field `lisen` in [api]; expected one of: listen, tls_cert, \
                  tls_key, client_ca",

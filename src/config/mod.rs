@@ -34,7 +34,8 @@ pub use env::NOT_SETTINGS;
 pub use keyspec::{Algorithm, KeySpec, RSA_BITS};
 pub use load::{ConfigError, Overrides, EMBEDDED_DEFAULT};
 pub use model::{
-    ApiClientConfig, ClusterConfig, Config, Credential, Limits, ListenerConfig, Origin, RateLimit,
-    RotationPolicy, RotationSettings, SignerSocket, TlsFiles, DEFAULT_AUDIENCE, MAX_KEYS_PER_TYPE,
+    ApiClientConfig, ClusterConfig, Config, Credential, EtcdStoreConfig, EtcdTls, Limits,
+    ListenerConfig, Origin, RateLimit, RotationPolicy, RotationSettings, SignerSocket, StoreConfig,
+    TlsFiles, DEFAULT_AUDIENCE, DEFAULT_ETCD_PREFIX, DEFAULT_LEASE_TTL, MAX_KEYS_PER_TYPE,
 };
 pub use runtime::{joined, runtime_cluster, FieldProblem, RUNTIME_FIELDS};

@@ -1,5 +1,5 @@
 //! The validated configuration the rest of the crate trusts: listeners,
-//! clusters with their rotation policies, API clients, limits.
+//! the store, clusters with their rotation policies, API clients, limits.
 //!
 //! Only `config::validate` builds these. Imports nothing of the crate
 //! above `config` (`keys`, `issuer`, `http`, `server`, `serve`, `client`).
@@ -20,6 +20,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub public_url: String,
     pub keys_dir: PathBuf,
+    /// Where clusters, key manifests and keys are kept: the keys dir, or
+    /// etcd.
+    pub store: StoreConfig,
     pub tls: Option<TlsFiles>,
     /// A listener of its own for the issuance API (minting, TokenReview,
     /// metrics), so it can stay on an internal address.
@@ -85,6 +88,59 @@ pub struct RotationSettings {
     /// How often the manifests are checked for changes made elsewhere (the
     /// CLI, another replica).
     pub reload_interval: Duration,
+}
+
+/// Where clusters, key manifests and keys are kept (`[store]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The keys dir (`kind = "dir"`, the default).
+    #[default]
+    Dir,
+    /// An etcd v3 cluster (`kind = "etcd"`), private keys sealed under a
+    /// key-encryption key.
+    Etcd(EtcdStoreConfig),
+}
+
+/// The prefix every key of this issuer sits under in etcd, by default.
+pub const DEFAULT_ETCD_PREFIX: &str = "/workload-issuer";
+
+/// The rotation election's lease TTL in etcd, by default.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The etcd store. Paths are as written: a relative one is taken from the
+/// working directory, as `keys_dir` and `tls_cert` are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdStoreConfig {
+    /// The members' client URLs (`http://` or `https://`, host and port),
+    /// all of one scheme.
+    pub endpoints: Vec<String>,
+    /// Starts with '/', does not end with one, no "//", printable ASCII.
+    pub prefix: String,
+    /// 32 raw bytes: the key-encryption key private keys are sealed under.
+    pub kek_file: PathBuf,
+    /// `Some` exactly when the endpoints are `https://`; with no file set in
+    /// it, the server is verified against the system's roots.
+    pub tls: Option<EtcdTls>,
+    /// etcd authentication: set together with `password_file`.
+    pub username: Option<String>,
+    /// A file whose content, a trailing newline trimmed, is the password.
+    pub password_file: Option<PathBuf>,
+    /// The rotation election's lease TTL: 2s to 60s, whole seconds.
+    pub lease_ttl: Duration,
+    /// A private local working copy's directory; `None`: /dev/shm if
+    /// writable, else the OS temp dir.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// TLS to etcd (`https://` endpoints).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA bundle (PEM) that verifies the members; `None`: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM); set together with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

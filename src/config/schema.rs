@@ -15,6 +15,8 @@ pub(super) struct FileConfig {
     pub(super) public_url: String,
     pub(super) keys_dir: PathBuf,
     #[serde(default)]
+    pub(super) store: FileStore,
+    #[serde(default)]
     pub(super) tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub(super) tls_key: Option<PathBuf>,
@@ -47,6 +49,35 @@ pub(super) struct FileApi {
     pub(super) tls_key: Option<PathBuf>,
     #[serde(default)]
     pub(super) client_ca: Option<PathBuf>,
+}
+
+/// `[store]`: every field optional, so validation can say which one a kind
+/// needs or does not take.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileStore {
+    #[serde(default)]
+    pub(super) kind: Option<String>,
+    #[serde(default)]
+    pub(super) endpoints: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) prefix: Option<String>,
+    #[serde(default)]
+    pub(super) kek_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) username: Option<String>,
+    #[serde(default)]
+    pub(super) password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) lease_ttl: Option<String>,
+    #[serde(default)]
+    pub(super) cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

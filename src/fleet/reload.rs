@@ -35,17 +35,17 @@ impl Fleet {
     pub(super) async fn reload_config(&mut self) {
         let (file, overrides) = (self.config.file.clone(), self.config.overrides.clone());
         self.config_stamp = FileStamp::of(file.as_deref());
-        // The keys dir and the rotation settings are the running ones until
-        // a restart (warn_restart_only says so when they differ).
-        let (keys_dir, rotation) = (self.config.keys_dir.clone(), self.config.rotation.clone());
+        // The keys dir, the rotation settings and the store are the running
+        // ones until a restart (warn_restart_only_keys says so when they
+        // differ).
+        let running = KeptUntilRestart::of(&self.config);
         let loaded = tokio::task::spawn_blocking(move || {
             let mut config =
                 Config::load(file.as_deref(), &overrides).map_err(|e| e.to_string())?;
-            let (clients, _) =
-                ApiClients::load(&config.api_clients, &keys_dir).map_err(|e| e.to_string())?;
-            warn_restart_only_keys(&keys_dir, &rotation, &config);
-            config.keys_dir = keys_dir;
-            config.rotation = rotation;
+            let (clients, _) = ApiClients::load(&config.api_clients, &running.keys_dir)
+                .map_err(|e| e.to_string())?;
+            warn_restart_only_keys(&running, &config);
+            running.restore(&mut config);
             Ok::<_, String>((config, clients))
         })
         .await
@@ -182,16 +182,86 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
 }
 
-/// The keys dir and `[rotation]`, which a running server keeps: said when
-/// the file changed them.
-fn warn_restart_only_keys(
-    keys_dir: &std::path::Path,
-    rotation: &crate::config::RotationSettings,
-    new: &Config,
-) {
-    if new.keys_dir != keys_dir || new.rotation != *rotation {
+/// What a running server keeps from its start whatever the file says: the
+/// keys dir, `[rotation]` and `[store]` (where the keys are, and who rotates
+/// them, change only with a restart).
+struct KeptUntilRestart {
+    keys_dir: std::path::PathBuf,
+    rotation: crate::config::RotationSettings,
+    store: crate::config::StoreConfig,
+}
+
+impl KeptUntilRestart {
+    fn of(config: &Config) -> Self {
+        KeptUntilRestart {
+            keys_dir: config.keys_dir.clone(),
+            rotation: config.rotation.clone(),
+            store: config.store.clone(),
+        }
+    }
+
+    /// The settings of `new` that differ from the running ones.
+    fn changed_in(&self, new: &Config) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        if new.keys_dir != self.keys_dir {
+            differ.push("keys_dir");
+        }
+        if new.rotation != self.rotation {
+            differ.push("[rotation]");
+        }
+        if new.store != self.store {
+            differ.push("[store]");
+        }
+        differ
+    }
+
+    fn restore(self, config: &mut Config) {
+        config.keys_dir = self.keys_dir;
+        config.rotation = self.rotation;
+        config.store = self.store;
+    }
+}
+
+/// The keys dir, `[rotation]` and `[store]`, which a running server keeps:
+/// said when the file changed them.
+fn warn_restart_only_keys(running: &KeptUntilRestart, new: &Config) {
+    let differ = running.changed_in(new);
+    if !differ.is_empty() {
         tracing::warn!(
-            "keys_dir or [rotation] changed in the config: the running values stay until the next restart"
+            settings = differ.join(", "),
+            "these settings changed in the config: the running values stay until the next restart"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeptUntilRestart;
+    use crate::config::{Config, Overrides, StoreConfig};
+
+    fn parse(text: &str) -> Config {
+        Config::parse("test.toml", text, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn a_changed_store_is_named_and_the_running_one_kept() {
+        let running = parse("keys_dir = \"k\"\n");
+        let new = parse(
+            "keys_dir = \"other\"\n[rotation]\nenabled = false\n[store]\nkind = \"etcd\"\n\
+             endpoints = [\"http://127.0.0.1:2379\"]\nkek_file = \"kek\"\n",
+        );
+        assert!(matches!(new.store, StoreConfig::Etcd(_)));
+        let kept = KeptUntilRestart::of(&running);
+        assert_eq!(kept.changed_in(&new), ["keys_dir", "[rotation]", "[store]"]);
+        assert!(kept.changed_in(&running).is_empty());
+        let mut reloaded = new.clone();
+        kept.restore(&mut reloaded);
+        assert_eq!(reloaded.store, StoreConfig::Dir);
+        assert_eq!(reloaded.keys_dir, running.keys_dir);
+        assert_eq!(reloaded.rotation, running.rotation);
+        assert_eq!(
+            reloaded.public_url, new.public_url,
+            "the rest is the file's"
         );
     }
 }

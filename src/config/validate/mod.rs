@@ -2,12 +2,13 @@
 //! every problem found, each naming its field and saying how to fix it.
 //!
 //! The top level, listeners, limits and rotation here; clusters and their
-//! rotation policies in `cluster`, API clients in `clients`. Imports the
-//! `k8s` name rules and the key kinds of `config::keyspec`; never `issuer`, `http`,
-//! `server`, `serve`, `client`.
+//! rotation policies in `cluster`, API clients in `clients`, the store in
+//! `store`. Imports the `k8s` name rules and the key kinds of
+//! `config::keyspec`; never `issuer`, `http`, `server`, `serve`, `client`.
 
 mod clients;
 mod cluster;
+mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use self::clients::validate_client;
 use self::cluster::check_url;
 pub(super) use self::cluster::validate_cluster;
+use self::store::validate_store;
 use super::model::{
     ClusterConfig, Config, Credential, Limits, ListenerConfig, RotationSettings, TlsFiles,
 };
@@ -43,6 +45,7 @@ pub(super) fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<C
     if file.keys_dir.as_os_str().is_empty() {
         problems.push("keys_dir: must not be empty".into());
     }
+    let store = validate_store(file.store, problems);
     let tls = tls_pair("", file.tls_cert, file.tls_key, problems);
     let (api_listener, tls) = validate_api(file.api, listen, tls, problems);
     let api_tls = match &api_listener {
@@ -174,6 +177,7 @@ pub(super) fn validate(file: FileConfig, problems: &mut Vec<String>) -> Option<C
         listen: listen?,
         public_url: public_url?,
         keys_dir: file.keys_dir,
+        store: store?,
         tls,
         api_listener,
         clusters,

@@ -91,6 +91,9 @@ pub struct RotationSettings {
 }
 
 /// Where clusters, key manifests and keys are kept (`[store]`).
+// One per process, read once: the size of `Dir` does not matter, and the
+// store matches on `Etcd(EtcdStoreConfig)` directly rather than through a box.
+#[expect(clippy::large_enum_variant, reason = "one value per process")]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum StoreConfig {
     /// The keys dir (`kind = "dir"`, the default).

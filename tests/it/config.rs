@@ -1,6 +1,7 @@
 //! Layered configuration through the binary: built-in defaults, a file that
 //! holds only what it changes, `WORKLOAD_ISSUER_*` variables, flags; and
-//! `check-config` reporting every unknown field with its line.
+//! `check-config` reporting every unknown field with its line, and every
+//! problem of a `[store]` table.
 
 use std::process::Command;
 
@@ -89,4 +90,49 @@ fn check_config_reports_every_unknown_field_with_its_line() {
     ] {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
     }
+}
+
+#[test]
+fn check_config_names_each_problem_of_an_etcd_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etcd.toml");
+    std::fs::write(
+        &file,
+        "[store]\n\
+         kind = \"etcd\"\n\
+         endpoints = [\"http://127.0.0.1:2379\", \"etcd-1\"]\n\
+         prefix = \"/workload-issuer/\"\n\
+         ca_file = \"ca.pem\"\n\
+         username = \"issuer\"\n\
+         lease_ttl = \"90s\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    for needle in [
+        "store.endpoints[1]: \"etcd-1\" has no scheme; write it as https://host:port",
+        "store.kek_file: required with kind = \"etcd\"",
+        "store.prefix: \"/workload-issuer/\" must not end with '/'",
+        "store.ca_file: TLS needs https:// endpoints",
+        "store.password_file: required when store.username is set",
+        "store.lease_ttl: 1m 30s must be between 2s and 1m",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+
+    // The same table, right, is valid; and kind = "dir" refuses its fields.
+    std::fs::write(
+        &file,
+        "[store]\nkind = \"etcd\"\nendpoints = [\"https://etcd-0:2379\"]\nkek_file = \"kek\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(0), "{stderr}");
+    std::fs::write(&file, "[store]\nendpoints = [\"https://etcd-0:2379\"]\n").unwrap();
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("store.endpoints: applies only to kind = \"etcd\""),
+        "{stderr}"
+    );
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use workload_issuer::config::{Config, Overrides};
+use workload_issuer::config::{Config, Overrides, StoreConfig};
 use workload_issuer::k8s::names::{check_audience, is_dns_label};
 
 fuzz_target!(|data: &[u8]| {
@@ -43,5 +43,29 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(c.min_token_lifetime >= Duration::from_secs(1), "{c:?}");
         assert!(c.min_token_lifetime <= c.max_token_lifetime, "{c:?}");
+    }
+    if let StoreConfig::Etcd(e) = &config.store {
+        assert!(!e.endpoints.is_empty(), "{e:?}");
+        let https = e.endpoints[0].starts_with("https://");
+        for endpoint in &e.endpoints {
+            assert!(
+                endpoint.starts_with(if https { "https://" } else { "http://" }),
+                "endpoints of two schemes: {e:?}"
+            );
+        }
+        assert_eq!(e.tls.is_some(), https, "TLS exactly with https: {e:?}");
+        if let Some(tls) = &e.tls {
+            assert_eq!(tls.cert_file.is_some(), tls.key_file.is_some(), "{e:?}");
+        }
+        assert_eq!(e.username.is_some(), e.password_file.is_some(), "{e:?}");
+        let p = &e.prefix;
+        assert!(p.starts_with('/') && p.len() > 1 && !p.ends_with('/'), "prefix {p:?}");
+        assert!(!p.contains("//"), "prefix {p:?}");
+        assert!(p.bytes().all(|b| b.is_ascii_graphic()), "prefix {p:?}");
+        assert!(!e.kek_file.as_os_str().is_empty(), "{e:?}");
+        assert!(
+            (Duration::from_secs(2)..=Duration::from_secs(60)).contains(&e.lease_ttl),
+            "{e:?}"
+        );
     }
 });

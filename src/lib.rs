@@ -21,6 +21,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod externaljwt;
 pub mod fleet;
 pub mod fsutil;

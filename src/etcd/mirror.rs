@@ -1,0 +1,583 @@
+//! A working copy of the store in etcd: a keys dir read from etcd, and the
+//! changes made to it committed back.
+//!
+//! The copy remembers, for every item it holds, the etcd revision it was
+//! read at (the *baseline*). A commit of a cluster puts the items that
+//! changed and deletes the ones gone, in one transaction that first compares
+//! every item it touches, and the cluster's manifest and entry, with the
+//! baseline: if anyone else changed the cluster since, nothing is written,
+//! the cluster is read again from etcd, and the caller is told. Two replicas
+//! and the CLI acting at once thus never both take one rotation step, and no
+//! key is lost.
+//!
+//! Every method blocks (files and etcd both): call it off the async workers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use etcdv3client::pb;
+
+use super::client::{self, mod_revision_is, Etcd, EtcdError};
+use super::layout::{self, Item};
+use super::seal::{Kek, SealError};
+use crate::fsutil::{ensure_dir, write_atomic};
+use crate::keys::registry::Registry;
+use crate::keys::store::{KeyStore, StoreError, StoreLock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("the working copy: {0}")]
+    Store(#[from] StoreError),
+    #[error("the working copy: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+type Digest = [u8; 32];
+
+fn digest(bytes: &[u8]) -> Digest {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// What a read from etcd or a commit changed in the working copy.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// Clusters whose files changed.
+    pub clusters: BTreeSet<String>,
+    /// Whether the registry's files did (its generation moved).
+    pub registry: bool,
+}
+
+/// Of the clusters a commit was asked for, those whose changes are in etcd
+/// now, and those changed meanwhile by someone else: their changes were
+/// dropped and the working copy holds etcd's version.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub committed: Vec<String>,
+    pub conflicts: Vec<String>,
+    pub changed: Changed,
+}
+
+pub struct Mirror {
+    pub etcd: Etcd,
+    kek: Arc<Kek>,
+    store: KeyStore,
+    base: Mutex<HashMap<Item, (i64, Digest)>>,
+    /// The etcd revision of the last full read.
+    revision: std::sync::atomic::AtomicI64,
+    rt: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("etcd", &self.etcd)
+            .field("root", &self.store.root())
+            .finish()
+    }
+}
+
+/// A value read from etcd, opened.
+struct Read {
+    items: BTreeMap<Item, (i64, Vec<u8>)>,
+    revision: i64,
+}
+
+impl Mirror {
+    /// A working copy at `root` (a private directory, made if missing); it
+    /// holds nothing until [`pull_all`](Self::pull_all).
+    pub fn new(
+        etcd: Etcd,
+        kek: Arc<Kek>,
+        root: &Path,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Mirror, MirrorError> {
+        ensure_dir(root, 0o700)?;
+        Ok(Mirror {
+            etcd,
+            kek,
+            store: KeyStore::new(root),
+            base: Mutex::new(HashMap::new()),
+            revision: std::sync::atomic::AtomicI64::new(0),
+            rt,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.store.root()
+    }
+
+    /// The etcd revision the last full read was at.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    fn open(&self, item: &Item, value: Vec<u8>) -> Result<Vec<u8>, SealError> {
+        match item {
+            Item::Key(id, kid) => self.kek.open(id, kid, &value),
+            _ => Ok(value),
+        }
+    }
+
+    fn read_kvs(&self, kvs: Vec<pb::KeyValue>, into: &mut Read) -> Result<(), MirrorError> {
+        for kv in kvs {
+            let Some(item) = Item::from_key(&self.etcd.prefix, &kv.key) else {
+                continue;
+            };
+            let clear = self.open(&item, kv.value)?;
+            into.items.insert(item, (kv.mod_revision, clear));
+        }
+        Ok(())
+    }
+
+    /// Everything under the prefix, opened, at one revision.
+    fn fetch_all(&self) -> Result<Read, MirrorError> {
+        let (start, end) = layout::prefix_range(&self.etcd.prefix);
+        let reply = self.block_on(self.etcd.range(start, end))?;
+        let mut read = Read {
+            items: BTreeMap::new(),
+            revision: reply.header.map_or(0, |h| h.revision),
+        };
+        self.read_kvs(reply.kvs, &mut read)?;
+        Ok(read)
+    }
+
+    /// One cluster's items, at one revision.
+    fn fetch_cluster(&self, id: &str) -> Result<Read, MirrorError> {
+        let request = pb::TxnRequest {
+            compare: Vec::new(),
+            success: layout::cluster_keys(&self.etcd.prefix, id)
+                .into_iter()
+                .map(|(k, e)| client::get(k, e))
+                .collect(),
+            failure: Vec::new(),
+        };
+        let reply = self.block_on(self.etcd.txn(request))?;
+        let mut read = Read {
+            items: BTreeMap::new(),
+            revision: reply.header.map_or(0, |h| h.revision),
+        };
+        for r in reply.responses {
+            if let Some(pb::response_op::Response::ResponseRange(range)) = r.response {
+                self.read_kvs(range.kvs, &mut read)?;
+            }
+        }
+        Ok(read)
+    }
+
+    /// Reads everything from etcd into the working copy: the files that
+    /// differ are written, the ones etcd no longer holds removed. Drops any
+    /// change not committed: commit first.
+    pub fn pull_all(&self) -> Result<Changed, MirrorError> {
+        let read = self.fetch_all()?;
+        let lock = self.store.lock()?;
+        let local = layout::read_all(self.root())?;
+        let mut changed = Changed::default();
+        let gone: Vec<Item> = local
+            .keys()
+            .filter(|i| !read.items.contains_key(i))
+            .cloned()
+            .collect();
+        self.write_items(&lock, &read, &local, gone, &mut changed)?;
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        *base = read
+            .items
+            .iter()
+            .map(|(i, (rev, bytes))| (i.clone(), (*rev, digest(bytes))))
+            .collect();
+        drop(base);
+        self.revision
+            .store(read.revision, std::sync::atomic::Ordering::Release);
+        self.finish(&lock, &changed)?;
+        Ok(changed)
+    }
+
+    /// Puts `read`'s items into the working copy where they differ from
+    /// `local`, and removes `gone`, in the order a reader can follow.
+    fn write_items(
+        &self,
+        _lock: &StoreLock,
+        read: &Read,
+        local: &BTreeMap<Item, Vec<u8>>,
+        mut gone: Vec<Item>,
+        changed: &mut Changed,
+    ) -> Result<(), MirrorError> {
+        let mut puts: Vec<(&Item, &Vec<u8>)> = read
+            .items
+            .iter()
+            .filter(|(i, (_, bytes))| local.get(*i) != Some(bytes))
+            .map(|(i, (_, bytes))| (i, bytes))
+            .collect();
+        puts.sort_by_key(|(i, _)| i.rank());
+        for (item, bytes) in puts {
+            self.write_file(item, bytes)?;
+            note(changed, item);
+        }
+        gone.sort_by_key(|i| std::cmp::Reverse(i.rank()));
+        for item in gone {
+            self.remove_file(&item)?;
+            note(changed, &item);
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, item: &Item, bytes: &[u8]) -> io::Result<()> {
+        let path = self.root().join(item.rel());
+        if let Some(dir) = path.parent() {
+            ensure_dir(dir, 0o700)?;
+        }
+        write_atomic(&path, bytes, 0o600)
+    }
+
+    fn remove_file(&self, item: &Item) -> io::Result<()> {
+        let path = self.root().join(item.rel());
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if matches!(item, Item::Key(..) | Item::Manifest(_)) {
+            // The cluster's directory goes with its last file.
+            let _ = fs::remove_dir(self.root().join(item.cluster()));
+        }
+        Ok(())
+    }
+
+    /// Moves the registry's generation when its files changed, so servers
+    /// following it look.
+    fn finish(&self, lock: &StoreLock, changed: &Changed) -> Result<(), MirrorError> {
+        if changed.registry {
+            Registry::new(&self.store).bump(lock)?;
+        }
+        Ok(())
+    }
+
+    /// Applies what a watch saw: each item newer than the copy's is written
+    /// (or removed), in an order a reader can follow.
+    pub fn apply(&self, events: Vec<pb::Event>) -> Result<Changed, MirrorError> {
+        let lock = self.store.lock()?;
+        let mut changed = Changed::default();
+        let mut puts = Vec::new();
+        let mut gone = Vec::new();
+        {
+            let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+            for event in events {
+                let Some(kv) = event.kv else { continue };
+                let Some(item) = Item::from_key(&self.etcd.prefix, &kv.key) else {
+                    continue;
+                };
+                if base
+                    .get(&item)
+                    .is_some_and(|(rev, _)| *rev >= kv.mod_revision)
+                {
+                    continue; // this copy's own commit, or older than what it has
+                }
+                if event.r#type == pb::event::EventType::Delete as i32 {
+                    gone.push((item, kv.mod_revision));
+                } else {
+                    puts.push((item, kv.mod_revision, kv.value));
+                }
+            }
+        }
+        let mut opened = Vec::with_capacity(puts.len());
+        for (item, rev, value) in puts {
+            match self.open(&item, value) {
+                Ok(clear) => opened.push((item, rev, clear)),
+                Err(e) => {
+                    tracing::error!(item = item.rel(), error = %e, "a key from etcd does not open; the copy keeps what it had");
+                }
+            }
+        }
+        opened.sort_by_key(|(i, _, _)| i.rank());
+        gone.sort_by_key(|(i, _)| std::cmp::Reverse(i.rank()));
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        for (item, rev, clear) in opened {
+            self.write_file(&item, &clear)?;
+            note(&mut changed, &item);
+            base.insert(item, (rev, digest(&clear)));
+        }
+        for (item, _) in gone {
+            self.remove_file(&item)?;
+            note(&mut changed, &item);
+            base.remove(&item);
+        }
+        drop(base);
+        self.finish(&lock, &changed)?;
+        Ok(changed)
+    }
+
+    /// The ids of every cluster the copy or its baseline holds anything of.
+    pub fn all_ids(&self) -> Result<Vec<String>, MirrorError> {
+        let mut ids: BTreeSet<String> = layout::cluster_ids(self.root())?.into_iter().collect();
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        ids.extend(base.keys().map(|i| i.cluster().to_owned()));
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Commits the named clusters' changes, one transaction each. Etcd being
+    /// unreachable is an error (nothing more is tried); a cluster changed
+    /// meanwhile by someone else is a conflict, re-read from etcd.
+    pub fn commit(&self, ids: &[String]) -> Result<Commit, MirrorError> {
+        let lock = self.store.lock()?;
+        let mut outcome = Commit::default();
+        for id in ids {
+            let local = layout::read_cluster(self.root(), id)?;
+            let request = {
+                let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+                self.commit_request(id, &local, &base)?
+            };
+            let Some((request, puts, dels)) = request else {
+                continue;
+            };
+            let reply = self.block_on(self.etcd.txn(request))?;
+            if reply.succeeded {
+                let rev = reply.header.map_or(0, |h| h.revision);
+                let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+                for item in puts {
+                    let d = digest(&local[&item]);
+                    base.insert(item, (rev, d));
+                }
+                for item in dels {
+                    base.remove(&item);
+                }
+                outcome.committed.push(id.clone());
+                continue;
+            }
+            // Someone else changed it: theirs stands, ours is dropped.
+            let read = self.fetch_cluster(id)?;
+            let gone: Vec<Item> = local
+                .keys()
+                .filter(|i| !read.items.contains_key(i))
+                .cloned()
+                .collect();
+            self.write_items(&lock, &read, &local, gone, &mut outcome.changed)?;
+            let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+            base.retain(|i, _| i.cluster() != id);
+            for (item, (rev, bytes)) in &read.items {
+                base.insert(item.clone(), (*rev, digest(bytes)));
+            }
+            outcome.conflicts.push(id.clone());
+        }
+        self.finish(&lock, &outcome.changed)?;
+        Ok(outcome)
+    }
+
+    /// The transaction that commits one cluster's changes, with the items
+    /// it puts and deletes; `None` when nothing changed.
+    #[allow(clippy::type_complexity)]
+    fn commit_request(
+        &self,
+        id: &str,
+        local: &BTreeMap<Item, Vec<u8>>,
+        base: &HashMap<Item, (i64, Digest)>,
+    ) -> Result<Option<(pb::TxnRequest, Vec<Item>, Vec<Item>)>, MirrorError> {
+        let prefix = &self.etcd.prefix;
+        let known: Vec<(&Item, &(i64, Digest))> =
+            base.iter().filter(|(i, _)| i.cluster() == id).collect();
+        let mut ops = Vec::new();
+        let mut puts = Vec::new();
+        let mut dels = Vec::new();
+        let mut touched: BTreeSet<Item> = BTreeSet::new();
+        for (item, bytes) in local {
+            if base.get(item).is_some_and(|(_, d)| *d == digest(bytes)) {
+                continue;
+            }
+            let value = match item {
+                Item::Key(id, kid) => self.kek.seal(id, kid, bytes)?,
+                _ => bytes.clone(),
+            };
+            ops.push(client::put(item.key(prefix).into_bytes(), value, 0));
+            puts.push(item.clone());
+            touched.insert(item.clone());
+        }
+        for (item, _) in &known {
+            if !local.contains_key(*item) {
+                ops.push(client::delete(item.key(prefix).into_bytes()));
+                dels.push((*item).clone());
+                touched.insert((*item).clone());
+            }
+        }
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        touched.insert(Item::Manifest(id.into()));
+        touched.insert(Item::Entry(id.into()));
+        let compare = touched
+            .iter()
+            .map(|item| {
+                let rev = base.get(item).map_or(0, |(rev, _)| *rev);
+                mod_revision_is(item.key(prefix).into_bytes(), rev)
+            })
+            .collect();
+        Ok(Some((
+            pb::TxnRequest {
+                compare,
+                success: ops,
+                failure: Vec::new(),
+            },
+            puts,
+            dels,
+        )))
+    }
+
+    /// Writes items into the working copy as they are (moving clusters in
+    /// from a keys dir); commit them after.
+    pub fn put_local(&self, items: &BTreeMap<Item, Vec<u8>>) -> Result<(), MirrorError> {
+        let lock = self.store.lock()?;
+        let mut changed = Changed::default();
+        let mut sorted: Vec<_> = items.iter().collect();
+        sorted.sort_by_key(|(i, _)| i.rank());
+        for (item, bytes) in sorted {
+            self.write_file(item, bytes)?;
+            note(&mut changed, item);
+        }
+        self.finish(&lock, &changed)
+    }
+
+    /// Re-seals every key in etcd under `new`, one transaction per cluster
+    /// comparing the revisions read; keys already sealed under `new` are
+    /// left as they are (a run cut short can be run again). Returns how
+    /// many keys were re-sealed, and how many were already.
+    pub fn rewrap(&self, new: &Kek) -> Result<(usize, usize), MirrorError> {
+        let (start, end) = layout::prefix_range(&self.etcd.prefix);
+        let reply = self.block_on(self.etcd.range(start, end))?;
+        let mut by_cluster: BTreeMap<String, Vec<(Item, pb::KeyValue)>> = BTreeMap::new();
+        let mut already = 0;
+        for kv in reply.kvs {
+            let Some(item @ Item::Key(..)) = Item::from_key(&self.etcd.prefix, &kv.key) else {
+                continue;
+            };
+            if super::seal::sealed_by(&kv.value).as_deref() == Some(new.id()) {
+                already += 1;
+                continue;
+            }
+            by_cluster
+                .entry(item.cluster().to_owned())
+                .or_default()
+                .push((item, kv));
+        }
+        let mut done = 0;
+        for (cluster, keys) in by_cluster {
+            let mut compare = Vec::new();
+            let mut ops = Vec::new();
+            for (item, kv) in &keys {
+                let Item::Key(id, kid) = item else { continue };
+                let clear =
+                    rsa::pkcs8::der::zeroize::Zeroizing::new(self.kek.open(id, kid, &kv.value)?);
+                compare.push(mod_revision_is(kv.key.clone(), kv.mod_revision));
+                ops.push(client::put(kv.key.clone(), new.seal(id, kid, &clear)?, 0));
+            }
+            let request = pb::TxnRequest {
+                compare,
+                success: ops,
+                failure: Vec::new(),
+            };
+            if !self.block_on(self.etcd.txn(request))?.succeeded {
+                return Err(MirrorError::Other(format!(
+                    "cluster {cluster:?} changed while its keys were re-sealed (a rotation on a \
+                     replica): nothing of it was written; run `store rewrap` again"
+                )));
+            }
+            done += keys.len();
+        }
+        Ok((done, already))
+    }
+
+    /// Whether the copy holds changes not yet in etcd.
+    pub fn uncommitted(&self) -> Result<Vec<String>, MirrorError> {
+        let mut ids = Vec::new();
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for id in self.all_ids()? {
+            let local = layout::read_cluster(self.root(), &id)?;
+            if self.commit_request(&id, &local, &base)?.is_some() {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn note(changed: &mut Changed, item: &Item) {
+    changed.clusters.insert(item.cluster().to_owned());
+    changed.registry |= item.in_registry();
+}
+
+/// A private directory for a working copy: `<base>/workload-issuer-<pid>-<n>`,
+/// where base is `cache_dir`, else /dev/shm (memory, never a disk) when it
+/// is there and writable, else the OS temp dir. Copies left by processes
+/// that are gone (a crash) are removed first: they hold keys in the clear.
+pub fn private_dir(cache_dir: Option<&Path>) -> io::Result<PathBuf> {
+    let bases: Vec<PathBuf> = match cache_dir {
+        Some(dir) => vec![dir.to_owned()],
+        None => vec![PathBuf::from("/dev/shm"), std::env::temp_dir()],
+    };
+    let mut last = None;
+    for base in bases {
+        remove_abandoned(&base);
+        match make_private(&base) {
+            Ok(dir) => return Ok(dir),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no directory for a working copy")))
+}
+
+/// Removes the working copies of processes that are gone.
+fn remove_abandoned(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("workload-issuer-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn make_private(base: &Path) -> io::Result<PathBuf> {
+    let pid = std::process::id();
+    for n in 0..1000 {
+        let dir = base.join(format!("workload-issuer-{pid}-{n}"));
+        let mut builder = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        match builder.create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("making a private working copy in {}: {e}", base.display()),
+                ))
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free working-copy name in {}",
+        base.display()
+    )))
+}

@@ -1,0 +1,547 @@
+//! What a server on the etcd store runs beside its listeners:
+//!
+//! - the *follower* watches the prefix and writes each change into the
+//!   working copy, then has the key sets re-read (the registry's generation
+//!   tells the fleet); a broken watch (etcd restarted, history compacted, a
+//!   member lost) is followed by a full re-read, then a new watch;
+//! - the *prober* asks etcd every second whether it answers, for `/readyz`
+//!   and the `workload_issuer_store_up` metric;
+//! - the *election*: one replica holds a lease-backed key, and only it runs
+//!   rotation steps; its lease lapses `lease_ttl` after it stops renewing it
+//!   (killed, cut off), and another replica takes the key;
+//! - the *committer* commits the clusters this replica changed (rotation
+//!   steps, the admin API) as soon as the change's lock is released.
+//!
+//! With etcd unreachable the server keeps serving what it has; rotation and
+//! cluster changes wait; everything catches up when etcd answers again.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcdv3client::pb;
+use tokio::sync::{watch, Notify};
+
+use super::client::{self, Etcd, EtcdError};
+use super::layout;
+use super::mirror::{private_dir, Changed, Commit, Mirror, MirrorError};
+use super::seal::Kek;
+use crate::config::EtcdStoreConfig;
+use crate::keys::rotation::ReloadHandle;
+use crate::keys::store::Observer;
+
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The store's state as health checks and metrics see it.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    pub endpoints: String,
+    /// etcd answered the last probe.
+    pub up: AtomicBool,
+    /// This replica holds the rotation lease (its rotation steps run).
+    pub leader: Arc<AtomicBool>,
+    problem: Mutex<Option<String>>,
+}
+
+impl StoreStatus {
+    /// Why the store is not reachable, while it is not.
+    pub fn problem(&self) -> Option<String> {
+        if self.up.load(Ordering::Acquire) {
+            return None;
+        }
+        let why = self
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(why.unwrap_or_else(|| format!("etcd at {} is unreachable", self.endpoints)))
+    }
+
+    fn set(&self, up: bool, why: Option<String>) {
+        let was = self.up.swap(up, Ordering::AcqRel);
+        if was != up {
+            match &why {
+                Some(why) => tracing::error!(problem = why, "the store (etcd) is unreachable: serving the last good state; rotation and cluster changes wait"),
+                None => tracing::info!(endpoints = self.endpoints, "the store (etcd) answers again"),
+            }
+        }
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+}
+
+#[derive(Default)]
+struct Dirty {
+    ids: Mutex<BTreeSet<String>>,
+    wake: Notify,
+}
+
+/// A server's link to the etcd store.
+pub struct Replica {
+    mirror: Arc<Mirror>,
+    pub status: Arc<StoreStatus>,
+    dirty: Arc<Dirty>,
+    lease_ttl: Duration,
+    /// The revision the working copy has followed up to.
+    revision: AtomicI64,
+    name: String,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("mirror", &self.mirror)
+            .finish()
+    }
+}
+
+/// Why a replica could not start on the etcd store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("kek_file: {0}")]
+    Kek(#[from] super::seal::SealError),
+    #[error(
+        "{0}; a replica starting has no state of its own to serve until it has read the store, \
+         so it does not start: check that etcd runs and that [store] endpoints reach it"
+    )]
+    Unreachable(EtcdError),
+    #[error("reading the store from etcd: {0}")]
+    Read(MirrorError),
+    #[error("{0}")]
+    Etcd(EtcdError),
+}
+
+/// Opens the store: the KEK, the connection, a working copy in a private
+/// directory. Blocking work runs on the blocking pool.
+pub async fn open_mirror(config: &EtcdStoreConfig) -> Result<Arc<Mirror>, OpenError> {
+    let kek = Arc::new(Kek::read(&config.kek_file)?);
+    let etcd = Etcd::connect(config).await.map_err(OpenError::Etcd)?;
+    let root = private_dir(config.cache_dir.as_deref())
+        .map_err(|e| OpenError::Read(MirrorError::Io(e)))?;
+    let rt = tokio::runtime::Handle::current();
+    let mirror = Mirror::new(etcd, kek, &root, rt).map_err(OpenError::Read)?;
+    Ok(Arc::new(mirror))
+}
+
+fn open_error(e: MirrorError) -> OpenError {
+    match e {
+        MirrorError::Etcd(e) if e.is_unreachable() => OpenError::Unreachable(e),
+        e => OpenError::Read(e),
+    }
+}
+
+impl Replica {
+    /// Opens the store and reads all of it into the working copy; etcd not
+    /// answering, or a key that does not open under the KEK, is an error:
+    /// there is nothing to serve.
+    pub async fn open(config: &EtcdStoreConfig) -> Result<Replica, OpenError> {
+        let mirror = open_mirror(config).await?;
+        let m = mirror.clone();
+        let pulled = tokio::task::spawn_blocking(move || m.pull_all())
+            .await
+            .map_err(|e| OpenError::Read(MirrorError::Other(e.to_string())))?
+            .map_err(open_error)?;
+        tracing::info!(
+            endpoints = mirror.etcd.endpoints(),
+            prefix = mirror.etcd.prefix,
+            clusters = pulled.clusters.len(),
+            kek = mirror.kek().id(),
+            working_copy = %mirror.root().display(),
+            "read the store from etcd"
+        );
+        let status = StoreStatus {
+            endpoints: mirror.etcd.endpoints().to_owned(),
+            ..Default::default()
+        };
+        status.up.store(true, Ordering::Release);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Ok(Replica {
+            revision: AtomicI64::new(mirror.revision()),
+            mirror,
+            status: Arc::new(status),
+            dirty: Arc::default(),
+            lease_ttl: config.lease_ttl,
+            name: format!("{}/{}", host.trim(), std::process::id()),
+        })
+    }
+
+    /// The working copy: the keys dir every other module uses.
+    pub fn root(&self) -> &Path {
+        self.mirror.root()
+    }
+
+    /// What the key store tells of each change: the cluster is committed
+    /// once its change is done.
+    pub fn observer(&self) -> Observer {
+        let dirty = self.dirty.clone();
+        Arc::new(move |id: &str| {
+            dirty
+                .ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_owned());
+            dirty.wake.notify_one();
+        })
+    }
+
+    /// Commits the named clusters now (the admin API waits for it).
+    pub async fn commit(&self, ids: Vec<String>) -> Result<Commit, MirrorError> {
+        {
+            let mut dirty = self.dirty.ids.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                dirty.remove(id);
+            }
+        }
+        let mirror = self.mirror.clone();
+        let outcome = tokio::task::spawn_blocking(move || mirror.commit(&ids))
+            .await
+            .map_err(|e| MirrorError::Other(e.to_string()))?;
+        if let Ok(c) = &outcome {
+            for id in &c.conflicts {
+                tracing::warn!(
+                    cluster = id,
+                    "another replica or the CLI changed the cluster first: this replica's change was dropped and etcd's version is served"
+                );
+            }
+        }
+        outcome
+    }
+
+    /// Commits every cluster changed so far (at start, after the first
+    /// keys were made).
+    pub async fn commit_pending(&self) -> Result<Commit, MirrorError> {
+        let ids: Vec<String> =
+            std::mem::take(&mut *self.dirty.ids.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        if ids.is_empty() {
+            return Ok(Commit::default());
+        }
+        self.commit(ids).await
+    }
+
+    /// Runs the follower, prober, election and committer until `stop`.
+    pub fn start(
+        self: &Arc<Self>,
+        reload: ReloadHandle,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.clone().follow(reload.clone(), stop.clone())),
+            tokio::spawn(self.clone().probe(stop.clone())),
+            tokio::spawn(self.clone().elect(stop.clone())),
+            tokio::spawn(self.clone().committer(reload, stop)),
+        ]
+    }
+
+    async fn probe(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let key = format!("{}/leader", self.mirror.etcd.prefix).into_bytes();
+        loop {
+            match self.mirror.etcd.range(key.clone(), Vec::new()).await {
+                Ok(_) => self.status.set(true, None),
+                Err(e) => self.status.set(false, Some(e.to_string())),
+            }
+            if stopped(&mut stop, PROBE_EVERY).await {
+                return;
+            }
+        }
+    }
+
+    async fn wait_up(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        while !self.status.up.load(Ordering::Acquire) {
+            if stopped(stop, Duration::from_millis(200)).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn follow(self: Arc<Self>, reload: ReloadHandle, mut stop: watch::Receiver<bool>) {
+        loop {
+            let from = self.revision.load(Ordering::Acquire) + 1;
+            let why = tokio::select! {
+                why = self.watch_from(from, &reload) => why,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            tracing::warn!(
+                reason = why,
+                "the watch on the store broke: reading everything again"
+            );
+            // Whatever was missed: commit this replica's own changes first,
+            // then read all of etcd again.
+            loop {
+                if !self.wait_up(&mut stop).await {
+                    return;
+                }
+                let _ = self.commit_pending().await;
+                let mirror = self.mirror.clone();
+                match tokio::task::spawn_blocking(move || mirror.pull_all()).await {
+                    Ok(Ok(changed)) => {
+                        self.revision
+                            .store(self.mirror.revision(), Ordering::Release);
+                        self.changed(&changed, &reload).await;
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "reading the store again failed; retrying")
+                    }
+                    Err(e) => tracing::error!(error = %e, "reading the store again failed"),
+                }
+                if stopped(&mut stop, Duration::from_millis(500)).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Follows the prefix from `from`; returns why the watch ended.
+    async fn watch_from(&self, from: i64, reload: &ReloadHandle) -> String {
+        let (start, end) = layout::prefix_range(&self.mirror.etcd.prefix);
+        let mut client = self.mirror.etcd.client();
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: start,
+                    range_end: end,
+                    start_revision: from,
+                    ..Default::default()
+                },
+            )),
+        };
+        let (requests, rx) = tokio::sync::mpsc::channel(1);
+        if requests.send(create).await.is_err() {
+            return "starting the watch: the request channel closed".into();
+        }
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut watcher =
+            match tokio::time::timeout(client::CALL_TIMEOUT, client.watch.watch(stream)).await {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => return format!("starting the watch: {e}"),
+                Err(_) => return "starting the watch: no answer".into(),
+            };
+        loop {
+            let reply = match watcher.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return "etcd closed the watch".into(),
+                Err(e) => return e.to_string(),
+            };
+            let _ = &requests; // the watch lasts as long as its request stream
+            if reply.compact_revision > 0 {
+                return format!(
+                    "history up to revision {} was compacted",
+                    reply.compact_revision
+                );
+            }
+            if reply.canceled {
+                return format!("etcd cancelled the watch: {}", reply.cancel_reason);
+            }
+            let last = reply.header.as_ref().map_or(0, |h| h.revision);
+            if reply.events.is_empty() {
+                continue;
+            }
+            let mirror = self.mirror.clone();
+            let events = reply.events;
+            match tokio::task::spawn_blocking(move || mirror.apply(events)).await {
+                Ok(Ok(changed)) => {
+                    self.revision.fetch_max(last, Ordering::AcqRel);
+                    self.changed(&changed, reload).await;
+                }
+                Ok(Err(e)) => return format!("writing a change into the working copy: {e}"),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
+    /// Has the key sets re-read after the working copy changed (the fleet
+    /// sees the registry's generation move by itself).
+    async fn changed(&self, changed: &Changed, reload: &ReloadHandle) {
+        if !changed.clusters.is_empty() {
+            tracing::debug!(clusters = ?changed.clusters, "the store changed");
+            reload.reload_changed().await;
+        }
+    }
+
+    async fn committer(self: Arc<Self>, reload: ReloadHandle, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = self.dirty.wake.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            loop {
+                if !self.wait_up(&mut stop).await {
+                    return;
+                }
+                let ids: Vec<String> = self
+                    .dirty
+                    .ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                if ids.is_empty() {
+                    break;
+                }
+                match self.commit(ids.clone()).await {
+                    Ok(c) => {
+                        if !c.conflicts.is_empty() {
+                            self.changed(&c.changed, &reload).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "committing to the store failed; retrying when it answers");
+                        self.dirty
+                            .ids
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(ids);
+                        if stopped(&mut stop, Duration::from_millis(500)).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn elect(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let key = format!("{}/leader", self.mirror.etcd.prefix).into_bytes();
+        let ttl = i64::try_from(self.lease_ttl.as_secs()).unwrap_or(10).max(1);
+        let poll = (self.lease_ttl / 8).max(Duration::from_millis(100));
+        loop {
+            if !self.wait_up(&mut stop).await {
+                return;
+            }
+            match self.campaign(&key, ttl, &mut stop).await {
+                Ok(true) => return, // stopped while holding it
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the rotation lease could not be taken or kept")
+                }
+            }
+            if stopped(&mut stop, poll).await {
+                return;
+            }
+        }
+    }
+
+    /// Tries to take the leader key; while it holds it, renews its lease.
+    /// Returns `Ok(true)` when stopped while holding it (the lease is
+    /// revoked so another replica takes over at once).
+    async fn campaign(
+        &self,
+        key: &[u8],
+        ttl: i64,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, EtcdError> {
+        let etcd = &self.mirror.etcd;
+        let mut client = etcd.client();
+        let grant = pb::LeaseGrantRequest { ttl, id: 0 };
+        let lease = etcd
+            .deadline("granting a lease", client.lease.lease_grant(grant))
+            .await?
+            .id;
+        let revoke = |client: &mut etcdv3client::Client<client::Service>| {
+            let mut lease_client = client.lease.clone();
+            async move {
+                let _ = etcd
+                    .deadline(
+                        "revoking a lease",
+                        lease_client.lease_revoke(pb::LeaseRevokeRequest { id: lease }),
+                    )
+                    .await;
+            }
+        };
+        let request = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Create as i32,
+                key: key.to_vec(),
+                range_end: Vec::new(),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+            }],
+            success: vec![client::put(
+                key.to_vec(),
+                self.name.clone().into_bytes(),
+                lease,
+            )],
+            failure: Vec::new(),
+        };
+        let won = etcd.txn(request).await?.succeeded;
+        if !won {
+            revoke(&mut client).await;
+            return Ok(false);
+        }
+        let (renew, rx) = tokio::sync::mpsc::channel(1);
+        // The stream opens once it carries a first request.
+        let _ = renew.send(pb::LeaseKeepAliveRequest { id: lease }).await;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut alive = etcd
+            .deadline("renewing the lease", client.lease.lease_keep_alive(stream))
+            .await?;
+        etcd.deadline("renewing the lease", alive.message()).await?;
+        self.status.leader.store(true, Ordering::Release);
+        tracing::info!(
+            replica = self.name,
+            "took the rotation lease: this replica runs rotation"
+        );
+        let every = self.lease_ttl / 3;
+        let outcome = loop {
+            if stopped(stop, every).await {
+                revoke(&mut client).await;
+                break Ok(true);
+            }
+            let renewed = async {
+                if renew
+                    .send(pb::LeaseKeepAliveRequest { id: lease })
+                    .await
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+                alive.message().await
+            };
+            match tokio::time::timeout(every, renewed).await {
+                Ok(Ok(Some(r))) if r.ttl > 0 => continue,
+                Ok(Ok(_)) => break Ok(false),
+                Ok(Err(e)) => {
+                    break Err(EtcdError::Unreachable {
+                        endpoints: etcd.endpoints().to_owned(),
+                        reason: format!("renewing the lease: {e}"),
+                    })
+                }
+                Err(_) => {
+                    break Err(EtcdError::Unreachable {
+                        endpoints: etcd.endpoints().to_owned(),
+                        reason: "renewing the lease: no answer".into(),
+                    })
+                }
+            }
+        };
+        self.status.leader.store(false, Ordering::Release);
+        tracing::warn!(
+            replica = self.name,
+            "no longer holds the rotation lease: rotation stops here"
+        );
+        outcome
+    }
+
+    /// Removes the working copy (it holds keys in the clear).
+    pub fn remove_copy(&self) {
+        if let Err(e) = std::fs::remove_dir_all(self.root()) {
+            tracing::warn!(path = %self.root().display(), error = %e, "could not remove the working copy");
+        }
+    }
+}
+
+/// Waits `d`; `true` if told to stop meanwhile.
+async fn stopped(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}

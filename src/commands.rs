@@ -5,6 +5,7 @@
 //! Each returns the process exit code: 0 done, 1 refused or failed, 2 bad input.
 
 pub mod clusters;
+pub mod store;
 
 use crate::clock::system_now;
 use std::process::ExitCode;
@@ -66,8 +67,10 @@ impl CommandError {
     }
 }
 
-/// Runs a command: its error printed, its exit code returned.
+/// Runs a command: its error printed, its exit code returned. On the etcd
+/// store, what it changed is committed first.
 fn finish(result: Result<(), CommandError>) -> ExitCode {
+    let result = store::close(result);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,6 +84,7 @@ fn finish(result: Result<(), CommandError>) -> ExitCode {
 fn load(args: &ConfigArgs) -> Result<Config, CommandError> {
     let mut config = Config::load(args.config.as_deref(), &args.overrides())
         .map_err(|e| CommandError::BadInput(e.to_string()))?;
+    store::open(&mut config)?;
     let store = crate::serve::key_store(&config);
     let (runtime, bad) = crate::keys::registry::Registry::new(&store)
         .clusters(&config.public_url)

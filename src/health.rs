@@ -65,6 +65,8 @@ pub struct Health {
     /// served, with the reason.
     pub config: std::sync::Mutex<ConfigStatus>,
     listeners: OnceLock<Vec<ListenerInfo>>,
+    /// The etcd store's state, on a server that keeps its keys there.
+    pub store: OnceLock<Arc<crate::etcd::StoreStatus>>,
 }
 
 impl Health {
@@ -74,6 +76,14 @@ impl Health {
     /// of all of them, while the running config keeps serving.
     pub fn config_problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
+        if let Some(why) = self.store.get().and_then(|s| s.problem()) {
+            problems.push(Problem {
+                summary: "the store (etcd) is unreachable: the last good state is served; \
+                          rotation and cluster changes wait until it answers"
+                    .into(),
+                detail: Some(why),
+            });
+        }
         let config = self.config.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(why) = &config.file {
             problems.push(Problem {

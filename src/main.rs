@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => workload_issuer::commands::check_config(&file),
         Command::Keys { command } => workload_issuer::commands::keys(command),
         Command::Clusters { command } => workload_issuer::commands::clusters::run(command),
+        Command::Store { command } => workload_issuer::commands::store::run(command),
         Command::Export {
             config,
             cluster,

@@ -419,8 +419,27 @@ impl Metrics {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for these metric types.
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        if let Some(store) = health.store.get() {
+            store_gauges(&mut out, store);
+        }
         out
     }
+}
+
+/// The etcd store's gauges, on a server that has one.
+fn store_gauges(out: &mut Vec<u8>, store: &crate::etcd::StoreStatus) {
+    use std::io::Write as _;
+    let up = i32::from(store.up.load(Ordering::Acquire));
+    let leader = i32::from(store.leader.load(Ordering::Acquire));
+    let _ = write!(
+        out,
+        "# HELP workload_issuer_store_up Whether the store (etcd) answered the last probe.\n\
+         # TYPE workload_issuer_store_up gauge\n\
+         workload_issuer_store_up {up}\n\
+         # HELP workload_issuer_store_leader Whether this replica holds the store's rotation lease (runs rotation steps).\n\
+         # TYPE workload_issuer_store_leader gauge\n\
+         workload_issuer_store_leader {leader}\n"
+    );
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::clock::{unix_seconds, SharedClock, SystemClock};
 use crate::config::Config;
 use crate::config::{joined, runtime_cluster};
+use crate::etcd::Replica;
 use crate::fleet::{self, Fleet};
 use crate::health::ListenerInfo;
 use crate::http::admin::{Admin, AdminSettings};
@@ -36,6 +37,8 @@ pub enum StartError {
     Join(String),
     #[error("keys dir: {0}")]
     Store(crate::keys::store::StoreError),
+    #[error("the store: {0}")]
+    Etcd(String),
     #[error("cluster \"{cluster}\": kubernetes_signer_socket: {source}")]
     Signer {
         cluster: String,
@@ -60,7 +63,27 @@ pub fn key_store(config: &Config) -> KeyStore {
 /// stops the start; a cluster of the registry that does not is reported
 /// (`/readyz` on the API listener) and the others are served.
 pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, StartError> {
-    let store = key_store(config);
+    prepare_on(config, clock, None).await
+}
+
+/// The key store a server works on: the keys dir, or the working copy of
+/// its etcd store, whose every change is committed to etcd.
+fn store_of(config: &Config, replica: Option<&Replica>) -> KeyStore {
+    match replica {
+        Some(r) => KeyStore::new(r.root())
+            .with_observer(r.observer())
+            .allow_insecure_permissions(config.allow_insecure_key_permissions),
+        None => key_store(config),
+    }
+}
+
+/// [`prepare`] on the etcd store `replica` has read, when there is one.
+pub async fn prepare_on(
+    config: &Config,
+    clock: SharedClock,
+    replica: Option<Arc<Replica>>,
+) -> Result<AppState, StartError> {
+    let store = store_of(config, replica.as_deref());
     let now = clock.now();
     let settings = config.clusters.clone();
     let rotate = config.rotation.enabled;
@@ -136,8 +159,19 @@ pub async fn prepare(config: &Config, clock: SharedClock) -> Result<AppState, St
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clusters = not_served;
+    if let Some(replica) = &replica {
+        let _ = state.health.store.set(replica.status.clone());
+        // The keys made for clusters new to the store, before serving them.
+        let commit = replica.commit_pending().await.map_err(|e| {
+            StartError::Etcd(format!("committing the new clusters' keys to etcd: {e}"))
+        })?;
+        if !commit.conflicts.is_empty() {
+            tracing::info!(clusters = ?commit.conflicts, "another replica made these clusters' first keys at the same time: theirs are served");
+        }
+    }
+    state.store = replica.clone();
     state.admin = Some(Arc::new(Admin::new(
-        key_store(config),
+        store_of(config, replica.as_deref()),
         AdminSettings {
             public_url: config.public_url.clone(),
             file: config.file.clone(),
@@ -323,7 +357,7 @@ pub async fn run(
             signing: state.signing.clone(),
             clock: state.clock.clone(),
         },
-        key_store(config),
+        store_of(config, state.store.as_deref()),
         keys.clone(),
         fleet_config,
         loaded,
@@ -359,6 +393,10 @@ pub async fn run(
 
     // One shutdown signal, fanned out to every listener and the fleet.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let store_tasks = match &state.store {
+        Some(replica) => replica.start(background.reload_handle(), stop_rx.clone()),
+        None => Vec::new(),
+    };
     let resyncs = admin.as_ref().and_then(|a| a.take_requests());
     let following = tokio::spawn(fleet.run(resyncs, hup_rx, stop_rx.clone()));
     let serving: Vec<_> = listeners
@@ -376,11 +414,21 @@ pub async fn run(
     for task in serving.into_iter().chain(std::iter::once(following)) {
         task.await.map_err(|e| StartError::Join(e.to_string()))?;
     }
+    for task in store_tasks {
+        let _ = task.await;
+    }
     for w in watchers {
         w.abort();
     }
     sighup.abort();
     background.stop().await;
+    if let Some(replica) = &state.store {
+        // Whatever the last moments changed, then no key left in the clear.
+        if let Err(e) = replica.commit_pending().await {
+            tracing::warn!(error = %e, "changes made at shutdown could not be committed to etcd");
+        }
+        replica.remove_copy();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -426,13 +474,14 @@ fn start_background(config: &Config, state: &AppState) -> Background {
         rotate: config.rotation.enabled,
         interval: config.rotation.interval,
         reload_interval: config.rotation.reload_interval,
+        gate: state.store.as_ref().map(|r| r.status.leader.clone()),
     };
     state.health.reload.last_good.store(
         unix_seconds(state.clock.now()),
         std::sync::atomic::Ordering::Relaxed,
     );
     Background::start(
-        key_store(config),
+        store_of(config, state.store.as_deref()),
         managed,
         loaded,
         settings,
@@ -450,7 +499,23 @@ pub async fn serve(mut config: Config) -> Result<(), StartError> {
     // instead of killing it by the signal's default action.
     let shutdown = server::shutdown_signal();
     let reloads = reload_signal();
-    let state = prepare(&config, SystemClock::shared()).await?;
+    let replica = match &config.store {
+        crate::config::StoreConfig::Etcd(etcd) => Some(Arc::new(
+            Replica::open(etcd)
+                .await
+                .map_err(|e| StartError::Etcd(e.to_string()))?,
+        )),
+        crate::config::StoreConfig::Dir => None,
+    };
+    let state = match prepare_on(&config, SystemClock::shared(), replica.clone()).await {
+        Ok(state) => state,
+        Err(e) => {
+            if let Some(r) = &replica {
+                r.remove_copy();
+            }
+            return Err(e);
+        }
+    };
     // Each cluster's settings live on in its `issuer::Cluster`; a second
     // copy held for the server's life is 5 MB with 10,000 clusters.
     config.clusters = Vec::new();

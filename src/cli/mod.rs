@@ -19,11 +19,13 @@ use crate::config::Overrides;
 
 mod clusters;
 mod federation;
+mod store;
 
 pub use clusters::{AddClusterArgs, ClustersCommand};
 pub use federation::{
     FederationCheckArgs, FederationCommand, FederationPrintArgs, FederationProvider, PrintProvider,
 };
+pub use store::{MigrateArgs, StoreCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,6 +66,11 @@ pub enum Command {
     Clusters {
         #[command(subcommand)]
         command: ClustersCommand,
+    },
+    /// The etcd store: make a key-encryption key, move clusters in or out, re-seal the keys.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Mint a token through the TokenRequest API and write it out (once, or kept fresh),
     /// authenticated by an API token (--token-file) or a client certificate (--cert, --key).

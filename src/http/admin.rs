@@ -192,6 +192,50 @@ fn admit(state: &AppState, parts: &Parts) -> Result<(Arc<Admin>, Arc<ApiClient>)
     Ok((admin, client))
 }
 
+/// With the etcd store: a change is refused (503) while etcd does not
+/// answer; it would be made on this replica alone.
+fn store_answers(state: &AppState) -> Result<(), AppError> {
+    match state.store.as_ref().and_then(|r| r.status.problem()) {
+        Some(why) => Err(AppError::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cluster changes wait while the store does not answer: {why}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// With the etcd store: commits the cluster's change before answering, so
+/// every replica serves it.
+async fn committed(state: &AppState, admin: &Admin, id: &str) -> Result<(), AppError> {
+    let Some(replica) = &state.store else {
+        return Ok(());
+    };
+    match replica.commit(vec![id.to_owned()]).await {
+        Ok(c) if c.conflicts.is_empty() => Ok(()),
+        Ok(_) => {
+            // The working copy holds etcd's version of it again.
+            admin.resync_for(id).await;
+            Err(AppError::plain(
+                StatusCode::CONFLICT,
+                format!(
+                    "another replica or the CLI changed cluster {id:?} at the same time: this \
+                 change was dropped and theirs stands; look at the cluster and try again"
+                ),
+            ))
+        }
+        Err(e) => {
+            tracing::error!(cluster = id, error = %e, "admin API: the change could not be committed to etcd");
+            Err(AppError::plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the change is made on this replica but is not in etcd yet ({e}); it is \
+                     committed when etcd answers, unless another replica changes the cluster first"
+                ),
+            ))
+        }
+    }
+}
+
 /// What a refused or failed cluster operation answers.
 fn refusal(e: AdminError) -> AppError {
     let field = e.field().filter(|f| !f.is_empty()).map(str::to_owned);
@@ -356,6 +400,7 @@ async fn create(
     body: Body,
 ) -> Result<Response, AppError> {
     let (admin, client) = admit(&state, &parts)?;
+    store_answers(&state)?;
     json_body(&parts.headers)?;
     let bytes = read_body(&parts.headers, body)
         .await
@@ -376,6 +421,7 @@ async fn create(
         }
     })
     .await?;
+    committed(&state, &admin, &cluster.id).await?;
     admin.resync_for(&cluster.id).await;
     let records = records(&keys);
     tracing::info!(
@@ -429,6 +475,7 @@ async fn delete(
 ) -> Result<Response, AppError> {
     let (admin, client) = admit(&state, &parts)?;
     checked_id(&id)?;
+    store_answers(&state)?;
     let known = state.issuers.load_full();
     let kids = blocking({
         let (admin, id) = (admin.clone(), id.clone());
@@ -438,6 +485,7 @@ async fn delete(
         }
     })
     .await?;
+    committed(&state, &admin, &id).await?;
     admin.resync_for(&id).await;
     tracing::info!(
         cluster = id,
@@ -465,6 +513,7 @@ async fn recreate(
 ) -> Result<Response, AppError> {
     let (admin, client) = admit(&state, &parts)?;
     checked_id(&id)?;
+    store_answers(&state)?;
     let live = state.issuers.load().by_id(&id).map(|c| c.config.clone());
     if live.as_ref().is_some_and(|c| c.publish_only) {
         return Err(AppError::plain(
@@ -496,6 +545,7 @@ async fn recreate(
         }
     })
     .await?;
+    committed(&state, &admin, &id).await?;
     admin.resync_for(&id).await;
     let records = records(&keys);
     tracing::info!(

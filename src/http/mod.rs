@@ -50,6 +50,8 @@ pub struct AppState {
     /// The admin API's store and settings (`None`: no admin API, as in
     /// tests that build a state by hand).
     pub admin: Option<Arc<admin::Admin>>,
+    /// The etcd store this server keeps its keys in (`None`: the keys dir).
+    pub store: Option<Arc<crate::etcd::Replica>>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             request_timeout: crate::config::Limits::default().request_timeout,
             clock,
             admin: None,
+            store: None,
         })
     }
 }

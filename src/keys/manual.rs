@@ -163,6 +163,7 @@ fn write_key_file(
         });
     }
     store.before(WritePoint::KeyFile, &path)?;
+    store.touched(cluster);
     write_atomic(&path, key.to_pem().as_bytes(), KEY_MODE).map_err(io_err(&path))
 }
 

@@ -306,6 +306,10 @@ pub struct BackgroundSettings {
     pub rotate: bool,
     pub interval: Duration,
     pub reload_interval: Duration,
+    /// When set, rotation steps run only while it holds `true`: the replica
+    /// holds the store's rotation lease and reaches the store (etcd). Key
+    /// sets follow the store either way.
+    pub gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What the task owns, handed to the blocking pool for each pass.
@@ -444,7 +448,11 @@ async fn run_task(
         let (apply, force) = match pending.take() {
             Some(p) => p,
             None => {
-                let wake = if settings.rotate {
+                let gated = settings
+                    .gate
+                    .as_ref()
+                    .is_some_and(|g| !g.load(Ordering::Acquire));
+                let wake = if settings.rotate && !gated {
                     next_apply.min(next_reload)
                 } else {
                     next_reload
@@ -470,7 +478,14 @@ async fn run_task(
                     },
                     () = clock.wait_until(wake) => false,
                 };
-                (settings.rotate && clock.elapsed() >= next_apply, force)
+                let gated = settings
+                    .gate
+                    .as_ref()
+                    .is_some_and(|g| !g.load(Ordering::Acquire));
+                (
+                    settings.rotate && !gated && clock.elapsed() >= next_apply,
+                    force,
+                )
             }
         };
         let (now, steady) = (clock.now(), clock.elapsed());
@@ -721,6 +736,7 @@ mod tests {
                 rotate: true,
                 interval: minute,
                 reload_interval: minute,
+                gate: None,
             },
             status.clone(),
             clock.clone(),

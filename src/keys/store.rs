@@ -55,6 +55,11 @@ pub enum WritePoint {
 /// Called before every write or removal; an error aborts it.
 pub type WriteHook = Arc<dyn Fn(WritePoint) -> io::Result<()> + Send + Sync>;
 
+/// Told the id of every cluster whose files the store (or the registry)
+/// changes, once the change is under way: a store kept elsewhere too (etcd)
+/// commits that cluster once the lock is released.
+pub type Observer = Arc<dyn Fn(&str) + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
@@ -121,6 +126,7 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 pub struct KeyStore {
     root: PathBuf,
     hook: Option<WriteHook>,
+    observer: Option<Observer>,
     /// Warn about files and directories others may touch instead of refusing
     /// them (`allow_insecure_key_permissions`).
     insecure_ok: bool,
@@ -160,6 +166,7 @@ impl KeyStore {
         KeyStore {
             root: root.into(),
             hook: None,
+            observer: None,
             insecure_ok: false,
         }
     }
@@ -168,6 +175,19 @@ impl KeyStore {
     pub fn with_hook(mut self, hook: WriteHook) -> Self {
         self.hook = Some(hook);
         self
+    }
+
+    /// A store that tells `observer` which cluster each change is for.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, if any, that `cluster`'s files change.
+    pub(super) fn touched(&self, cluster: &str) {
+        if let Some(observer) = &self.observer {
+            observer(cluster);
+        }
     }
 
     /// Accept (with a warning) directories others can write and key files
@@ -272,6 +292,7 @@ impl KeyStore {
             });
         }
         self.before(WritePoint::RemoveFile, &path)?;
+        self.touched(&manifest.cluster);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -425,6 +446,7 @@ impl KeyStore {
         ensure_dir(&dir, DIR_MODE).map_err(io_err(&dir))?;
         let path = self.manifest_path(&manifest.cluster);
         self.before(WritePoint::Manifest, &path)?;
+        self.touched(&manifest.cluster);
         let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Manifest {
             path: path.clone(),
             reason: e.to_string(),
@@ -447,6 +469,7 @@ impl KeyStore {
         ensure_dir(&dir, DIR_MODE).map_err(io_err(&dir))?;
         let path = self.key_path(cluster, key.kid());
         self.before(WritePoint::KeyFile, &path)?;
+        self.touched(cluster);
         write_atomic(&path, pem.as_bytes(), KEY_MODE).map_err(io_err(&path))?;
         Ok(key)
     }

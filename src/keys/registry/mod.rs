@@ -196,6 +196,7 @@ impl<'a> Registry<'a> {
 
     fn remove_marker(&self, id: &str) -> Result<(), StoreError> {
         let path = self.marker_path(id);
+        self.store.touched(id);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
             _ => Ok(()),
@@ -302,6 +303,7 @@ impl<'a> Registry<'a> {
         let dir = self.dir();
         ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
         let path = self.entry_path(&entry.id);
+        self.store.touched(&entry.id);
         let mut bytes = serde_json::to_vec_pretty(entry).map_err(|e| StoreError::Manifest {
             path: path.clone(),
             reason: e.to_string(),

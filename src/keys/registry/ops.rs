@@ -167,6 +167,7 @@ impl Registry<'_> {
         } else {
             kids_on_disk(self.store, id)?
         };
+        self.store.touched(id);
         fs::remove_file(&path).map_err(io_err(&path))?;
         self.remove_marker(id)?;
         if !shadowed {
@@ -233,6 +234,7 @@ impl Registry<'_> {
         // The marker tells servers sharing the keys dir to reread this
         // cluster's keys at once.
         let marker = self.marker_path(id);
+        self.store.touched(id);
         write_atomic(&marker, format!("{}\n", rfc3339(now)).as_bytes(), 0o600)
             .map_err(io_err(&marker))?;
         self.bump(&lock)?;
@@ -320,6 +322,7 @@ pub fn remove_keys(store: &KeyStore, _lock: &StoreLock, id: &str) -> Result<(), 
         None if !dir.exists() => return Ok(()),
         None => {}
     }
+    store.touched(id);
     let gone = store.root().join(format!(
         ".removed-{id}-{}",
         SystemTime::now()

@@ -218,6 +218,43 @@ impl Etcd {
         self.deadline("reading", kv.range(request)).await
     }
 
+    /// Every key and value in `[start, end)`, read in pages at one
+    /// revision (a single reply is capped at 4 MiB by gRPC); with the
+    /// revision read at.
+    pub async fn range_all(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    ) -> Result<(Vec<pb::KeyValue>, i64), EtcdError> {
+        const PAGE: i64 = 500;
+        let mut kv = self.client.kv.clone();
+        let mut all = Vec::new();
+        let mut from = start;
+        let mut revision = 0;
+        loop {
+            let request = pb::RangeRequest {
+                key: from.clone(),
+                range_end: end.clone(),
+                limit: PAGE,
+                revision,
+                ..Default::default()
+            };
+            let reply = self.deadline("reading", kv.range(request)).await?;
+            if revision == 0 {
+                revision = reply.header.as_ref().map_or(0, |h| h.revision);
+            }
+            let more = reply.more;
+            if let Some(last) = reply.kvs.last() {
+                from = last.key.clone();
+                from.push(0);
+            }
+            all.extend(reply.kvs);
+            if !more {
+                return Ok((all, revision));
+            }
+        }
+    }
+
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
         let mut kv = self.client.kv.clone();
         self.deadline("committing", kv.txn(request)).await

@@ -150,12 +150,12 @@ impl Mirror {
     /// Everything under the prefix, opened, at one revision.
     fn fetch_all(&self) -> Result<Read, MirrorError> {
         let (start, end) = layout::prefix_range(&self.etcd.prefix);
-        let reply = self.block_on(self.etcd.range(start, end))?;
+        let (kvs, revision) = self.block_on(self.etcd.range_all(start, end))?;
         let mut read = Read {
             items: BTreeMap::new(),
-            revision: reply.header.map_or(0, |h| h.revision),
+            revision,
         };
-        self.read_kvs(reply.kvs, &mut read)?;
+        self.read_kvs(kvs, &mut read)?;
         Ok(read)
     }
 
@@ -457,10 +457,10 @@ impl Mirror {
     /// many keys were re-sealed, and how many were already.
     pub fn rewrap(&self, new: &Kek) -> Result<(usize, usize), MirrorError> {
         let (start, end) = layout::prefix_range(&self.etcd.prefix);
-        let reply = self.block_on(self.etcd.range(start, end))?;
+        let (kvs, _) = self.block_on(self.etcd.range_all(start, end))?;
         let mut by_cluster: BTreeMap<String, Vec<(Item, pb::KeyValue)>> = BTreeMap::new();
         let mut already = 0;
-        for kv in reply.kvs {
+        for kv in kvs {
             let Some(item @ Item::Key(..)) = Item::from_key(&self.etcd.prefix, &kv.key) else {
                 continue;
             };

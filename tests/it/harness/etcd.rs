@@ -67,8 +67,9 @@ pub struct EtcdCluster {
     etcdctl: PathBuf,
     token: String,
     members: Vec<Member>,
-    // Last: removed once the members are gone.
-    dir: tempfile::TempDir,
+    /// The members' data dirs and logs; removed once the members are gone
+    /// (fields drop after `Drop::drop` has killed them).
+    _dir: tempfile::TempDir,
 }
 
 /// `name` found on PATH, as a shell would.
@@ -120,7 +121,7 @@ impl EtcdCluster {
                         process: None,
                     })
                     .collect(),
-                dir,
+                _dir: dir,
             };
             cluster.start_all();
             match cluster.healthy_within(HEALTHY_WITHIN) {
@@ -147,11 +148,6 @@ impl EtcdCluster {
     /// `WORKLOAD_ISSUER_STORE__ENDPOINTS` take them.
     pub fn endpoints_csv(&self) -> String {
         self.endpoints().join(",")
-    }
-
-    /// The directory the members' data and logs are in, for test files too.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Kills member `i` (SIGKILL) and waits for it to be gone.
@@ -243,7 +239,6 @@ impl EtcdCluster {
             .filter(|m| m.process.is_some())
             .map(Member::client_url)
             .collect();
-        let mut last = String::new();
         loop {
             let exited: Vec<String> = self
                 .members
@@ -269,7 +264,7 @@ impl EtcdCluster {
             if status.success() {
                 return Ok(());
             }
-            last = format!("{out}{err}");
+            let last = format!("{out}{err}");
             if Instant::now() >= deadline {
                 let logs: Vec<String> = self.members.iter().map(Member::log_tail).collect();
                 return Err(format!(

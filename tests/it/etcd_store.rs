@@ -438,6 +438,20 @@ fn check_the_private_key_detector() {
     ));
 }
 
+/// What the store holds under the prefix, but the election key: a replica
+/// that stopped (or failed to start) may leave it behind until its lease
+/// expires.
+fn state(etcd: &EtcdCluster) -> Vec<(String, Vec<u8>)> {
+    // `P/leader`, or `P/leader/<lease>` as etcd's election API names it.
+    let leader = format!("{PREFIX}/leader");
+    let mut all = etcd.get_prefix(PREFIX);
+    all.retain(|(k, _)| {
+        k.strip_prefix(&leader)
+            .is_none_or(|rest| !rest.is_empty() && !rest.starts_with('/'))
+    });
+    all
+}
+
 /// Nothing under the prefix holds a private key in the clear; every key of
 /// `r` is there, sealed, under `P/keys/r/kid/<kid>`.
 fn no_private_key_in_etcd(etcd: &EtcdCluster, r_kids: &BTreeSet<String>) {
@@ -760,12 +774,9 @@ async fn store_migrate_copies_a_keys_dir_keeping_kids_and_states_twice_changes_n
     assert_eq!(states(&listed(&cfg).await), in_dir);
 
     // Twice: the same values under the prefix.
-    let stored = etcd.get_prefix(PREFIX);
+    let stored = state(&etcd);
     cli_ok(&migrate_in).await;
-    assert!(
-        etcd.get_prefix(PREFIX) == stored,
-        "a second migrate changed etcd"
-    );
+    assert!(state(&etcd) == stored, "a second migrate changed etcd");
     no_private_key_in_etcd(&etcd, &in_dir["r"].keys().cloned().collect());
 
     // And back to a keys dir: the same manifests, kids and states.
@@ -824,7 +835,7 @@ async fn a_replica_refuses_to_start_on_a_wrong_kek_or_without_etcd_and_rewrap_ke
     let served = kids(&a, "r").await;
     assert!(!served.is_empty());
     assert!(terminate(a.process).success());
-    let stored = etcd.get_prefix(PREFIX);
+    let stored = state(&etcd);
 
     // Another KEK: a clear refusal naming kek_file, and no new key.
     let other = wrong.join("kek");
@@ -833,10 +844,7 @@ async fn a_replica_refuses_to_start_on_a_wrong_kek_or_without_etcd_and_rewrap_ke
     let (code, log) = serve_refused(&wrong_cfg);
     assert!(code.is_some_and(|c| c != 0), "{code:?}: {log}");
     assert!(log.contains("kek_file"), "{log}");
-    assert!(
-        etcd.get_prefix(PREFIX) == stored,
-        "a wrong KEK changed etcd"
-    );
+    assert!(state(&etcd) == stored, "a wrong KEK changed etcd");
 
     // Rewrapped under a new KEK: the same kids, sealed under another KEK;
     // a replica starts with the new KEK and no longer with the old.
@@ -859,10 +867,7 @@ async fn a_replica_refuses_to_start_on_a_wrong_kek_or_without_etcd_and_rewrap_ke
             })
             .collect()
     };
-    let (before, after) = (
-        sealed_under(&stored),
-        sealed_under(&etcd.get_prefix(PREFIX)),
-    );
+    let (before, after) = (sealed_under(&stored), sealed_under(&state(&etcd)));
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         after.keys().collect::<Vec<_>>()

@@ -23,7 +23,7 @@ fn etcd_harness_three_members_survive_one_loss() {
     };
     let put = |etcd: &EtcdCluster, key: &str, value: &str| {
         let (status, out, err) = etcd.etcdctl(&["put", key, value]);
-        assert!(status.success(), "put {key}: {out}{err}");
+        assert!(status.success(), "put {key}: {out}{err}\n{}", etcd.logs());
     };
     put(&etcd, "/smoke/a", "one");
     assert_eq!(
@@ -31,16 +31,19 @@ fn etcd_harness_three_members_survive_one_loss() {
         [("/smoke/a".to_owned(), b"one".to_vec())]
     );
 
-    // One member lost: the other two are a quorum.
-    etcd.stop_member(0);
+    // The leader lost: the other two are a quorum and elect one of them.
+    let lost = etcd.leader().expect("a leader");
+    etcd.stop_member(lost);
+    etcd.wait_healthy();
+    assert!(etcd.leader().is_some_and(|l| l != lost));
     put(&etcd, "/smoke/b", "two");
     assert_eq!(etcd.get_prefix("/smoke/").len(), 2);
 
     // Back on its data, it catches up with what it missed: a linearizable
     // read through it alone sees the write made while it was down.
-    etcd.start_member(0);
+    etcd.start_member(lost);
     etcd.wait_healthy();
-    let first = etcd.endpoints()[0].clone();
+    let first = etcd.endpoints()[lost].clone();
     let (status, out, err) = etcd.etcdctl(&[
         "--endpoints",
         &first,
@@ -660,11 +663,18 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
         assert_eq!(metric(node, "workload_issuer_store_up").await, Some(1.0));
     }
 
-    // One member lost: ready, and a rotation still reaches both.
-    etcd.stop_member(0);
+    // One member lost, the leader at that: still ready, and once the other
+    // two have elected one (writes wait for that, a second or two), a
+    // rotation reaches both.
+    etcd.stop_member(etcd.leader().expect("an etcd leader"));
+    for node in [&a, &b] {
+        assert_eq!(status(&readyz(node)).await, 200, "{}", node.base);
+    }
+    etcd.wait_healthy();
     rotation_reaches(&cfg, [&a, &b]).await;
     for node in [&a, &b] {
         assert_eq!(status(&readyz(node)).await, 200, "{}", node.base);
+        assert_eq!(metric(node, "workload_issuer_store_up").await, Some(1.0));
     }
 
     // All three lost: discovery, JWKS and minting go on from the last

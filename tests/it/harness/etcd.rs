@@ -192,9 +192,12 @@ impl EtcdCluster {
             .args(["--initial-cluster", &initial.join(",")])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
-            // Elections in well under a second, so a lost member or a
-            // restart costs the tests little.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // etcd's own timings (an election in 1-2 s): shorter ones make
+            // a member on a loaded 2-core CI machine miss heartbeats and
+            // call elections that stall writes for seconds. Pre-vote keeps
+            // a member that rejoins from deposing a working leader.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .arg("--pre-vote")
             .args(["--quota-backend-bytes", &(256u64 << 20).to_string()])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
@@ -266,14 +269,42 @@ impl EtcdCluster {
             }
             let last = format!("{out}{err}");
             if Instant::now() >= deadline {
-                let logs: Vec<String> = self.members.iter().map(Member::log_tail).collect();
                 return Err(format!(
                     "not healthy within {limit:?}; etcdctl endpoint health said:\n{last}\n{}",
-                    logs.join("\n")
+                    self.logs()
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The index of the member that leads the cluster now, by `etcdctl
+    /// endpoint status` of the running members; `None` while there is none.
+    pub fn leader(&self) -> Option<usize> {
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.process.is_some())
+            .map(Member::client_url)
+            .collect();
+        let (status, out, _) =
+            self.etcdctl_at(&running.join(","), &["endpoint", "status", "-w", "json"]);
+        if !status.success() {
+            return None;
+        }
+        let statuses: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let leading = statuses.as_array()?.iter().find(|s| {
+            let own = &s["Status"]["header"]["member_id"];
+            own.is_u64() && *own == s["Status"]["leader"]
+        })?;
+        let url = leading["Endpoint"].as_str()?;
+        self.members.iter().position(|m| m.client_url() == url)
+    }
+
+    /// The last lines of every member's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let logs: Vec<String> = self.members.iter().map(Member::log_tail).collect();
+        logs.join("\n")
     }
 
     /// `etcdctl ARGS` (API v3) against every member: its exit status,
@@ -307,7 +338,11 @@ impl EtcdCluster {
     /// `etcdctl ARGS`, which must succeed; its stdout.
     fn etcdctl_ok(&self, args: &[&str]) -> String {
         let (status, out, err) = self.etcdctl(args);
-        assert!(status.success(), "etcdctl {args:?}: {status}\n{out}{err}");
+        assert!(
+            status.success(),
+            "etcdctl {args:?}: {status}\n{out}{err}\n{}",
+            self.logs()
+        );
         out
     }
 

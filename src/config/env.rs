@@ -31,6 +31,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "WORKLOAD_ISSUER_LOG",
     "WORKLOAD_ISSUER_LOG_FORMAT",
     "WORKLOAD_ISSUER_REQUIRE_INTEROP",
+    "WORKLOAD_ISSUER_REQUIRE_ETCD",
 ];
 
 /// One step of a variable's path: a field, or an entry of an array of tables.

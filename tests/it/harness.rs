@@ -1,6 +1,7 @@
 //! Starts the real server in-process on 127.0.0.1:0 and stops it on drop;
 //! JWKS verification, polling, metrics, and the binary's commands and
-//! signals for the integration tests. TLS fixtures are in `harness/tls.rs`;
+//! signals for the integration tests. TLS fixtures are in `harness/tls.rs`,
+//! the real etcd cluster of the etcd store's tests in `harness/etcd.rs`;
 //! what the soak run shares with the tests lives in `tests/support`.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +16,10 @@ pub mod support;
 
 pub use support::{api_client, config_file, token_path, token_sha256, BIN, CLUSTERS};
 
+mod etcd;
 mod tls;
 
+pub use etcd::{etcd_config, new_kek, EtcdCluster};
 pub use tls::{make_tls, tls_client, tls_connect, ClientCa, ClientName, Tls};
 
 /// The token of the scoped client in [`default_clusters`]: it may mint only

@@ -10,6 +10,7 @@ mod config;
 mod delivery;
 mod delivery_faults;
 mod errors;
+mod etcd_store;
 mod federation;
 mod hardening;
 mod harness;

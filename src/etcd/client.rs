@@ -203,19 +203,77 @@ impl Etcd {
         }
     }
 
+    /// Runs `call` under [`deadline`](Self::deadline), again when it could
+    /// not connect (the request never left: a member that is down, picked
+    /// by the balancer before it noticed), once per endpoint.
+    pub async fn retrying<T, E, F>(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> F,
+    ) -> Result<T, EtcdError>
+    where
+        E: std::fmt::Display,
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut tries = self.endpoints.split(',').count() + 1;
+        loop {
+            match self.deadline(what, call()).await {
+                Err(EtcdError::Unreachable { reason, .. })
+                    if tries > 1 && reason.contains("connect error") =>
+                {
+                    tries -= 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Every key and value in `[start, end)` (one key if `end` is empty).
     pub async fn range(
         &self,
         start: Vec<u8>,
         end: Vec<u8>,
     ) -> Result<pb::RangeResponse, EtcdError> {
-        let mut kv = self.client.kv.clone();
         let request = pb::RangeRequest {
             key: start,
             range_end: end,
             ..Default::default()
         };
-        self.deadline("reading", kv.range(request)).await
+        self.retrying("reading", || {
+            let mut kv = self.client.kv.clone();
+            let request = request.clone();
+            async move { kv.range(request).await }
+        })
+        .await
+    }
+
+    /// Whether a member answers, from its own state (no leader needed):
+    /// one member lost, or an election under way, is not "unreachable".
+    /// Two tries, so a connection to a member just lost is not the answer.
+    pub async fn probe(&self, key: Vec<u8>) -> Result<(), EtcdError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let kv = self.client.kv.clone();
+            let request = pb::RangeRequest {
+                key: key.clone(),
+                serializable: true,
+                count_only: true,
+                ..Default::default()
+            };
+            match self
+                .retrying("probing", || {
+                    let mut kv = kv.clone();
+                    let request = request.clone();
+                    async move { kv.range(request).await }
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("two tries"))
     }
 
     /// Every key and value in `[start, end)`, read in pages at one
@@ -227,7 +285,7 @@ impl Etcd {
         end: Vec<u8>,
     ) -> Result<(Vec<pb::KeyValue>, i64), EtcdError> {
         const PAGE: i64 = 500;
-        let mut kv = self.client.kv.clone();
+        let kv = self.client.kv.clone();
         let mut all = Vec::new();
         let mut from = start;
         let mut revision = 0;
@@ -239,7 +297,13 @@ impl Etcd {
                 revision,
                 ..Default::default()
             };
-            let reply = self.deadline("reading", kv.range(request)).await?;
+            let reply = self
+                .retrying("reading", || {
+                    let mut kv = kv.clone();
+                    let request = request.clone();
+                    async move { kv.range(request).await }
+                })
+                .await?;
             if revision == 0 {
                 revision = reply.header.as_ref().map_or(0, |h| h.revision);
             }
@@ -256,8 +320,12 @@ impl Etcd {
     }
 
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
-        let mut kv = self.client.kv.clone();
-        self.deadline("committing", kv.txn(request)).await
+        self.retrying("committing", || {
+            let mut kv = self.client.kv.clone();
+            let request = request.clone();
+            async move { kv.txn(request).await }
+        })
+        .await
     }
 
     pub fn client(&self) -> Client<Service> {

@@ -238,7 +238,7 @@ impl Replica {
     async fn probe(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let key = format!("{}/leader", self.mirror.etcd.prefix).into_bytes();
         loop {
-            match self.mirror.etcd.range(key.clone(), Vec::new()).await {
+            match self.mirror.etcd.probe(key.clone()).await {
                 Ok(_) => self.status.set(true, None),
                 Err(e) => self.status.set(false, Some(e.to_string())),
             }

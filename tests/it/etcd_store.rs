@@ -479,7 +479,6 @@ fn no_private_key_in_etcd(etcd: &EtcdCluster, r_kids: &BTreeSet<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the etcd store (lead's branch)"]
 async fn two_replicas_and_the_cli_on_one_etcd_share_keys_and_follow_every_change_within_a_second() {
     let Some(etcd) = EtcdCluster::start(3) else {
         return;
@@ -598,7 +597,6 @@ async fn two_replicas_and_the_cli_on_one_etcd_share_keys_and_follow_every_change
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the etcd store (lead's branch)"]
 async fn killing_the_replica_that_holds_the_election_hands_rotation_to_the_other_within_the_lease()
 {
     let Some(etcd) = EtcdCluster::start(3) else {
@@ -647,7 +645,6 @@ async fn killing_the_replica_that_holds_the_election_hands_rotation_to_the_other
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the etcd store (lead's branch)"]
 async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_says_so_until_they_return(
 ) {
     let Some(mut etcd) = EtcdCluster::start(3) else {
@@ -727,7 +724,6 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the etcd store (lead's branch)"]
 async fn store_migrate_copies_a_keys_dir_keeping_kids_and_states_twice_changes_nothing_and_back() {
     let Some(etcd) = EtcdCluster::start(3) else {
         return;
@@ -818,7 +814,6 @@ async fn store_migrate_copies_a_keys_dir_keeping_kids_and_states_twice_changes_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the etcd store (lead's branch)"]
 async fn a_replica_refuses_to_start_on_a_wrong_kek_or_without_etcd_and_rewrap_keeps_every_kid() {
     let Some(mut etcd) = EtcdCluster::start(3) else {
         return;

@@ -247,7 +247,11 @@ fn report(
             for t in &transitions {
                 println!("{cluster}: {t}");
             }
-            println!("{cluster}: running servers pick this up within their reload interval, or at once on SIGHUP");
+            if store::active() {
+                println!("{cluster}: committed to etcd as this command ends; every replica serves it within a second");
+            } else {
+                println!("{cluster}: running servers pick this up within their reload interval, or at once on SIGHUP");
+            }
             Ok(())
         }
         Err(e @ RotationError::UnknownKid { .. }) => Err(CommandError::BadInput(e.to_string())),

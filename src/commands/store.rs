@@ -62,6 +62,11 @@ fn session(etcd: &EtcdStoreConfig) -> Result<Arc<Mirror>, CommandError> {
     Ok(mirror)
 }
 
+/// Whether this command works on the etcd store.
+pub(super) fn active() -> bool {
+    SESSION.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
 /// On the etcd store, reads it into a working copy and points the config's
 /// keys dir there.
 pub(super) fn open(config: &mut Config) -> Result<(), CommandError> {

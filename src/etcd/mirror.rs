@@ -74,6 +74,9 @@ pub struct Mirror {
     base: Mutex<HashMap<Item, (i64, Digest)>>,
     /// The etcd revision of the last full read.
     revision: std::sync::atomic::AtomicI64,
+    /// Clusters changed in the copy and not yet committed: a full read
+    /// leaves them as they are, and a commit takes them out.
+    dirty: Mutex<BTreeSet<String>>,
     rt: tokio::runtime::Handle,
 }
 
@@ -108,12 +111,27 @@ impl Mirror {
             store: KeyStore::new(root),
             base: Mutex::new(HashMap::new()),
             revision: std::sync::atomic::AtomicI64::new(0),
+            dirty: Mutex::new(BTreeSet::new()),
             rt,
         })
     }
 
     pub fn root(&self) -> &Path {
         self.store.root()
+    }
+
+    /// Notes that `id` changed in the copy (the key store's observer).
+    pub fn mark(&self, id: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+    }
+
+    /// The clusters changed and not yet committed.
+    pub fn dirty(&self) -> Vec<String> {
+        let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.iter().cloned().collect()
     }
 
     /// The etcd revision the last full read was at.
@@ -186,9 +204,14 @@ impl Mirror {
     /// differ are written, the ones etcd no longer holds removed. Drops any
     /// change not committed: commit first.
     pub fn pull_all(&self) -> Result<Changed, MirrorError> {
-        let read = self.fetch_all()?;
+        let mut read = self.fetch_all()?;
         let lock = self.store.lock()?;
-        let local = layout::read_all(self.root())?;
+        // A cluster changed here and not committed yet keeps its files and
+        // its baseline: its commit then finds out whether etcd moved on.
+        let keep: BTreeSet<String> = self.dirty.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        read.items.retain(|i, _| !keep.contains(i.cluster()));
+        let mut local = layout::read_all(self.root())?;
+        local.retain(|i, _| !keep.contains(i.cluster()));
         let mut changed = Changed::default();
         let gone: Vec<Item> = local
             .keys()
@@ -197,11 +220,10 @@ impl Mirror {
             .collect();
         self.write_items(&lock, &read, &local, gone, &mut changed)?;
         let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-        *base = read
-            .items
-            .iter()
-            .map(|(i, (rev, bytes))| (i.clone(), (*rev, digest(bytes))))
-            .collect();
+        base.retain(|i, _| keep.contains(i.cluster()));
+        for (i, (rev, bytes)) in &read.items {
+            base.insert(i.clone(), (*rev, digest(bytes)));
+        }
         drop(base);
         self.revision
             .store(read.revision, std::sync::atomic::Ordering::Release);
@@ -344,9 +366,11 @@ impl Mirror {
                 self.commit_request(id, &local, &base)?
             };
             let Some((request, puts, dels)) = request else {
+                self.clean(id);
                 continue;
             };
             let reply = self.block_on(self.etcd.txn(request))?;
+            self.clean(id);
             if reply.succeeded {
                 let rev = reply.header.map_or(0, |h| h.revision);
                 let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
@@ -377,6 +401,13 @@ impl Mirror {
         }
         self.finish(&lock, &outcome.changed)?;
         Ok(outcome)
+    }
+
+    fn clean(&self, id: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// The transaction that commits one cluster's changes, with the items

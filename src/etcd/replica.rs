@@ -15,7 +15,6 @@
 //! With etcd unreachable the server keeps serving what it has; rotation and
 //! cluster changes wait; everything catches up when etcd answers again.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,17 +70,12 @@ impl StoreStatus {
     }
 }
 
-#[derive(Default)]
-struct Dirty {
-    ids: Mutex<BTreeSet<String>>,
-    wake: Notify,
-}
-
 /// A server's link to the etcd store.
 pub struct Replica {
     mirror: Arc<Mirror>,
     pub status: Arc<StoreStatus>,
-    dirty: Arc<Dirty>,
+    /// Woken when the key store changes a cluster.
+    wake: Arc<Notify>,
     lease_ttl: Duration,
     /// The revision the working copy has followed up to.
     revision: AtomicI64,
@@ -160,7 +154,7 @@ impl Replica {
             revision: AtomicI64::new(mirror.revision()),
             mirror,
             status: Arc::new(status),
-            dirty: Arc::default(),
+            wake: Arc::default(),
             lease_ttl: config.lease_ttl,
             name: format!("{}/{}", host.trim(), std::process::id()),
         })
@@ -174,25 +168,15 @@ impl Replica {
     /// What the key store tells of each change: the cluster is committed
     /// once its change is done.
     pub fn observer(&self) -> Observer {
-        let dirty = self.dirty.clone();
+        let (mirror, wake) = (self.mirror.clone(), self.wake.clone());
         Arc::new(move |id: &str| {
-            dirty
-                .ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.to_owned());
-            dirty.wake.notify_one();
+            mirror.mark(id);
+            wake.notify_one();
         })
     }
 
     /// Commits the named clusters now (the admin API waits for it).
     pub async fn commit(&self, ids: Vec<String>) -> Result<Commit, MirrorError> {
-        {
-            let mut dirty = self.dirty.ids.lock().unwrap_or_else(|e| e.into_inner());
-            for id in &ids {
-                dirty.remove(id);
-            }
-        }
         let mirror = self.mirror.clone();
         let outcome = tokio::task::spawn_blocking(move || mirror.commit(&ids))
             .await
@@ -208,13 +192,9 @@ impl Replica {
         outcome
     }
 
-    /// Commits every cluster changed so far (at start, after the first
-    /// keys were made).
+    /// Commits every cluster changed so far and not yet committed.
     pub async fn commit_pending(&self) -> Result<Commit, MirrorError> {
-        let ids: Vec<String> =
-            std::mem::take(&mut *self.dirty.ids.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
+        let ids = self.mirror.dirty();
         if ids.is_empty() {
             return Ok(Commit::default());
         }
@@ -365,37 +345,23 @@ impl Replica {
     async fn committer(self: Arc<Self>, reload: ReloadHandle, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
-                () = self.dirty.wake.notified() => {}
+                () = self.wake.notified() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             loop {
                 if !self.wait_up(&mut stop).await {
                     return;
                 }
-                let ids: Vec<String> = self
-                    .dirty
-                    .ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
-                if ids.is_empty() {
-                    break;
-                }
-                match self.commit(ids.clone()).await {
+                match self.commit_pending().await {
                     Ok(c) => {
                         if !c.conflicts.is_empty() {
                             self.changed(&c.changed, &reload).await;
                         }
+                        break;
                     }
                     Err(e) => {
+                        // What was not committed stays marked; again soon.
                         tracing::warn!(error = %e, "committing to the store failed; retrying when it answers");
-                        self.dirty
-                            .ids
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(ids);
                         if stopped(&mut stop, Duration::from_millis(500)).await {
                             return;
                         }

@@ -612,3 +612,129 @@ fn make_private(base: &Path) -> io::Result<PathBuf> {
         base.display()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EtcdStoreConfig;
+
+    /// A copy whose etcd is never called (the client connects lazily).
+    fn mirror(dir: &Path, rt: &tokio::runtime::Runtime) -> Mirror {
+        let config = EtcdStoreConfig {
+            endpoints: vec!["http://127.0.0.1:9".into()],
+            prefix: "/wi".into(),
+            kek_file: dir.join("kek"),
+            tls: None,
+            username: None,
+            password_file: None,
+            lease_ttl: std::time::Duration::from_secs(2),
+            cache_dir: None,
+        };
+        let kek = Arc::new(Kek::generate(&dir.join("kek")).unwrap());
+        let etcd = rt.block_on(Etcd::connect(&config)).unwrap();
+        Mirror::new(etcd, kek, &dir.join("copy"), rt.handle().clone()).unwrap()
+    }
+
+    fn put(m: &Mirror, item: &Item, rev: i64, clear: &[u8]) -> pb::Event {
+        let value = match item {
+            Item::Key(id, kid) => m.kek.seal(id, kid, clear).unwrap(),
+            _ => clear.to_vec(),
+        };
+        pb::Event {
+            r#type: pb::event::EventType::Put as i32,
+            kv: Some(pb::KeyValue {
+                key: item.key("/wi").into_bytes(),
+                mod_revision: rev,
+                value,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn a_watched_change_is_written_opened_and_an_older_one_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let m = mirror(dir.path(), &rt);
+        let key = Item::Key("demo".into(), "k1".into());
+        let manifest = Item::Manifest("demo".into());
+        let entry = Item::Entry("demo".into());
+        let changed = m
+            .apply(vec![
+                put(&m, &entry, 5, b"{}"),
+                put(&m, &manifest, 5, b"{\"m\":1}"),
+                put(&m, &key, 5, b"PEM"),
+            ])
+            .unwrap();
+        assert!(changed.registry && changed.clusters.contains("demo"));
+        assert_eq!(fs::read(m.root().join(key.rel())).unwrap(), b"PEM");
+        assert_eq!(fs::read(m.root().join(manifest.rel())).unwrap(), b"{\"m\":1}");
+        let generation = Registry::new(&m.store).generation().unwrap();
+        assert_eq!(generation, 1);
+
+        // An event at or below the revision the copy holds changes nothing.
+        let stale = m.apply(vec![put(&m, &manifest, 4, b"old")]).unwrap();
+        assert!(stale.clusters.is_empty());
+        assert_eq!(fs::read(m.root().join(manifest.rel())).unwrap(), b"{\"m\":1}");
+
+        // Nothing was changed here, so nothing is to be committed.
+        assert!(m.uncommitted().unwrap().is_empty());
+
+        // A key that does not open (moved under another kid) is not written.
+        let mut moved = put(&m, &key, 6, b"OTHER");
+        moved.kv.as_mut().unwrap().key = Item::Key("demo".into(), "k2".into()).key("/wi").into_bytes();
+        m.apply(vec![moved]).unwrap();
+        assert!(!m.root().join("demo/k2.pem").exists());
+
+        // A delete removes the file, the registry moves again.
+        let mut gone = put(&m, &entry, 7, b"");
+        gone.r#type = pb::event::EventType::Delete as i32;
+        m.apply(vec![gone]).unwrap();
+        assert!(!m.root().join(entry.rel()).exists());
+        assert_eq!(Registry::new(&m.store).generation().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_commit_puts_what_changed_sealed_deletes_what_went_and_compares_the_revisions_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let m = mirror(dir.path(), &rt);
+        let k1 = Item::Key("demo".into(), "k1".into());
+        let manifest = Item::Manifest("demo".into());
+        m.apply(vec![put(&m, &manifest, 5, b"m1"), put(&m, &k1, 5, b"PEM1")])
+            .unwrap();
+        // A rotation in the copy: a new key, a new manifest, k1 removed.
+        let k2 = Item::Key("demo".into(), "k2".into());
+        fs::write(m.root().join(k2.rel()), b"PEM2").unwrap();
+        fs::write(m.root().join(manifest.rel()), b"m2").unwrap();
+        fs::remove_file(m.root().join(k1.rel())).unwrap();
+        assert_eq!(m.uncommitted().unwrap(), vec!["demo".to_owned()]);
+
+        let base = m.base.lock().unwrap().clone();
+        let local = layout::read_cluster(m.root(), "demo").unwrap();
+        let (txn, puts, dels) = m.commit_request("demo", &local, &base).unwrap().unwrap();
+        assert_eq!(puts, vec![k2.clone(), manifest.clone()]);
+        assert_eq!(dels, vec![k1.clone()]);
+        let compared: BTreeMap<Vec<u8>, i64> = txn
+            .compare
+            .iter()
+            .map(|c| match c.target_union {
+                Some(pb::compare::TargetUnion::ModRevision(r)) => (c.key.clone(), r),
+                _ => panic!("{c:?}"),
+            })
+            .collect();
+        assert_eq!(compared[manifest.key("/wi").as_bytes()], 5);
+        assert_eq!(compared[k1.key("/wi").as_bytes()], 5);
+        assert_eq!(compared[k2.key("/wi").as_bytes()], 0, "new: must not exist yet");
+        assert_eq!(compared[Item::Entry("demo".into()).key("/wi").as_bytes()], 0);
+        for op in &txn.success {
+            if let Some(pb::request_op::Request::RequestPut(p)) = &op.request {
+                if p.key == k2.key("/wi").into_bytes() {
+                    assert!(!p.value.windows(4).any(|w| w == b"PEM2"), "sealed");
+                    assert_eq!(m.kek.open("demo", "k2", &p.value).unwrap(), b"PEM2");
+                }
+            }
+        }
+    }
+}

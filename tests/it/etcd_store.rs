@@ -1,6 +1,7 @@
 //! The key store on etcd (#15) against a real 3-member etcd cluster
 //! (Debian's etcd-server, `harness/etcd.rs`): the harness itself first, then
-//! two replicas and the CLI on one cluster.
+//! two replicas and the CLI on one cluster; last, one member serving mutual
+//! TLS with etcd's users, for `[store]`'s TLS and password settings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -896,6 +897,110 @@ async fn a_replica_refuses_to_start_on_a_wrong_kek_or_without_etcd_and_rewrap_ke
     assert!(code.is_some_and(|c| c != 0), "{code:?}: {log}");
     assert!(
         log.contains("unreachable") && log.contains(&etcd.endpoints()[0]),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_and_the_cli_reach_etcd_over_mutual_tls_and_as_an_etcd_user_and_say_why_they_cannot_without(
+) {
+    let Some(etcd) = EtcdCluster::start_tls() else {
+        return;
+    };
+    let tls = etcd.tls().expect("a member serving https");
+    let endpoint = etcd.endpoints()[0].clone();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let root = tempfile::tempdir().unwrap();
+    let kek = kek(root.path(), "kek").await;
+    let quoted = |p: &Path| format!("{:?}", p.display().to_string());
+    // A replica's config in its own dir: the one member, then `settings`.
+    let config = |name: &str, settings: &str| {
+        let dir = root.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        config_file(
+            &dir,
+            &format!(
+                "{}\n[store]\nkind = \"etcd\"\nendpoints = [{endpoint:?}]\nprefix = {PREFIX:?}\n\
+                 kek_file = {}\nlease_ttl = \"2s\"\n{settings}",
+                tables(),
+                quoted(&kek)
+            ),
+        )
+    };
+    let ca = format!("ca_file = {}\n", quoted(&tls.ca));
+    let mtls = format!(
+        "{ca}cert_file = {}\nkey_file = {}\n",
+        quoted(&tls.cert),
+        quoted(&tls.key)
+    );
+
+    // Mutual TLS: the replica starts and serves, and the CLI's rotation
+    // reaches it through its watch (one replica here, checked twice).
+    let with_cert = config("mtls", &mtls);
+    let a = start(&with_cert);
+    assert!(!kids(&a, "r").await.is_empty());
+    rotation_reaches(&with_cert, [&a, &a]).await;
+    assert!(terminate(a.process).success());
+
+    // The CA alone: etcd refuses the handshake without a client
+    // certificate, and the replica does not start.
+    let (code, log) = serve_refused(&config("no-client-cert", &ca));
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {log}");
+    assert!(log.contains(&endpoint), "{log}");
+
+    // etcd's auth on: a user whose role may read and write the prefix.
+    for args in [
+        &["user", "add", "root:root-password"][..],
+        &["role", "add", "issuer"],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            "issuer",
+            "readwrite",
+            PREFIX,
+        ],
+        &["user", "add", "issuer:issuer-password"],
+        &["user", "grant-role", "issuer", "issuer"],
+        &["auth", "enable"],
+    ] {
+        let (status, out, err) = etcd.etcdctl(args);
+        assert!(
+            status.success(),
+            "etcdctl {args:?}: {out}{err}\n{}",
+            etcd.logs()
+        );
+    }
+    // The certificate names no user: without a user's token, no access.
+    let (code, log) = serve_refused(&with_cert);
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {log}");
+    assert!(log.contains("permission denied"), "{log}");
+    let password = |name: &str, text: &str| {
+        let path = root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        format!("username = \"issuer\"\npassword_file = {}\n", quoted(&path))
+    };
+    // The right password (the file's newline is not part of it): the token
+    // goes with every call, the watch too, as the certificate's name is no
+    // user.
+    let as_user = config(
+        "user",
+        &format!("{mtls}{}", password("pw", "issuer-password\n")),
+    );
+    let b = start(&as_user);
+    assert!(!kids(&b, "r").await.is_empty());
+    rotation_reaches(&as_user, [&b, &b]).await;
+    assert!(terminate(b.process).success());
+
+    // A wrong one: a clear refusal.
+    let wrong = config(
+        "wrong",
+        &format!("{mtls}{}", password("bad", "not-the-password\n")),
+    );
+    let (code, log) = serve_refused(&wrong);
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {log}");
+    assert!(
+        log.contains("authentication failed") && log.contains("password"),
         "{log}"
     );
 }

@@ -28,6 +28,8 @@ const START_ATTEMPTS: usize = 3;
 
 struct Member {
     name: String,
+    /// `http`, or `https` on a member of [`EtcdCluster::start_tls`].
+    client_scheme: &'static str,
     client_port: u16,
     peer_port: u16,
     data: PathBuf,
@@ -37,7 +39,7 @@ struct Member {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -67,6 +69,8 @@ pub struct EtcdCluster {
     etcdctl: PathBuf,
     token: String,
     members: Vec<Member>,
+    /// The certificates of a cluster serving https with mutual TLS.
+    tls: Option<EtcdTls>,
     /// The members' data dirs and logs; removed once the members are gone
     /// (fields drop after `Drop::drop` has killed them).
     _dir: tempfile::TempDir,
@@ -97,6 +101,18 @@ impl EtcdCluster {
     /// one answers healthy. `None` (with a message) when etcd or etcdctl is
     /// not installed, unless `WORKLOAD_ISSUER_REQUIRE_ETCD=1`: then a panic.
     pub fn start(members: usize) -> Option<EtcdCluster> {
+        EtcdCluster::start_with(members, false)
+    }
+
+    /// One member serving https with mutual TLS (`--client-cert-auth`):
+    /// its certificate, for 127.0.0.1, and the client's are signed by a
+    /// test CA ([`EtcdCluster::tls`]); `etcdctl` presents the client's.
+    /// `None` as [`EtcdCluster::start`] when etcd is not installed.
+    pub fn start_tls() -> Option<EtcdCluster> {
+        EtcdCluster::start_with(1, true)
+    }
+
+    fn start_with(members: usize, tls: bool) -> Option<EtcdCluster> {
         let (Some(etcd), Some(etcdctl)) = (on_path("etcd"), on_path("etcdctl")) else {
             let required = std::env::var("WORKLOAD_ISSUER_REQUIRE_ETCD").is_ok_and(|v| v == "1");
             assert!(!required, "WORKLOAD_ISSUER_REQUIRE_ETCD=1 but {MISSING}");
@@ -107,6 +123,8 @@ impl EtcdCluster {
         for attempt in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().unwrap();
             let ports = free_ports(members);
+            let tls = tls.then(|| EtcdTls::new(dir.path()));
+            let client_scheme = if tls.is_some() { "https" } else { "http" };
             let mut cluster = EtcdCluster {
                 etcd: etcd.clone(),
                 etcdctl: etcdctl.clone(),
@@ -114,6 +132,7 @@ impl EtcdCluster {
                 members: (0..members)
                     .map(|i| Member {
                         name: format!("m{i}"),
+                        client_scheme,
                         client_port: ports[2 * i],
                         peer_port: ports[2 * i + 1],
                         data: dir.path().join(format!("m{i}.data")),
@@ -121,6 +140,7 @@ impl EtcdCluster {
                         process: None,
                     })
                     .collect(),
+                tls,
                 _dir: dir,
             };
             cluster.start_all();
@@ -139,7 +159,12 @@ impl EtcdCluster {
         );
     }
 
-    /// The members' client URLs, `http://127.0.0.1:PORT`.
+    /// The certificates of a cluster from [`EtcdCluster::start_tls`].
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// The members' client URLs, `http://127.0.0.1:PORT` (`https` with TLS).
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
     }
@@ -180,7 +205,7 @@ impl EtcdCluster {
                 command.env_remove(name);
             }
         }
-        let child = command
+        command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data)
@@ -199,7 +224,18 @@ impl EtcdCluster {
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .arg("--pre-vote")
             .args(["--quota-backend-bytes", &(256u64 << 20).to_string()])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -307,8 +343,9 @@ impl EtcdCluster {
         logs.join("\n")
     }
 
-    /// `etcdctl ARGS` (API v3) against every member: its exit status,
-    /// stdout and stderr.
+    /// `etcdctl ARGS` (API v3) against every member, with the CA and the
+    /// client certificate of a TLS cluster: its exit status, stdout and
+    /// stderr.
     pub fn etcdctl(&self, args: &[&str]) -> (ExitStatus, String, String) {
         self.etcdctl_at(&self.endpoints_csv(), args)
     }
@@ -320,10 +357,17 @@ impl EtcdCluster {
                 command.env_remove(name);
             }
         }
-        let out = command
+        command
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
-            .args(["--dial-timeout=2s", "--command-timeout=5s"])
+            .args(["--dial-timeout=2s", "--command-timeout=5s"]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.cert.display()))
+                .arg(format!("--key={}", tls.key.display()));
+        }
+        let out = command
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -440,4 +484,61 @@ pub fn new_kek(path: &Path) {
         .open(path)
         .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
     file.write_all(&kek).unwrap();
+}
+
+/// A test CA and the certificates it signed for mutual TLS with etcd, PEM
+/// files: the member's, for 127.0.0.1 (an IP SAN), and a client's (`ca`,
+/// `cert`, `key`, what `[store]` and `etcdctl` are given). The client's
+/// common name is no etcd user, so with etcd's auth enabled the certificate
+/// alone grants nothing: a request needs a user's token.
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl EtcdTls {
+    fn new(dir: &Path) -> EtcdTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "workload-issuer etcd test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        // rcgen makes "127.0.0.1" an IP address SAN. Client use too: etcd's
+        // own gRPC gateway dials the member with this certificate.
+        let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        server.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "wi-test-client");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().unwrap();
+        let client_cert = client.signed_by(&client_key, &issuer).unwrap();
+        EtcdTls {
+            ca: write("etcd-ca.crt", ca_cert.pem()),
+            cert: write("etcd-client.crt", client_cert.pem()),
+            key: write("etcd-client.key", client_key.serialize_pem()),
+            server_cert: write("etcd-server.crt", server_cert.pem()),
+            server_key: write("etcd-server.key", server_key.serialize_pem()),
+        }
+    }
 }

@@ -174,7 +174,8 @@ impl Etcd {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                let text = e.to_string();
+                let full = e.to_string();
+                let text = concise(&full);
                 let unavailable = [
                     "Unavailable",
                     "transport",
@@ -184,9 +185,10 @@ impl Etcd {
                     "deadline",
                     "broken pipe",
                     "h2 protocol",
+                    "Cancelled",
                 ]
                 .iter()
-                .any(|w| text.contains(w));
+                .any(|w| full.contains(w));
                 if unavailable {
                     Err(EtcdError::Unreachable {
                         endpoints: self.endpoints.clone(),
@@ -333,6 +335,33 @@ impl Etcd {
     }
 }
 
+/// The words of a gRPC failure without tonic's debug dump: the status's
+/// message and its causes' (`tcp connect error: Connection refused`,
+/// `transport error: received fatal alert: BadCertificate`).
+fn concise(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut found: Vec<(usize, &str)> = Vec::new();
+    for key in ["message: \"", "error: \"", "ConnectError(\""] {
+        for (i, _) in text.match_indices(key) {
+            let rest = &text[i + key.len()..];
+            if let Some(end) = rest.find('"') {
+                found.push((i, &rest[..end]));
+            }
+        }
+    }
+    found.sort_by_key(|(i, _)| *i);
+    for (_, part) in found {
+        if !part.is_empty() && !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    if parts.is_empty() {
+        text.to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
 /// A compare: the key's modification revision is `rev` (0: it is absent).
 pub fn mod_revision_is(key: Vec<u8>, rev: i64) -> pb::Compare {
     pb::Compare {
@@ -373,5 +402,22 @@ pub fn get(key: Vec<u8>, end: Vec<u8>) -> pb::RequestOp {
             range_end: end,
             ..Default::default()
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::concise;
+
+    #[test]
+    fn a_grpc_failure_reads_as_its_words() {
+        let refused = r#"[Grpc] Status { code: Unavailable, message: "tcp connect error", source: Some(tonic::transport::Error(Transport, ConnectError(ConnectError("tcp connect error", 127.0.0.1:9, Os { code: 111, kind: ConnectionRefused, message: "Connection refused" })))) }"#;
+        assert_eq!(concise(refused), "tcp connect error: Connection refused");
+        let tls = r#"[Grpc] Status { code: Unknown, message: "transport error", source: Some(tonic::transport::Error(Transport, hyper::Error(Io, Custom { kind: InvalidData, error: "received fatal alert: BadCertificate" }))) }"#;
+        assert_eq!(
+            concise(tls),
+            "transport error: received fatal alert: BadCertificate"
+        );
+        assert_eq!(concise("plain words"), "plain words");
     }
 }

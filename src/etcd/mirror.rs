@@ -669,21 +669,29 @@ mod tests {
             .unwrap();
         assert!(changed.registry && changed.clusters.contains("demo"));
         assert_eq!(fs::read(m.root().join(key.rel())).unwrap(), b"PEM");
-        assert_eq!(fs::read(m.root().join(manifest.rel())).unwrap(), b"{\"m\":1}");
+        assert_eq!(
+            fs::read(m.root().join(manifest.rel())).unwrap(),
+            b"{\"m\":1}"
+        );
         let generation = Registry::new(&m.store).generation().unwrap();
         assert_eq!(generation, 1);
 
         // An event at or below the revision the copy holds changes nothing.
         let stale = m.apply(vec![put(&m, &manifest, 4, b"old")]).unwrap();
         assert!(stale.clusters.is_empty());
-        assert_eq!(fs::read(m.root().join(manifest.rel())).unwrap(), b"{\"m\":1}");
+        assert_eq!(
+            fs::read(m.root().join(manifest.rel())).unwrap(),
+            b"{\"m\":1}"
+        );
 
         // Nothing was changed here, so nothing is to be committed.
         assert!(m.uncommitted().unwrap().is_empty());
 
         // A key that does not open (moved under another kid) is not written.
         let mut moved = put(&m, &key, 6, b"OTHER");
-        moved.kv.as_mut().unwrap().key = Item::Key("demo".into(), "k2".into()).key("/wi").into_bytes();
+        moved.kv.as_mut().unwrap().key = Item::Key("demo".into(), "k2".into())
+            .key("/wi")
+            .into_bytes();
         m.apply(vec![moved]).unwrap();
         assert!(!m.root().join("demo/k2.pem").exists());
 
@@ -726,8 +734,15 @@ mod tests {
             .collect();
         assert_eq!(compared[manifest.key("/wi").as_bytes()], 5);
         assert_eq!(compared[k1.key("/wi").as_bytes()], 5);
-        assert_eq!(compared[k2.key("/wi").as_bytes()], 0, "new: must not exist yet");
-        assert_eq!(compared[Item::Entry("demo".into()).key("/wi").as_bytes()], 0);
+        assert_eq!(
+            compared[k2.key("/wi").as_bytes()],
+            0,
+            "new: must not exist yet"
+        );
+        assert_eq!(
+            compared[Item::Entry("demo".into()).key("/wi").as_bytes()],
+            0
+        );
         for op in &txn.success {
             if let Some(pb::request_op::Request::RequestPut(p)) = &op.request {
                 if p.key == k2.key("/wi").into_bytes() {

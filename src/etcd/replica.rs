@@ -97,9 +97,9 @@ pub enum OpenError {
     Kek(#[from] super::seal::SealError),
     #[error(
         "{0}; a replica starting has no state of its own to serve until it has read the store, \
-         so it does not start: check that etcd runs and that [store] endpoints reach it"
+         so it does not start: check that etcd runs and that [store] endpoints reach it{1}"
     )]
-    Unreachable(EtcdError),
+    Unreachable(EtcdError, &'static str),
     #[error("reading the store from etcd: {0}")]
     Read(MirrorError),
     #[error("{0}")]
@@ -118,9 +118,21 @@ pub async fn open_mirror(config: &EtcdStoreConfig) -> Result<Arc<Mirror>, OpenEr
     Ok(Arc::new(mirror))
 }
 
-fn open_error(e: MirrorError) -> OpenError {
+fn open_error(e: MirrorError, config: &EtcdStoreConfig) -> OpenError {
+    let hint = match &config.tls {
+        Some(tls) if tls.cert_file.is_none() => {
+            "; over TLS, a member that refuses the handshake looks the same: check ca_file, \
+             and set cert_file and key_file if etcd asks for client certificates \
+             (--client-cert-auth)"
+        }
+        Some(_) => {
+            "; over TLS, a member that refuses the handshake looks the same: check ca_file, \
+             cert_file and key_file"
+        }
+        None => "",
+    };
     match e {
-        MirrorError::Etcd(e) if e.is_unreachable() => OpenError::Unreachable(e),
+        MirrorError::Etcd(e) if e.is_unreachable() => OpenError::Unreachable(e, hint),
         e => OpenError::Read(e),
     }
 }
@@ -135,7 +147,7 @@ impl Replica {
         let pulled = tokio::task::spawn_blocking(move || m.pull_all())
             .await
             .map_err(|e| OpenError::Read(MirrorError::Other(e.to_string())))?
-            .map_err(open_error)?;
+            .map_err(|e| open_error(e, config))?;
         tracing::info!(
             endpoints = mirror.etcd.endpoints(),
             prefix = mirror.etcd.prefix,

@@ -947,6 +947,11 @@ async fn a_replica_and_the_cli_reach_etcd_over_mutual_tls_and_as_an_etcd_user_an
     let (code, log) = serve_refused(&config("no-client-cert", &ca));
     assert!(code.is_some_and(|c| c != 0), "{code:?}: {log}");
     assert!(log.contains(&endpoint), "{log}");
+    assert!(
+        log.contains("set cert_file and key_file if etcd asks for client certificates"),
+        "{log}"
+    );
+    assert!(!log.contains("Status {"), "a gRPC debug dump: {log}");
 
     // etcd's auth on: a user whose role may read and write the prefix.
     for args in [

@@ -9,6 +9,7 @@
 //! - `client`: the connection, with a deadline on every call;
 //! - `layout`: which file of a keys dir is which etcd key;
 //! - `seal`: keys sealed with AES-256-GCM under the key-encryption key;
+//! - `workdir`: the working copy's private directory;
 //! - `mirror`: reads etcd into a working copy, and commits a cluster's
 //!   changed files back in one transaction that compares the revisions it
 //!   read (a change made meanwhile by another replica or the CLI wins, and
@@ -33,6 +34,7 @@ pub mod layout;
 pub mod mirror;
 pub mod replica;
 pub mod seal;
+pub mod workdir;
 
 pub use client::{Etcd, EtcdError};
 pub use mirror::Mirror;

@@ -25,8 +25,9 @@ use tokio::sync::{watch, Notify};
 
 use super::client::{self, Etcd, EtcdError};
 use super::layout;
-use super::mirror::{private_dir, Changed, Commit, Mirror, MirrorError};
+use super::mirror::{Changed, Commit, Mirror, MirrorError};
 use super::seal::Kek;
+use super::workdir::private_dir;
 use crate::config::EtcdStoreConfig;
 use crate::keys::rotation::ReloadHandle;
 use crate::keys::store::Observer;

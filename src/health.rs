@@ -76,11 +76,9 @@ impl Health {
     /// of all of them, while the running config keeps serving.
     pub fn config_problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if let Some(why) = self.store.get().and_then(|s| s.problem()) {
+        if let Some((summary, why)) = self.store.get().and_then(|s| s.problem()) {
             problems.push(Problem {
-                summary: "the store (etcd) is unreachable: the last good state is served; \
-                          rotation and cluster changes wait until it answers"
-                    .into(),
+                summary: summary.into(),
                 detail: Some(why),
             });
         }

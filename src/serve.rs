@@ -86,7 +86,9 @@ pub async fn prepare_on(
     let store = store_of(config, replica.as_deref());
     let now = clock.now();
     let settings = config.clusters.clone();
-    let rotate = config.rotation.enabled;
+    // On etcd, only the replica holding the lease takes rotation steps,
+    // and none holds it yet: at start, keys are loaded (or first made).
+    let rotate = config.rotation.enabled && replica.is_none();
     let public_url = config.public_url.clone();
     let registry_store = store.clone();
     // Key generation (RSA especially) and file reads block: keep them off the

@@ -250,16 +250,15 @@ impl Etcd {
         .await
     }
 
-    /// Whether a member answers, from its own state (no leader needed):
-    /// one member lost, or an election under way, is not "unreachable".
-    /// Two tries, so a connection to a member just lost is not the answer.
+    /// Whether etcd answers a linearizable read (a quorum with a leader:
+    /// what a commit needs). Two tries, so a connection to a member just
+    /// lost is not the answer.
     pub async fn probe(&self, key: Vec<u8>) -> Result<(), EtcdError> {
         let mut last = None;
         for _ in 0..2 {
             let kv = self.client.kv.clone();
             let request = pb::RangeRequest {
                 key: key.clone(),
-                serializable: true,
                 count_only: true,
                 ..Default::default()
             };

@@ -23,6 +23,7 @@ use etcdv3client::pb;
 use super::client::{self, mod_revision_is, Etcd, EtcdError};
 use super::layout::{self, Item};
 use super::seal::{Kek, SealError};
+use super::workdir::WorkDir;
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::keys::registry::Registry;
 use crate::keys::store::{KeyStore, StoreError, StoreLock};
@@ -55,6 +56,9 @@ pub struct Changed {
     pub clusters: BTreeSet<String>,
     /// Whether the registry's files did (its generation moved).
     pub registry: bool,
+    /// Keys in etcd that do not open under this process's KEKs (a lenient
+    /// read keeps the copy's own file of each), with why.
+    pub unopened: Vec<String>,
 }
 
 /// Of the clusters a commit was asked for, those whose changes are in etcd
@@ -69,6 +73,7 @@ pub struct Commit {
 
 pub struct Mirror {
     pub etcd: Etcd,
+    workdir: Mutex<WorkDir>,
     kek: Arc<Kek>,
     store: KeyStore,
     base: Mutex<HashMap<Item, (i64, Digest)>>,
@@ -77,6 +82,9 @@ pub struct Mirror {
     /// Clusters changed in the copy and not yet committed: a full read
     /// leaves them as they are, and a commit takes them out.
     dirty: Mutex<BTreeSet<String>>,
+    /// Dirty clusters whose changes in etcd the watch saw and left out:
+    /// re-read once their commit is done.
+    behind: Mutex<BTreeSet<String>>,
     rt: tokio::runtime::Handle,
 }
 
@@ -93,25 +101,30 @@ impl std::fmt::Debug for Mirror {
 struct Read {
     items: BTreeMap<Item, (i64, Vec<u8>)>,
     revision: i64,
+    /// With a lenient read: the keys that did not open, and why.
+    unopened: Vec<(Item, SealError)>,
+    strict: bool,
 }
 
 impl Mirror {
-    /// A working copy at `root` (a private directory, made if missing); it
-    /// holds nothing until [`pull_all`](Self::pull_all).
+    /// A working copy in `workdir`; it holds nothing until
+    /// [`pull_all`](Self::pull_all).
     pub fn new(
         etcd: Etcd,
         kek: Arc<Kek>,
-        root: &Path,
+        workdir: WorkDir,
         rt: tokio::runtime::Handle,
     ) -> Result<Mirror, MirrorError> {
-        ensure_dir(root, 0o700)?;
+        let root = workdir.path().to_owned();
         Ok(Mirror {
             etcd,
+            workdir: Mutex::new(workdir),
             kek,
             store: KeyStore::new(root),
             base: Mutex::new(HashMap::new()),
             revision: std::sync::atomic::AtomicI64::new(0),
             dirty: Mutex::new(BTreeSet::new()),
+            behind: Mutex::new(BTreeSet::new()),
             rt,
         })
     }
@@ -159,19 +172,26 @@ impl Mirror {
             let Some(item) = Item::from_key(&self.etcd.prefix, &kv.key) else {
                 continue;
             };
-            let clear = self.open(&item, kv.value)?;
-            into.items.insert(item, (kv.mod_revision, clear));
+            match self.open(&item, kv.value) {
+                Ok(clear) => {
+                    into.items.insert(item, (kv.mod_revision, clear));
+                }
+                Err(e) if !into.strict => into.unopened.push((item, e)),
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
 
     /// Everything under the prefix, opened, at one revision.
-    fn fetch_all(&self) -> Result<Read, MirrorError> {
+    fn fetch_all(&self, strict: bool) -> Result<Read, MirrorError> {
         let (start, end) = layout::prefix_range(&self.etcd.prefix);
         let (kvs, revision) = self.block_on(self.etcd.range_all(start, end))?;
         let mut read = Read {
             items: BTreeMap::new(),
             revision,
+            unopened: Vec::new(),
+            strict,
         };
         self.read_kvs(kvs, &mut read)?;
         Ok(read)
@@ -191,6 +211,8 @@ impl Mirror {
         let mut read = Read {
             items: BTreeMap::new(),
             revision: reply.header.map_or(0, |h| h.revision),
+            unopened: Vec::new(),
+            strict: true,
         };
         for r in reply.responses {
             if let Some(pb::response_op::Response::ResponseRange(range)) = r.response {
@@ -204,15 +226,39 @@ impl Mirror {
     /// differ are written, the ones etcd no longer holds removed. Drops any
     /// change not committed: commit first.
     pub fn pull_all(&self) -> Result<Changed, MirrorError> {
-        let mut read = self.fetch_all()?;
+        self.pull(true)
+    }
+
+    /// [`pull_all`](Self::pull_all), but a key that does not open (sealed
+    /// under a KEK this process lacks) is reported and its file in the copy
+    /// kept, instead of failing the whole read: a running replica goes on
+    /// following everything else.
+    pub fn pull_all_lenient(&self) -> Result<Changed, MirrorError> {
+        self.pull(false)
+    }
+
+    fn pull(&self, strict: bool) -> Result<Changed, MirrorError> {
+        let mut read = self.fetch_all(strict)?;
         let lock = self.store.lock()?;
         // A cluster changed here and not committed yet keeps its files and
         // its baseline: its commit then finds out whether etcd moved on.
         let keep: BTreeSet<String> = self.dirty.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keep.iter().cloned());
         read.items.retain(|i, _| !keep.contains(i.cluster()));
         let mut local = layout::read_all(self.root())?;
         local.retain(|i, _| !keep.contains(i.cluster()));
         let mut changed = Changed::default();
+        let mut unopened = BTreeSet::new();
+        for (item, why) in std::mem::take(&mut read.unopened) {
+            // Neither overwritten nor removed: the copy's file and its
+            // baseline stay as they were.
+            local.remove(&item);
+            changed.unopened.push(format!("{}: {why}", item.rel()));
+            unopened.insert(item);
+        }
         let gone: Vec<Item> = local
             .keys()
             .filter(|i| !read.items.contains_key(i))
@@ -220,7 +266,7 @@ impl Mirror {
             .collect();
         self.write_items(&lock, &read, &local, gone, &mut changed)?;
         let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-        base.retain(|i, _| keep.contains(i.cluster()));
+        base.retain(|i, _| keep.contains(i.cluster()) || unopened.contains(i));
         for (i, (rev, bytes)) in &read.items {
             base.insert(i.clone(), (*rev, digest(bytes)));
         }
@@ -300,6 +346,8 @@ impl Mirror {
         let mut gone = Vec::new();
         {
             let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+            let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut behind = self.behind.lock().unwrap_or_else(|e| e.into_inner());
             for event in events {
                 let Some(kv) = event.kv else { continue };
                 let Some(item) = Item::from_key(&self.etcd.prefix, &kv.key) else {
@@ -310,6 +358,13 @@ impl Mirror {
                     .is_some_and(|(rev, _)| *rev >= kv.mod_revision)
                 {
                     continue; // this copy's own commit, or older than what it has
+                }
+                if dirty.contains(item.cluster()) {
+                    // Changed here and not committed: its commit compares
+                    // against what it was read at, and fails; then it is
+                    // read again whole.
+                    behind.insert(item.cluster().to_owned());
+                    continue;
                 }
                 if event.r#type == pb::event::EventType::Delete as i32 {
                     gone.push((item, kv.mod_revision));
@@ -323,6 +378,7 @@ impl Mirror {
             match self.open(&item, value) {
                 Ok(clear) => opened.push((item, rev, clear)),
                 Err(e) => {
+                    changed.unopened.push(format!("{}: {e}", item.rel()));
                     tracing::error!(item = item.rel(), error = %e, "a key from etcd does not open; the copy keeps what it had");
                 }
             }
@@ -357,6 +413,14 @@ impl Mirror {
     /// unreachable is an error (nothing more is tried); a cluster changed
     /// meanwhile by someone else is a conflict, re-read from etcd.
     pub fn commit(&self, ids: &[String]) -> Result<Commit, MirrorError> {
+        if !self
+            .workdir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .intact()
+        {
+            return self.repair(ids);
+        }
         let lock = self.store.lock()?;
         let mut outcome = Commit::default();
         for id in ids {
@@ -367,6 +431,9 @@ impl Mirror {
             };
             let Some((request, puts, dels)) = request else {
                 self.clean(id);
+                if self.was_behind(id) {
+                    self.reread(&lock, id, &local, &mut outcome.changed)?;
+                }
                 continue;
             };
             let reply = self.block_on(self.etcd.txn(request))?;
@@ -382,25 +449,78 @@ impl Mirror {
                     base.remove(&item);
                 }
                 outcome.committed.push(id.clone());
+                if self.was_behind(id) {
+                    let local = layout::read_cluster(self.root(), id)?;
+                    self.reread(&lock, id, &local, &mut outcome.changed)?;
+                }
                 continue;
             }
+            self.was_behind(id);
             // Someone else changed it: theirs stands, ours is dropped.
-            let read = self.fetch_cluster(id)?;
-            let gone: Vec<Item> = local
-                .keys()
-                .filter(|i| !read.items.contains_key(i))
-                .cloned()
-                .collect();
-            self.write_items(&lock, &read, &local, gone, &mut outcome.changed)?;
-            let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            base.retain(|i, _| i.cluster() != id);
-            for (item, (rev, bytes)) in &read.items {
-                base.insert(item.clone(), (*rev, digest(bytes)));
-            }
+            self.reread(&lock, id, &local, &mut outcome.changed)?;
             outcome.conflicts.push(id.clone());
         }
         self.finish(&lock, &outcome.changed)?;
         Ok(outcome)
+    }
+
+    /// The copy was removed or replaced under this process: nothing of it is
+    /// committed (it could hold new keys made for clusters whose files went
+    /// missing); it is made again and read whole from etcd.
+    fn repair(&self, ids: &[String]) -> Result<Commit, MirrorError> {
+        tracing::error!(
+            path = %self.root().display(),
+            "the working copy was removed or replaced under this process: nothing is committed \
+             from it, and it is read again from etcd"
+        );
+        self.workdir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .renew()?;
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.base.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let changed = self.pull_all()?;
+        Ok(Commit {
+            committed: Vec::new(),
+            conflicts: ids.to_vec(),
+            changed,
+        })
+    }
+
+    /// Replaces a cluster's files and baseline with etcd's version.
+    fn reread(
+        &self,
+        lock: &StoreLock,
+        id: &str,
+        local: &BTreeMap<Item, Vec<u8>>,
+        changed: &mut Changed,
+    ) -> Result<(), MirrorError> {
+        let read = self.fetch_cluster(id)?;
+        let gone: Vec<Item> = local
+            .keys()
+            .filter(|i| !read.items.contains_key(i))
+            .cloned()
+            .collect();
+        self.write_items(lock, &read, local, gone, changed)?;
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        base.retain(|i, _| i.cluster() != id);
+        for (item, (rev, bytes)) in &read.items {
+            base.insert(item.clone(), (*rev, digest(bytes)));
+        }
+        Ok(())
+    }
+
+    /// Whether the watch left changes of `id` out while it was dirty
+    /// (forgotten once asked).
+    fn was_behind(&self, id: &str) -> bool {
+        self.behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
     }
 
     fn clean(&self, id: &str) {
@@ -569,7 +689,8 @@ mod tests {
         };
         let kek = Arc::new(Kek::generate(&dir.join("kek")).unwrap());
         let etcd = rt.block_on(Etcd::connect(&config)).unwrap();
-        Mirror::new(etcd, kek, &dir.join("copy"), rt.handle().clone()).unwrap()
+        let workdir = crate::etcd::workdir::private_dir(Some(dir)).unwrap();
+        Mirror::new(etcd, kek, workdir, rt.handle().clone()).unwrap()
     }
 
     fn put(m: &Mirror, item: &Item, rev: i64, clear: &[u8]) -> pb::Event {

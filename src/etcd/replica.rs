@@ -33,6 +33,8 @@ use crate::keys::rotation::ReloadHandle;
 use crate::keys::store::Observer;
 
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long probes must fail before etcd counts as unreachable.
+const DOWN_AFTER: Duration = Duration::from_secs(3);
 
 /// The store's state as health checks and metrics see it.
 #[derive(Debug, Default)]
@@ -43,20 +45,60 @@ pub struct StoreStatus {
     /// This replica holds the rotation lease (its rotation steps run).
     pub leader: Arc<AtomicBool>,
     problem: Mutex<Option<String>>,
+    /// Why the working copy does not follow etcd (a full re-read that
+    /// keeps failing), while it does not.
+    lagging: Mutex<Option<String>>,
+    /// Keys in etcd that do not open under this replica's KEKs.
+    unopened: Mutex<Option<String>>,
 }
 
 impl StoreStatus {
-    /// Why the store is not reachable, while it is not.
-    pub fn problem(&self) -> Option<String> {
-        if self.up.load(Ordering::Acquire) {
-            return None;
+    /// What is wrong with the store, if anything: a summary and the detail.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let get = |m: &Mutex<Option<String>>| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !self.up.load(Ordering::Acquire) {
+            let why = get(&self.problem)
+                .unwrap_or_else(|| format!("etcd at {} is unreachable", self.endpoints));
+            return Some((
+                "the store (etcd) is unreachable: the last good state is served; rotation and \
+                 cluster changes wait until it answers",
+                why,
+            ));
         }
-        let why = self
-            .problem
+        if let Some(why) = get(&self.lagging) {
+            return Some((
+                "this replica does not follow the store (etcd): it serves what it last read \
+                 and does not rotate",
+                why,
+            ));
+        }
+        get(&self.unopened).map(|why| {
+            (
+                "keys in the store (etcd) do not open under this replica's key-encryption keys \
+                 (kek_file, extra_kek_files): this replica serves the copies it had of them",
+                why,
+            )
+        })
+    }
+
+    /// Whether the working copy follows etcd now.
+    pub fn following(&self) -> bool {
+        self.lagging
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Some(why.unwrap_or_else(|| format!("etcd at {} is unreachable", self.endpoints)))
+            .is_none()
+    }
+
+    fn set_lagging(&self, why: Option<String>) {
+        *self.lagging.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    fn set_unopened(&self, unopened: &[String]) {
+        let why = (!unopened.is_empty()).then(|| {
+            let shown: Vec<&str> = unopened.iter().take(3).map(String::as_str).collect();
+            format!("{} key(s), such as {}", unopened.len(), shown.join("; "))
+        });
+        *self.unopened.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     fn set(&self, up: bool, why: Option<String>) {
@@ -115,7 +157,7 @@ pub async fn open_mirror(config: &EtcdStoreConfig) -> Result<Arc<Mirror>, OpenEr
     let root = private_dir(config.cache_dir.as_deref())
         .map_err(|e| OpenError::Read(MirrorError::Io(e)))?;
     let rt = tokio::runtime::Handle::current();
-    let mirror = Mirror::new(etcd, kek, &root, rt).map_err(OpenError::Read)?;
+    let mirror = Mirror::new(etcd, kek, root, rt).map_err(OpenError::Read)?;
     Ok(Arc::new(mirror))
 }
 
@@ -228,12 +270,24 @@ impl Replica {
         ]
     }
 
+    /// Asks etcd every second whether it answers; a failure counts once it
+    /// lasts [`DOWN_AFTER`] (an etcd election after its leader is lost
+    /// takes a second or two, and is no outage).
     async fn probe(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let key = format!("{}/leader", self.mirror.etcd.prefix).into_bytes();
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             match self.mirror.etcd.probe(key.clone()).await {
-                Ok(_) => self.status.set(true, None),
-                Err(e) => self.status.set(false, Some(e.to_string())),
+                Ok(()) => {
+                    failing_since = None;
+                    self.status.set(true, None);
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= DOWN_AFTER {
+                        self.status.set(false, Some(e.to_string()));
+                    }
+                }
             }
             if stopped(&mut stop, PROBE_EVERY).await {
                 return;
@@ -269,17 +323,28 @@ impl Replica {
                 }
                 let _ = self.commit_pending().await;
                 let mirror = self.mirror.clone();
-                match tokio::task::spawn_blocking(move || mirror.pull_all()).await {
+                match tokio::task::spawn_blocking(move || mirror.pull_all_lenient()).await {
                     Ok(Ok(changed)) => {
                         self.revision
                             .store(self.mirror.revision(), Ordering::Release);
+                        self.status.set_lagging(None);
+                        self.status.set_unopened(&changed.unopened);
+                        for why in &changed.unopened {
+                            tracing::error!(problem = why, "a key in etcd does not open under this replica's key-encryption keys; the copy keeps what it had");
+                        }
                         self.changed(&changed, &reload).await;
                         break;
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "reading the store again failed; retrying")
+                        tracing::warn!(error = %e, "reading the store again failed; retrying");
+                        self.status
+                            .set_lagging(Some(format!("reading the store again: {e}")));
                     }
-                    Err(e) => tracing::error!(error = %e, "reading the store again failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the store again failed");
+                        self.status
+                            .set_lagging(Some(format!("reading the store again: {e}")));
+                    }
                 }
                 if stopped(&mut stop, Duration::from_millis(500)).await {
                     return;
@@ -349,6 +414,9 @@ impl Replica {
     /// Has the key sets re-read after the working copy changed (the fleet
     /// sees the registry's generation move by itself).
     async fn changed(&self, changed: &Changed, reload: &ReloadHandle) {
+        if !changed.unopened.is_empty() {
+            self.status.set_unopened(&changed.unopened);
+        }
         if !changed.clusters.is_empty() {
             tracing::debug!(clusters = ?changed.clusters, "the store changed");
             reload.reload_changed().await;
@@ -367,9 +435,7 @@ impl Replica {
                 }
                 match self.commit_pending().await {
                     Ok(c) => {
-                        if !c.conflicts.is_empty() {
-                            self.changed(&c.changed, &reload).await;
-                        }
+                        self.changed(&c.changed, &reload).await;
                         break;
                     }
                     Err(e) => {
@@ -391,6 +457,12 @@ impl Replica {
         loop {
             if !self.wait_up(&mut stop).await {
                 return;
+            }
+            if !self.status.following() {
+                if stopped(&mut stop, poll).await {
+                    return;
+                }
+                continue;
             }
             match self.campaign(&key, ttl, &mut stop).await {
                 Ok(true) => return, // stopped while holding it
@@ -481,6 +553,10 @@ impl Replica {
                 }
                 alive.message().await
             };
+            if !self.status.following() {
+                revoke(&mut client).await;
+                break Ok(false);
+            }
             match tokio::time::timeout(every, renewed).await {
                 Ok(Ok(Some(r))) if r.ttl > 0 => continue,
                 Ok(Ok(_)) => break Ok(false),

@@ -232,9 +232,12 @@ impl Fleet {
         removed: Vec<String>,
         mut problems: Vec<(String, String)>,
     ) -> Vec<(String, String)> {
+        // On etcd, rotation steps are the lease holder's, taken by its
+        // rotation task: a cluster new here is only loaded.
+        let on_etcd = matches!(self.config.store, crate::config::StoreConfig::Etcd(_));
         let (store, rotate, now) = (
             self.store.clone(),
-            self.config.rotation.enabled,
+            self.config.rotation.enabled && !on_etcd,
             self.parts.clock.now(),
         );
         let (loaded, failed) = if added.is_empty() {

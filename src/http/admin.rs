@@ -195,13 +195,20 @@ fn admit(state: &AppState, parts: &Parts) -> Result<(Arc<Admin>, Arc<ApiClient>)
 /// With the etcd store: a change is refused (503) while etcd does not
 /// answer; it would be made on this replica alone.
 fn store_answers(state: &AppState) -> Result<(), AppError> {
-    match state.store.as_ref().and_then(|r| r.status.problem()) {
-        Some(why) => Err(AppError::plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cluster changes wait while the store does not answer: {why}"),
-        )),
-        None => Ok(()),
+    let Some(replica) = &state.store else {
+        return Ok(());
+    };
+    let status = &replica.status;
+    if status.up.load(std::sync::atomic::Ordering::Acquire) && status.following() {
+        return Ok(());
     }
+    let why = status
+        .problem()
+        .map_or_else(String::new, |(summary, why)| format!("{summary}: {why}"));
+    Err(AppError::plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("cluster changes wait: {why}"),
+    ))
 }
 
 /// With the etcd store: commits the cluster's change before answering, so

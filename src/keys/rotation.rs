@@ -307,8 +307,9 @@ pub struct BackgroundSettings {
     pub interval: Duration,
     pub reload_interval: Duration,
     /// When set, rotation steps run only while it holds `true`: the replica
-    /// holds the store's rotation lease and reaches the store (etcd). Key
-    /// sets follow the store either way.
+    /// holds the store's rotation lease (etcd), which it gives up when it
+    /// cannot renew it or does not follow the store. Key sets follow the
+    /// store either way.
     pub gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 

@@ -248,7 +248,7 @@ fn report(
                 println!("{cluster}: {t}");
             }
             if store::active() {
-                println!("{cluster}: committed to etcd as this command ends; every replica serves it within a second");
+                println!("{cluster}: to be committed to etcd as this command ends (it says so if a replica changed the cluster first); every replica then serves it within a second");
             } else {
                 println!("{cluster}: running servers pick this up within their reload interval, or at once on SIGHUP");
             }

@@ -92,10 +92,14 @@ fn add(args: &AddClusterArgs) -> Result<(), CommandError> {
     for r in &records {
         println!("  {} key {} ({})", r.state.as_str(), r.kid, r.alg);
     }
-    println!(
-        "running servers on the keys dir {} serve it as soon as they see the change",
-        config.keys_dir.display()
-    );
+    if super::store::active() {
+        println!("to be committed to etcd as this command ends; every replica then serves it within a second");
+    } else {
+        println!(
+            "running servers on the keys dir {} serve it as soon as they see the change",
+            config.keys_dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -107,6 +107,17 @@ pub(super) fn close(result: Result<(), CommandError>) -> Result<(), CommandError
     outcome
 }
 
+/// Removes the command's working copy without committing anything (the
+/// command is ending early). Never waits: on a panic the session may be
+/// held.
+pub fn discard() {
+    if let Ok(mut slot) = SESSION.try_lock() {
+        if let Some(session) = slot.take() {
+            let _ = std::fs::remove_dir_all(session.mirror.root());
+        }
+    }
+}
+
 pub fn run(command: StoreCommand) -> ExitCode {
     finish(match command {
         StoreCommand::NewKek { file } => new_kek(&file),

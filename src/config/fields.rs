@@ -90,6 +90,7 @@ const STORE: &[Field] = &[
     f("endpoints", Kind::List),
     f("prefix", Kind::Str),
     f("kek_file", Kind::Str),
+    f("extra_kek_files", Kind::List),
     f("ca_file", Kind::Str),
     f("cert_file", Kind::Str),
     f("key_file", Kind::Str),

@@ -121,6 +121,9 @@ pub struct EtcdStoreConfig {
     pub prefix: String,
     /// 32 raw bytes: the key-encryption key private keys are sealed under.
     pub kek_file: PathBuf,
+    /// More key-encryption keys that open keys but never seal one: the KEK
+    /// being brought in, or the one being retired (`store rewrap`).
+    pub extra_kek_files: Vec<PathBuf>,
     /// `Some` exactly when the endpoints are `https://`; with no file set in
     /// it, the server is verified against the system's roots.
     pub tls: Option<EtcdTls>,

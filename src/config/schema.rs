@@ -65,6 +65,8 @@ pub(super) struct FileStore {
     #[serde(default)]
     pub(super) kek_file: Option<PathBuf>,
     #[serde(default)]
+    pub(super) extra_kek_files: Option<Vec<PathBuf>>,
+    #[serde(default)]
     pub(super) ca_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) cert_file: Option<PathBuf>,

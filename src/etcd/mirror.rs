@@ -22,7 +22,7 @@ use etcdv3client::pb;
 
 use super::client::{self, mod_revision_is, Etcd, EtcdError};
 use super::layout::{self, Item};
-use super::seal::{Kek, SealError};
+use super::seal::{Kek, Keyring, SealError};
 use super::workdir::WorkDir;
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::keys::registry::Registry;
@@ -74,7 +74,7 @@ pub struct Commit {
 pub struct Mirror {
     pub etcd: Etcd,
     workdir: Mutex<WorkDir>,
-    kek: Arc<Kek>,
+    keys: Arc<Keyring>,
     store: KeyStore,
     base: Mutex<HashMap<Item, (i64, Digest)>>,
     /// The etcd revision of the last full read.
@@ -111,7 +111,7 @@ impl Mirror {
     /// [`pull_all`](Self::pull_all).
     pub fn new(
         etcd: Etcd,
-        kek: Arc<Kek>,
+        keys: Arc<Keyring>,
         workdir: WorkDir,
         rt: tokio::runtime::Handle,
     ) -> Result<Mirror, MirrorError> {
@@ -119,7 +119,7 @@ impl Mirror {
         Ok(Mirror {
             etcd,
             workdir: Mutex::new(workdir),
-            kek,
+            keys,
             store: KeyStore::new(root),
             base: Mutex::new(HashMap::new()),
             revision: std::sync::atomic::AtomicI64::new(0),
@@ -152,8 +152,9 @@ impl Mirror {
         self.revision.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The KEK that seals.
     pub fn kek(&self) -> &Kek {
-        &self.kek
+        self.keys.sealing()
     }
 
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
@@ -162,7 +163,7 @@ impl Mirror {
 
     fn open(&self, item: &Item, value: Vec<u8>) -> Result<Vec<u8>, SealError> {
         match item {
-            Item::Key(id, kid) => self.kek.open(id, kid, &value),
+            Item::Key(id, kid) => self.keys.open(id, kid, &value),
             _ => Ok(value),
         }
     }
@@ -551,7 +552,7 @@ impl Mirror {
                 continue;
             }
             let value = match item {
-                Item::Key(id, kid) => self.kek.seal(id, kid, bytes)?,
+                Item::Key(id, kid) => self.keys.seal(id, kid, bytes)?,
                 _ => bytes.clone(),
             };
             ops.push(client::put(item.key(prefix).into_bytes(), value, 0));
@@ -631,7 +632,7 @@ impl Mirror {
             for (item, kv) in &keys {
                 let Item::Key(id, kid) = item else { continue };
                 let clear =
-                    rsa::pkcs8::der::zeroize::Zeroizing::new(self.kek.open(id, kid, &kv.value)?);
+                    rsa::pkcs8::der::zeroize::Zeroizing::new(self.keys.open(id, kid, &kv.value)?);
                 compare.push(mod_revision_is(kv.key.clone(), kv.mod_revision));
                 ops.push(client::put(kv.key.clone(), new.seal(id, kid, &clear)?, 0));
             }
@@ -681,13 +682,17 @@ mod tests {
             endpoints: vec!["http://127.0.0.1:9".into()],
             prefix: "/wi".into(),
             kek_file: dir.join("kek"),
+            extra_kek_files: Vec::new(),
             tls: None,
             username: None,
             password_file: None,
             lease_ttl: std::time::Duration::from_secs(2),
             cache_dir: None,
         };
-        let kek = Arc::new(Kek::generate(&dir.join("kek")).unwrap());
+        let kek = Arc::new(Keyring::new(
+            Kek::generate(&dir.join("kek")).unwrap(),
+            Vec::new(),
+        ));
         let etcd = rt.block_on(Etcd::connect(&config)).unwrap();
         let workdir = crate::etcd::workdir::private_dir(Some(dir)).unwrap();
         Mirror::new(etcd, kek, workdir, rt.handle().clone()).unwrap()
@@ -695,7 +700,7 @@ mod tests {
 
     fn put(m: &Mirror, item: &Item, rev: i64, clear: &[u8]) -> pb::Event {
         let value = match item {
-            Item::Key(id, kid) => m.kek.seal(id, kid, clear).unwrap(),
+            Item::Key(id, kid) => m.keys.seal(id, kid, clear).unwrap(),
             _ => clear.to_vec(),
         };
         pb::Event {
@@ -762,6 +767,26 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_leaves_a_cluster_changed_here_alone_and_its_commit_reads_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let m = mirror(dir.path(), &rt);
+        let manifest = Item::Manifest("demo".into());
+        m.apply(vec![put(&m, &manifest, 5, b"m1")]).unwrap();
+        // Changed here, not committed yet; meanwhile etcd moves on.
+        fs::write(m.root().join(manifest.rel()), b"mine").unwrap();
+        m.mark("demo");
+        let changed = m.apply(vec![put(&m, &manifest, 6, b"theirs")]).unwrap();
+        assert!(changed.clusters.is_empty());
+        assert_eq!(fs::read(m.root().join(manifest.rel())).unwrap(), b"mine");
+        // The baseline stayed at what the change was made on: its commit
+        // compares against revision 5, so etcd (at 6) refuses it.
+        let base = m.base.lock().unwrap().clone();
+        assert_eq!(base[&manifest].0, 5);
+        assert!(m.was_behind("demo"));
+    }
+
+    #[test]
     fn a_commit_puts_what_changed_sealed_deletes_what_went_and_compares_the_revisions_read() {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -805,7 +830,7 @@ mod tests {
             if let Some(pb::request_op::Request::RequestPut(p)) = &op.request {
                 if p.key == k2.key("/wi").into_bytes() {
                     assert!(!p.value.windows(4).any(|w| w == b"PEM2"), "sealed");
-                    assert_eq!(m.kek.open("demo", "k2", &p.value).unwrap(), b"PEM2");
+                    assert_eq!(m.keys.open("demo", "k2", &p.value).unwrap(), b"PEM2");
                 }
             }
         }

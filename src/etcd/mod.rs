@@ -39,4 +39,4 @@ pub mod workdir;
 pub use client::{Etcd, EtcdError};
 pub use mirror::Mirror;
 pub use replica::{Replica, StoreStatus};
-pub use seal::{Kek, SealError};
+pub use seal::{Kek, Keyring, SealError};

@@ -26,7 +26,7 @@ use tokio::sync::{watch, Notify};
 use super::client::{self, Etcd, EtcdError};
 use super::layout;
 use super::mirror::{Changed, Commit, Mirror, MirrorError};
-use super::seal::Kek;
+use super::seal::Keyring;
 use super::workdir::private_dir;
 use crate::config::EtcdStoreConfig;
 use crate::keys::rotation::ReloadHandle;
@@ -152,7 +152,7 @@ pub enum OpenError {
 /// Opens the store: the KEK, the connection, a working copy in a private
 /// directory. Blocking work runs on the blocking pool.
 pub async fn open_mirror(config: &EtcdStoreConfig) -> Result<Arc<Mirror>, OpenError> {
-    let kek = Arc::new(Kek::read(&config.kek_file)?);
+    let kek = Arc::new(Keyring::read(&config.kek_file, &config.extra_kek_files)?);
     let etcd = Etcd::connect(config).await.map_err(OpenError::Etcd)?;
     let root = private_dir(config.cache_dir.as_deref())
         .map_err(|e| OpenError::Read(MirrorError::Io(e)))?;

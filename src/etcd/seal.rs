@@ -42,8 +42,8 @@ pub enum SealError {
     Exists { path: PathBuf },
     #[error(
         "the key {what} was sealed under the key-encryption key {sealed_by}, but kek_file \
-         ({path}) holds {ours}: point kek_file at the KEK the store was sealed with (after \
-         `store rewrap`, the new one)"
+         ({path}) and extra_kek_files hold {ours}: point kek_file at the KEK the store was \
+         sealed with, or list that one in extra_kek_files while the KEK is replaced"
     )]
     OtherKek {
         what: String,
@@ -90,6 +90,70 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SealError + '_ {
     move |source| SealError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// The KEK that seals (`kek_file`) and those that only open
+/// (`extra_kek_files`): while the KEK is replaced, every replica opens keys
+/// sealed under either.
+#[derive(Debug)]
+pub struct Keyring {
+    seals: Kek,
+    opens: Vec<Kek>,
+}
+
+impl Keyring {
+    pub fn new(seals: Kek, opens: Vec<Kek>) -> Keyring {
+        Keyring { seals, opens }
+    }
+
+    /// Reads `kek_file` and `extra_kek_files`.
+    pub fn read(kek_file: &Path, extra: &[PathBuf]) -> Result<Keyring, SealError> {
+        let seals = Kek::read(kek_file)?;
+        let opens = extra
+            .iter()
+            .map(|p| Kek::read(p))
+            .collect::<Result<_, _>>()?;
+        Ok(Keyring::new(seals, opens))
+    }
+
+    /// The KEK that seals.
+    pub fn sealing(&self) -> &Kek {
+        &self.seals
+    }
+
+    pub fn seal(&self, cluster: &str, kid: &str, clear: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seals.seal(cluster, kid, clear)
+    }
+
+    /// Opens a value sealed under any of the ring's KEKs.
+    pub fn open(&self, cluster: &str, kid: &str, value: &[u8]) -> Result<Vec<u8>, SealError> {
+        let by = sealed_by(value);
+        let kek = std::iter::once(&self.seals)
+            .chain(&self.opens)
+            .find(|k| by.as_deref() == Some(k.id()));
+        match kek {
+            Some(kek) => kek.open(cluster, kid, value),
+            // Not ours: the sealing KEK says which it is and which it is not.
+            None if self.opens.is_empty() => self.seals.open(cluster, kid, value),
+            None => self.seals.open(cluster, kid, value).map_err(|e| match e {
+                SealError::OtherKek {
+                    what,
+                    sealed_by,
+                    ours,
+                    path,
+                } => SealError::OtherKek {
+                    what,
+                    sealed_by,
+                    ours: std::iter::once(ours)
+                        .chain(self.opens.iter().map(|k| k.id().to_owned()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    path,
+                },
+                e => e,
+            }),
+        }
     }
 }
 
@@ -284,6 +348,30 @@ mod tests {
             wrong.contains(kek.id()) && wrong.contains(other.id()),
             "{wrong}"
         );
+    }
+
+    #[test]
+    fn a_keyring_opens_under_any_of_its_keks_and_seals_under_kek_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_path, new_path) = (dir.path().join("old"), dir.path().join("new"));
+        let old = Kek::generate(&old_path).unwrap();
+        Kek::generate(&new_path).unwrap();
+        let sealed_old = old.seal("demo", "k1", b"key").unwrap();
+        let ring = Keyring::read(&new_path, std::slice::from_ref(&old_path)).unwrap();
+        assert_eq!(ring.open("demo", "k1", &sealed_old).unwrap(), b"key");
+        let sealed_new = ring.seal("demo", "k2", b"key2").unwrap();
+        assert_eq!(sealed_by(&sealed_new).as_deref(), Some(ring.sealing().id()));
+        assert!(
+            old.open("demo", "k2", &sealed_new).is_err(),
+            "sealed under kek_file"
+        );
+        // Without the old KEK: refused, naming the KEK it was sealed under.
+        let alone = Keyring::read(&new_path, &[]).unwrap();
+        let e = alone
+            .open("demo", "k1", &sealed_old)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(old.id()), "{e}");
     }
 
     #[test]

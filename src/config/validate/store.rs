@@ -46,6 +46,7 @@ fn etcd_fields_set(s: &FileStore) -> Vec<&'static str> {
         ("endpoints", s.endpoints.is_some()),
         ("prefix", s.prefix.is_some()),
         ("kek_file", s.kek_file.is_some()),
+        ("extra_kek_files", s.extra_kek_files.is_some()),
         ("ca_file", s.ca_file.is_some()),
         ("cert_file", s.cert_file.is_some()),
         ("key_file", s.key_file.is_some()),
@@ -105,6 +106,24 @@ fn validate_etcd(s: FileStore, problems: &mut Vec<String>) -> Option<EtcdStoreCo
             None
         }
     };
+    let mut extra_kek_files = Vec::new();
+    for (i, p) in s
+        .extra_kek_files
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let field = format!("extra_kek_files[{i}]");
+        if p.as_os_str().is_empty() {
+            problems.push(format!("store.{field}: must not be empty"));
+        } else if Some(&p) == kek_file.as_ref() {
+            problems.push(format!(
+                "store.{field}: is kek_file itself; list only the other key-encryption keys"
+            ));
+        } else {
+            extra_kek_files.push(p);
+        }
+    }
     let prefix = s.prefix.unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_owned());
     if let Err(why) = check_prefix(&prefix) {
         problems.push(format!("store.prefix: \"{prefix}\" {why}"));
@@ -179,6 +198,7 @@ fn validate_etcd(s: FileStore, problems: &mut Vec<String>) -> Option<EtcdStoreCo
         endpoints,
         prefix,
         kek_file: kek_file?,
+        extra_kek_files,
         tls,
         username,
         password_file,
@@ -340,12 +360,29 @@ mod tests {
                 prefix: DEFAULT_ETCD_PREFIX.into(),
                 // As written, like keys_dir: from the working directory.
                 kek_file: PathBuf::from("kek"),
+                extra_kek_files: Vec::new(),
                 tls: None,
                 username: None,
                 password_file: None,
                 lease_ttl: Duration::from_secs(10),
                 cache_dir: None,
             }
+        );
+    }
+
+    #[test]
+    fn extra_keks_open_while_the_kek_is_replaced_and_kek_file_is_not_one_of_them() {
+        let e = etcd(&format!("{ETCD}extra_kek_files = [\"old-kek\"]\n"));
+        assert_eq!(e.extra_kek_files, vec![PathBuf::from("old-kek")]);
+        let problems = parse(&with_store(&format!(
+            "{ETCD}extra_kek_files = [\"kek\", \"\"]\n"
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            problems.contains("store.extra_kek_files[0]: is kek_file itself")
+                && problems.contains("store.extra_kek_files[1]: must not be empty"),
+            "{problems}"
         );
     }
 
@@ -684,7 +721,7 @@ mod tests {
                 "line 9: store.endpoints: must be an array of strings such as [\"a\", \"b\"], \
                  not a string",
                 "line 11: unknown field `endpoint` in [store]; expected one of: kind, endpoints, \
-                 prefix, kek_file, ca_file, cert_file, key_file, username, password_file, \
+                 prefix, kek_file, extra_kek_files, ca_file, cert_file, key_file, username, password_file, \
                  lease_ttl, cache_dir",
             ]
         );
@@ -727,6 +764,7 @@ mod tests {
                     "https://etcd-2:2379".into()
                 ],
                 prefix: "/env".into(),
+                extra_kek_files: Vec::new(),
                 kek_file: "/etc/wi/kek".into(),
                 tls: Some(EtcdTls {
                     ca_file: Some("ca.pem".into()),
@@ -793,7 +831,7 @@ mod tests {
             p,
             [
                 "WORKLOAD_ISSUER_STORE__ENDPOINT: store has no field `endpoint`; its fields are: \
-                 kind, endpoints, prefix, kek_file, ca_file, cert_file, key_file, username, \
+                 kind, endpoints, prefix, kek_file, extra_kek_files, ca_file, cert_file, key_file, username, \
                  password_file, lease_ttl, cache_dir",
                 "WORKLOAD_ISSUER_STORE__ENDPOINTS: \"[\\\"http://a:2379\\\"\" is not an array of \
                  strings such as [\"a\", \"b\"]; write a TOML array, such as [\"a\", \"b\"], or \

@@ -10,10 +10,11 @@
 //! - `layout`: which file of a keys dir is which etcd key;
 //! - `seal`: keys sealed with AES-256-GCM under the key-encryption key;
 //! - `workdir`: the working copy's private directory;
-//! - `mirror`: reads etcd into a working copy, and commits a cluster's
+//! - `mirror` (and `mirror::commit`): reads etcd into a working copy, and commits a cluster's
 //!   changed files back in one transaction that compares the revisions it
 //!   read (a change made meanwhile by another replica or the CLI wins, and
 //!   this one is dropped and re-read);
+//! - `status`: where the store stands, for `/readyz` and `/metrics`;
 //! - `replica`: what a server runs: the watch on the prefix, the election
 //!   that picks the one replica that rotates, and the commits of its changes.
 //!
@@ -34,9 +35,11 @@ pub mod layout;
 pub mod mirror;
 pub mod replica;
 pub mod seal;
+pub mod status;
 pub mod workdir;
 
 pub use client::{Etcd, EtcdError};
 pub use mirror::Mirror;
-pub use replica::{Replica, StoreStatus};
+pub use replica::Replica;
 pub use seal::{Kek, Keyring, SealError};
+pub use status::StoreStatus;

@@ -19,4 +19,5 @@ pub mod registry;
 pub mod rotation;
 pub mod steps;
 pub mod store;
+mod store_error;
 mod testkit;

@@ -35,9 +35,12 @@ use std::time::SystemTime;
 pub use super::keyset::{KeySet, Material, Stamp, StoredKey};
 use super::manifest::MANIFEST_VERSION;
 pub use super::manifest::{rfc3339, KeyRecord, KeyState, Manifest, MANIFEST};
-use super::material::{KeyError, KeySpec, SigningKey};
-use super::public::{PublicKey, PublicKeyError};
+use super::material::{KeySpec, SigningKey};
+use super::public::PublicKey;
 use crate::fsutil::{ensure_dir, write_atomic};
+
+pub(super) use super::store_error::io_err;
+pub use super::store_error::StoreError;
 
 const LOCK_FILE: &str = ".lock";
 pub(super) const KEY_MODE: u32 = 0o600;
@@ -59,67 +62,6 @@ pub type WriteHook = Arc<dyn Fn(WritePoint) -> io::Result<()> + Send + Sync>;
 /// changes, once the change is under way: a store kept elsewhere too (etcd)
 /// commits that cluster once the lock is released.
 pub type Observer = Arc<dyn Fn(&str) + Send + Sync>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path}: not a valid manifest: {reason}")]
-    Manifest { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Key {
-        path: PathBuf,
-        #[source]
-        source: KeyError,
-    },
-    #[error("{path}: {source}")]
-    Public {
-        path: PathBuf,
-        #[source]
-        source: PublicKeyError,
-    },
-    #[error("{path}: the key's kid is {actual}, but the manifest says {expected}")]
-    KidMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
-    #[error("generating a {spec} key failed: {source}")]
-    Generate { spec: KeySpec, source: KeyError },
-    #[error(
-        "{dir}: the manifest of cluster \"{cluster}\" {what}, but the directory holds {} key \
-         file(s) ({}): which key signs and which are retired is unknown, so nothing was \
-         changed or deleted. Restore {MANIFEST} from a backup, or rebuild it from the key \
-         files with `workload-issuer keys recover --cluster {cluster}`",
-        .files.len(), .files.join(", ")
-    )]
-    ManifestMissing {
-        dir: PathBuf,
-        cluster: String,
-        what: &'static str,
-        files: Vec<String>,
-    },
-    #[error(
-        "{path} {problem}: {fix} (and check how it came to be so), or set \
-         allow_insecure_key_permissions = true"
-    )]
-    Insecure {
-        path: PathBuf,
-        problem: String,
-        fix: &'static str,
-    },
-}
-
-pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// The on-disk store of one keys dir.
 #[derive(Clone)]

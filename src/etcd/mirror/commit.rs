@@ -25,47 +25,68 @@ impl Mirror {
         {
             return self.repair(ids);
         }
-        let lock = self.store.lock()?;
         let mut outcome = Commit::default();
         for id in ids {
-            let local = layout::read_cluster(self.root(), id)?;
-            let request = {
-                let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-                self.commit_request(id, &local, &base)?
-            };
-            let Some((request, puts, dels)) = request else {
-                self.clean(id);
-                if self.was_behind(id) {
-                    self.reread(&lock, id, &local, &mut outcome.changed)?;
-                }
-                continue;
-            };
-            let reply = self.block_on(self.etcd.txn(request))?;
-            self.clean(id);
-            if reply.succeeded {
-                let rev = reply.header.map_or(0, |h| h.revision);
-                let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-                for item in puts {
-                    let d = digest(&local[&item]);
-                    base.insert(item, (rev, d));
-                }
-                for item in dels {
-                    base.remove(&item);
-                }
-                outcome.committed.push(id.clone());
-                if self.was_behind(id) {
-                    let local = layout::read_cluster(self.root(), id)?;
-                    self.reread(&lock, id, &local, &mut outcome.changed)?;
-                }
-                continue;
+            // The lock per cluster: the watch's writes go on between them
+            // (a rotation pass's heartbeat marks every cluster at once).
+            let lock = self.store.lock()?;
+            let mut changed = Changed::default();
+            match self.commit_one(&lock, id, &mut changed)? {
+                Some(true) => outcome.committed.push(id.clone()),
+                Some(false) => outcome.conflicts.push(id.clone()),
+                None => {}
             }
-            self.was_behind(id);
-            // Someone else changed it: theirs stands, ours is dropped.
-            self.reread(&lock, id, &local, &mut outcome.changed)?;
-            outcome.conflicts.push(id.clone());
+            self.finish(&lock, &changed)?;
+            outcome.changed.clusters.extend(changed.clusters);
+            outcome.changed.registry |= changed.registry;
         }
-        self.finish(&lock, &outcome.changed)?;
         Ok(outcome)
+    }
+
+    /// Commits one cluster, under the lock: `Some(true)` committed,
+    /// `Some(false)` a conflict (etcd's version is in the copy now), `None`
+    /// nothing to commit.
+    fn commit_one(
+        &self,
+        lock: &StoreLock,
+        id: &str,
+        changed: &mut Changed,
+    ) -> Result<Option<bool>, MirrorError> {
+        let local = layout::read_cluster(self.root(), id)?;
+        let request = {
+            let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+            self.commit_request(id, &local, &base)?
+        };
+        let Some((request, puts, dels)) = request else {
+            self.clean(id);
+            if self.was_behind(id) {
+                self.reread(lock, id, &local, changed)?;
+            }
+            return Ok(None);
+        };
+        let reply = self.block_on(self.etcd.txn(request))?;
+        self.clean(id);
+        if reply.succeeded {
+            let rev = reply.header.map_or(0, |h| h.revision);
+            let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+            for item in puts {
+                let d = digest(&local[&item]);
+                base.insert(item, (rev, d));
+            }
+            for item in dels {
+                base.remove(&item);
+            }
+            drop(base);
+            if self.was_behind(id) {
+                let local = layout::read_cluster(self.root(), id)?;
+                self.reread(lock, id, &local, changed)?;
+            }
+            return Ok(Some(true));
+        }
+        self.was_behind(id);
+        // Someone else changed it: theirs stands, ours is dropped.
+        self.reread(lock, id, &local, changed)?;
+        Ok(Some(false))
     }
 
     /// The copy was removed or replaced under this process: nothing of it is

@@ -23,6 +23,14 @@ use crate::keys::store::{KeyRecord, KeyState, KeyStore};
 pub fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(Some(file), &Overrides::default()) {
         Ok(c) => {
+            // The KEKs as `serve` reads them: a file that is missing, of
+            // the wrong size or readable by others stops a start.
+            if let crate::config::StoreConfig::Etcd(etcd) = &c.store {
+                if let Err(e) = crate::etcd::Keyring::read(&etcd.kek_file, &etcd.extra_kek_files) {
+                    eprintln!("{}: store: {e}", file.display());
+                    return ExitCode::from(2);
+                }
+            }
             println!(
                 "{}: valid; {} cluster(s): {}",
                 file.display(),

@@ -20,12 +20,13 @@ pub enum StoreCommand {
     /// (--from-keys-dir), or of the etcd store into a keys dir (--to-keys-dir). Kids and
     /// states are kept; running it again changes nothing.
     Migrate(MigrateArgs),
-    /// Re-seal every key in the etcd store under a new key-encryption key; no kid changes.
-    /// Then point kek_file at the new one on every replica and restart them.
+    /// Re-seal every key in the etcd store not yet under --new-kek; no kid changes. The
+    /// config's kek_file and extra_kek_files must open them (deploy/etcd.md, "Replacing the
+    /// KEK": run it once every replica seals under the new KEK, the old one an extra).
     Rewrap {
         #[command(flatten)]
         config: ConfigArgs,
-        /// The new key-encryption key (made with `store new-kek`).
+        /// The new key-encryption key (made with `store new-kek`); it may be kek_file itself.
         #[arg(long, value_name = "FILE")]
         new_kek: PathBuf,
     },

@@ -287,17 +287,13 @@ fn rewrap(args: &crate::cli::ConfigArgs, new_kek: &Path) -> Result<(), CommandEr
         .build()
         .map_err(failed)?;
     let mirror = rt.block_on(open_mirror(&etcd)).map_err(failed)?;
-    let _ = std::fs::remove_dir(mirror.root());
-    if new.id() == mirror.kek().id() {
-        return Err(CommandError::BadInput(format!(
-            "--new-kek {} is the key-encryption key kek_file already holds",
-            new_kek.display()
-        )));
-    }
+    // Nothing is read into the working copy: it goes at once.
+    let _ = std::fs::remove_dir_all(mirror.root());
     let (done, already) = mirror.rewrap(&new).map_err(failed)?;
     println!(
         "re-sealed {done} key(s) under key-encryption key {} ({already} already were); no kid \
-         changed. Now set kek_file to {} on every replica and restart them one at a time",
+         changed. Once every replica seals under it (kek_file = {}), drop the old KEK from \
+         their extra_kek_files (deploy/etcd.md, \"Replacing the KEK\")",
         new.id(),
         new_kek.display()
     );

@@ -43,6 +43,10 @@ pub struct Replica {
     pub status: Arc<StoreStatus>,
     /// Woken when the key store changes a cluster.
     wake: Arc<Notify>,
+    /// The lease this replica held when it lost touch with etcd: revoked
+    /// once etcd answers (it may have survived an etcd restart, and would
+    /// keep the leader key from every replica until it lapses).
+    lost_lease: std::sync::Mutex<Option<i64>>,
     lease_ttl: Duration,
     /// The revision the working copy has followed up to.
     revision: AtomicI64,
@@ -130,6 +134,7 @@ impl Replica {
             mirror,
             status: Arc::new(status),
             wake: Arc::default(),
+            lost_lease: std::sync::Mutex::new(None),
             lease_ttl: config.lease_ttl,
             name: format!("{}/{}", host.trim(), std::process::id()),
         })
@@ -255,6 +260,10 @@ impl Replica {
                         self.changed(&changed, &reload).await;
                         break;
                     }
+                    Ok(Err(MirrorError::Etcd(e))) if e.is_unreachable() => {
+                        // The probe says so; this waits for it to answer.
+                        tracing::debug!(error = %e, "reading the store again: etcd does not answer");
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "reading the store again failed; retrying");
                         self.status
@@ -378,7 +387,7 @@ impl Replica {
             if !self.wait_up(&mut stop).await {
                 return;
             }
-            if !self.status.following() {
+            if !self.status.following() || !self.revoke_lost().await {
                 if stopped(&mut stop, poll).await {
                     return;
                 }
@@ -393,6 +402,31 @@ impl Replica {
             }
             if stopped(&mut stop, poll).await {
                 return;
+            }
+        }
+    }
+
+    /// Revokes the lease lost with etcd, if any; `false` while etcd does not
+    /// take it (try again later).
+    async fn revoke_lost(&self) -> bool {
+        let lost = *self.lost_lease.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(id) = lost else {
+            return true;
+        };
+        let etcd = &self.mirror.etcd;
+        let mut lease = etcd.client().lease;
+        match etcd
+            .deadline(
+                "revoking a lost lease",
+                lease.lease_revoke(pb::LeaseRevokeRequest { id }),
+            )
+            .await
+        {
+            Err(e) if e.is_unreachable() => false,
+            // Revoked, or already lapsed.
+            _ => {
+                *self.lost_lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                true
             }
         }
     }
@@ -495,10 +529,20 @@ impl Replica {
             }
         };
         self.status.leader.store(false, Ordering::Release);
-        tracing::warn!(
-            replica = self.name,
-            "no longer holds the rotation lease: rotation stops here"
-        );
+        match &outcome {
+            Ok(true) => tracing::info!(replica = self.name, "gave up the rotation lease: stopping"),
+            Ok(false) => tracing::warn!(
+                replica = self.name,
+                "no longer holds the rotation lease: rotation stops here"
+            ),
+            Err(_) => {
+                *self.lost_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                tracing::warn!(
+                    replica = self.name,
+                    "lost touch with etcd: no longer holds the rotation lease, rotation stops here"
+                );
+            }
+        }
         outcome
     }
 

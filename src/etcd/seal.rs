@@ -42,8 +42,8 @@ pub enum SealError {
     Exists { path: PathBuf },
     #[error(
         "the key {what} was sealed under the key-encryption key {sealed_by}, but kek_file \
-         ({path}) and extra_kek_files hold {ours}: point kek_file at the KEK the store was \
-         sealed with, or list that one in extra_kek_files while the KEK is replaced"
+         ({path}) and extra_kek_files hold only {ours}: point kek_file at the KEK the store \
+         was sealed with, or list that one in extra_kek_files while the KEK is replaced"
     )]
     OtherKek {
         what: String,

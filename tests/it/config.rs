@@ -121,11 +121,26 @@ fn check_config_names_each_problem_of_an_etcd_store() {
     }
 
     // The same table, right, is valid; and kind = "dir" refuses its fields.
+    let kek = file.with_file_name("kek");
     std::fs::write(
         &file,
-        "[store]\nkind = \"etcd\"\nendpoints = [\"https://etcd-0:2379\"]\nkek_file = \"kek\"\n",
+        format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [\"https://etcd-0:2379\"]\nkek_file = {:?}\n",
+            kek.display().to_string()
+        ),
     )
     .unwrap();
+    // The KEK is read as `serve` reads it: missing, then readable by
+    // others, is refused; 32 private bytes pass.
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("No such file"), "{stderr}");
+    std::fs::write(&kek, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, stderr) = check_config(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (code, stderr) = check_config(&file);
     assert_eq!(code, Some(0), "{stderr}");
     std::fs::write(&file, "[store]\nendpoints = [\"https://etcd-0:2379\"]\n").unwrap();

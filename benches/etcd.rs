@@ -131,7 +131,7 @@ impl Server {
         let (tally, copy) = (log.clone(), working_copy.clone());
         let (process, addr) = spawn_serve(&["--config", config], &[], move |line| {
             let level = line.split_whitespace().nth(1).unwrap_or("");
-            if level == "WARN" || level == "ERROR" {
+            if level == "WARN" || level == "ERROR" || line.contains("watch") {
                 tally.lock().unwrap().push(line.to_owned());
             }
             if let Some((_, path)) = line.split_once("working_copy=") {
@@ -748,11 +748,23 @@ async fn steps(args: &Args, table: &mut Table, lines: &mut Vec<String>) -> Resul
         &format!("{PREFIX}/keys/r/manifest"),
         revision + 1,
     )?;
-    // Not counted: once its commit is seen, the watch is surely in place.
-    rotate_once(etcd_arg, &jwks, &watched).await?;
+    // Rotation 0 is not counted: once its commit is seen, the watch is
+    // surely in place.
     let mut rotations = Vec::new();
-    for _ in 0..args.rotations {
-        rotations.push(rotate_once(etcd_arg, &jwks, &watched).await?);
+    for n in 0..=args.rotations {
+        let rotation = rotate_once(etcd_arg, &jwks, &watched).await;
+        match rotation {
+            Ok(r) if n > 0 => rotations.push(r),
+            Ok(_) => {}
+            Err(e) => {
+                let logged = |s: &Server| s.log.lock().unwrap().join("\n");
+                return Err(format!(
+                    "rotation {n}: {e}\nreplica a logged:\n{}\nreplica b logged:\n{}",
+                    logged(&a),
+                    logged(&b)
+                ));
+            }
+        }
     }
     drop(watcher);
     let last: Vec<f64> = sorted(

@@ -396,7 +396,18 @@ pub async fn run(
     // One shutdown signal, fanned out to every listener and the fleet.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let store_tasks = match &state.store {
-        Some(replica) => replica.start(background.reload_handle(), stop_rx.clone()),
+        Some(replica) => {
+            let admin = admin.clone();
+            let resync: crate::etcd::replica::Resync = Arc::new(move |ids| {
+                let admin = admin.clone();
+                Box::pin(async move {
+                    if let Some(admin) = admin {
+                        admin.resync_ids(ids).await;
+                    }
+                })
+            });
+            replica.start(background.reload_handle(), resync, stop_rx.clone())
+        }
         None => Vec::new(),
     };
     let resyncs = admin.as_ref().and_then(|a| a.take_requests());

@@ -37,12 +37,25 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long probes must fail before etcd counts as unreachable.
 const DOWN_AFTER: Duration = Duration::from_secs(3);
 
+/// Brings the server's cluster set up to date with the registry's entries
+/// of these clusters, returning once it is (the fleet's targeted resync).
+pub type Resync = Arc<
+    dyn Fn(Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A server's link to the etcd store.
 pub struct Replica {
     mirror: Arc<Mirror>,
     pub status: Arc<StoreStatus>,
     /// Woken when the key store changes a cluster.
     wake: Arc<Notify>,
+    /// Woken when the working copy changed under the key sets: one re-read
+    /// covers every change made before it starts.
+    reread: Arc<Notify>,
+    /// Clusters whose registry files changed since the last re-read.
+    registry_changed: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The lease this replica held when it lost touch with etcd: revoked
     /// once etcd answers (it may have survived an etcd restart, and would
     /// keep the leader key from every replica until it lapses).
@@ -134,6 +147,8 @@ impl Replica {
             mirror,
             status: Arc::new(status),
             wake: Arc::default(),
+            reread: Arc::default(),
+            registry_changed: std::sync::Mutex::default(),
             lost_lease: std::sync::Mutex::new(None),
             lease_ttl: config.lease_ttl,
             name: format!("{}/{}", host.trim(), std::process::id()),
@@ -185,13 +200,15 @@ impl Replica {
     pub fn start(
         self: &Arc<Self>,
         reload: ReloadHandle,
+        resync: Resync,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
-            tokio::spawn(self.clone().follow(reload.clone(), stop.clone())),
+            tokio::spawn(self.clone().follow(stop.clone())),
             tokio::spawn(self.clone().probe(stop.clone())),
             tokio::spawn(self.clone().elect(stop.clone())),
-            tokio::spawn(self.clone().committer(reload, stop)),
+            tokio::spawn(self.clone().committer(stop.clone())),
+            tokio::spawn(self.clone().rereader(reload, resync, stop)),
         ]
     }
 
@@ -229,11 +246,11 @@ impl Replica {
         true
     }
 
-    async fn follow(self: Arc<Self>, reload: ReloadHandle, mut stop: watch::Receiver<bool>) {
+    async fn follow(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let from = self.revision.load(Ordering::Acquire) + 1;
             let why = tokio::select! {
-                why = self.watch_from(from, &reload) => why,
+                why = self.watch_from(from) => why,
                 _ = stop.wait_for(|s| *s) => return,
             };
             tracing::warn!(
@@ -257,7 +274,7 @@ impl Replica {
                         for why in &changed.unopened {
                             tracing::error!(problem = why, "a key in etcd does not open under this replica's key-encryption keys; the copy keeps what it had");
                         }
-                        self.changed(&changed, &reload).await;
+                        self.changed(&changed);
                         break;
                     }
                     Ok(Err(MirrorError::Etcd(e))) if e.is_unreachable() => {
@@ -283,7 +300,7 @@ impl Replica {
     }
 
     /// Follows the prefix from `from`; returns why the watch ended.
-    async fn watch_from(&self, from: i64, reload: &ReloadHandle) -> String {
+    async fn watch_from(&self, from: i64) -> String {
         let (start, end) = layout::prefix_range(&self.mirror.etcd.prefix);
         let mut client = self.mirror.etcd.client();
         let create = pb::WatchRequest {
@@ -332,7 +349,7 @@ impl Replica {
             match tokio::task::spawn_blocking(move || mirror.apply(events)).await {
                 Ok(Ok(changed)) => {
                     self.revision.fetch_max(last, Ordering::AcqRel);
-                    self.changed(&changed, reload).await;
+                    self.changed(&changed);
                 }
                 Ok(Err(e)) => return format!("writing a change into the working copy: {e}"),
                 Err(e) => return e.to_string(),
@@ -342,17 +359,54 @@ impl Replica {
 
     /// Has the key sets re-read after the working copy changed (the fleet
     /// sees the registry's generation move by itself).
-    async fn changed(&self, changed: &Changed, reload: &ReloadHandle) {
+    fn changed(&self, changed: &Changed) {
         if !changed.unopened.is_empty() {
             self.status.set_unopened(&changed.unopened);
         }
         if !changed.clusters.is_empty() {
-            tracing::debug!(clusters = ?changed.clusters, "the store changed");
+            tracing::debug!(clusters = changed.clusters.len(), "the store changed");
+            self.registry_changed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(changed.registry_ids.iter().cloned());
+            self.reread.notify_one();
+        }
+    }
+
+    /// Has the key sets re-read whenever the copy changed, never holding up
+    /// the watch: changes that arrive during a re-read (a rotation pass's
+    /// heartbeats touch every cluster) are taken by the next one, together.
+    ///
+    /// Clusters created or deleted go to the server's cluster set first
+    /// (`resync`), so a deleted one is no longer served before its key set
+    /// would be re-read and found gone.
+    async fn rereader(
+        self: Arc<Self>,
+        reload: ReloadHandle,
+        resync: Resync,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = self.reread.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let ids: Vec<String> = std::mem::take(
+                &mut *self
+                    .registry_changed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            )
+            .into_iter()
+            .collect();
+            if !ids.is_empty() {
+                resync(ids).await;
+            }
             reload.reload_changed().await;
         }
     }
 
-    async fn committer(self: Arc<Self>, reload: ReloadHandle, mut stop: watch::Receiver<bool>) {
+    async fn committer(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -364,7 +418,7 @@ impl Replica {
                 }
                 match self.commit_pending().await {
                     Ok(c) => {
-                        self.changed(&c.changed, &reload).await;
+                        self.changed(&c.changed);
                         break;
                     }
                     Err(e) => {

@@ -106,6 +106,12 @@ impl Admin {
         self.send(Some(vec![id.to_owned()])).await;
     }
 
+    /// As [`Admin::resync_for`], for several clusters changed elsewhere
+    /// (the etcd store's watch).
+    pub async fn resync_ids(&self, ids: Vec<String>) {
+        self.send(Some(ids)).await;
+    }
+
     async fn send(&self, ids: Option<Vec<String>>) {
         let (done, rx) = oneshot::channel();
         if self.resync.send(Resync { ids, done }).is_ok() {

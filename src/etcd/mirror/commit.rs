@@ -27,45 +27,54 @@ impl Mirror {
         }
         let mut outcome = Commit::default();
         for id in ids {
-            // The lock per cluster: the watch's writes go on between them
-            // (a rotation pass's heartbeat marks every cluster at once).
-            let lock = self.store.lock()?;
             let mut changed = Changed::default();
-            match self.commit_one(&lock, id, &mut changed)? {
+            match self.commit_one(id, &mut changed)? {
                 Some(true) => outcome.committed.push(id.clone()),
                 Some(false) => outcome.conflicts.push(id.clone()),
                 None => {}
             }
-            self.finish(&lock, &changed)?;
+            if changed.registry {
+                let lock = self.store.lock()?;
+                self.finish(&lock, &changed)?;
+            }
             outcome.changed.clusters.extend(changed.clusters);
             outcome.changed.registry |= changed.registry;
+            outcome.changed.registry_ids.extend(changed.registry_ids);
         }
         Ok(outcome)
     }
 
-    /// Commits one cluster, under the lock: `Some(true)` committed,
-    /// `Some(false)` a conflict (etcd's version is in the copy now), `None`
-    /// nothing to commit.
-    fn commit_one(
-        &self,
-        lock: &StoreLock,
-        id: &str,
-        changed: &mut Changed,
-    ) -> Result<Option<bool>, MirrorError> {
-        let local = layout::read_cluster(self.root(), id)?;
-        let request = {
+    /// Commits one cluster: `Some(true)` committed, `Some(false)` a
+    /// conflict (etcd's version is in the copy now, unless a newer change
+    /// here is still to commit), `None` nothing to commit.
+    ///
+    /// What to send is read under the copy's lock, so a change under way is
+    /// finished first; the transaction runs without it, so the watch's
+    /// writes and other clusters' steps go on meanwhile (a rotation pass's
+    /// heartbeat marks every cluster at once). A change made here while the
+    /// transaction ran keeps its own mark, and is committed next.
+    fn commit_one(&self, id: &str, changed: &mut Changed) -> Result<Option<bool>, MirrorError> {
+        let _one = self.committing.lock().unwrap_or_else(|e| e.into_inner());
+        let (mark, local, request) = {
+            let _lock = self.store.lock()?;
+            let mark = self.mark_of(id);
+            let local = layout::read_cluster(self.root(), id)?;
             let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            self.commit_request(id, &local, &base)?
+            let request = self.commit_request(id, &local, &base)?;
+            drop(base);
+            (mark, local, request)
         };
         let Some((request, puts, dels)) = request else {
-            self.clean(id);
-            if self.was_behind(id) {
-                self.reread(lock, id, &local, changed)?;
+            let lock = self.store.lock()?;
+            self.clean(id, mark);
+            if !self.is_dirty(id) && self.was_behind(id) {
+                let now = layout::read_cluster(self.root(), id)?;
+                self.reread(&lock, id, &now, changed)?;
             }
             return Ok(None);
         };
         let reply = self.block_on(self.etcd.txn(request))?;
-        self.clean(id);
+        let lock = self.store.lock()?;
         if reply.succeeded {
             let rev = reply.header.map_or(0, |h| h.revision);
             let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
@@ -77,15 +86,26 @@ impl Mirror {
                 base.remove(&item);
             }
             drop(base);
-            if self.was_behind(id) {
-                let local = layout::read_cluster(self.root(), id)?;
-                self.reread(lock, id, &local, changed)?;
+            self.clean(id, mark);
+            if !self.is_dirty(id) && self.was_behind(id) {
+                let now = layout::read_cluster(self.root(), id)?;
+                self.reread(&lock, id, &now, changed)?;
             }
             return Ok(Some(true));
         }
-        self.was_behind(id);
-        // Someone else changed it: theirs stands, ours is dropped.
-        self.reread(lock, id, &local, changed)?;
+        // Someone else changed it first: theirs stands, ours is dropped.
+        self.clean(id, mark);
+        if self.is_dirty(id) {
+            // A newer change here fails the same compare, then re-reads.
+            self.behind
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_owned());
+        } else {
+            self.was_behind(id);
+            let now = layout::read_cluster(self.root(), id)?;
+            self.reread(&lock, id, &now, changed)?;
+        }
         Ok(Some(false))
     }
 
@@ -148,11 +168,12 @@ impl Mirror {
             .remove(id)
     }
 
-    fn clean(&self, id: &str) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+    /// Takes out the mark of `id` if it is still the one numbered `mark`.
+    fn clean(&self, id: &str, mark: u64) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if dirty.get(id) == Some(&mark) {
+            dirty.remove(id);
+        }
     }
 
     /// The transaction that commits one cluster's changes, with the items

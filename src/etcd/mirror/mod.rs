@@ -56,6 +56,8 @@ pub struct Changed {
     pub clusters: BTreeSet<String>,
     /// Whether the registry's files did (its generation moved).
     pub registry: bool,
+    /// The clusters whose registry files changed.
+    pub registry_ids: BTreeSet<String>,
     /// Keys in etcd that do not open under this process's KEKs (a lenient
     /// read keeps the copy's own file of each), with why.
     pub unopened: Vec<String>,
@@ -83,7 +85,13 @@ pub struct Mirror {
     revision: std::sync::atomic::AtomicI64,
     /// Clusters changed in the copy and not yet committed: a full read
     /// leaves them as they are, and a commit takes them out.
-    dirty: Mutex<BTreeSet<String>>,
+    /// Each with the number of its latest mark: a commit takes a mark out
+    /// only if no newer one came while it ran.
+    dirty: Mutex<BTreeMap<String, u64>>,
+    marks: std::sync::atomic::AtomicU64,
+    /// One commit at a time (the committer task and the admin API both
+    /// commit): two commits of one cluster read the same baseline.
+    committing: Mutex<()>,
     /// Dirty clusters whose changes in etcd the watch saw and left out:
     /// re-read once their commit is done.
     behind: Mutex<BTreeSet<String>>,
@@ -125,7 +133,9 @@ impl Mirror {
             store: KeyStore::new(root),
             base: Mutex::new(HashMap::new()),
             revision: std::sync::atomic::AtomicI64::new(0),
-            dirty: Mutex::new(BTreeSet::new()),
+            dirty: Mutex::new(BTreeMap::new()),
+            marks: std::sync::atomic::AtomicU64::new(0),
+            committing: Mutex::new(()),
             behind: Mutex::new(BTreeSet::new()),
             rt,
         })
@@ -137,16 +147,27 @@ impl Mirror {
 
     /// Notes that `id` changed in the copy (the key store's observer).
     pub fn mark(&self, id: &str) {
+        let n = self.marks.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         self.dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_owned());
+            .insert(id.to_owned(), n);
     }
 
     /// The clusters changed and not yet committed.
     pub fn dirty(&self) -> Vec<String> {
         let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        dirty.iter().cloned().collect()
+        dirty.keys().cloned().collect()
+    }
+
+    /// The number of a cluster's latest mark (0: none).
+    fn mark_of(&self, id: &str) -> u64 {
+        let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.get(id).copied().unwrap_or(0)
+    }
+
+    fn is_dirty(&self, id: &str) -> bool {
+        self.mark_of(id) != 0
     }
 
     /// The etcd revision the last full read was at.
@@ -245,7 +266,7 @@ impl Mirror {
         let lock = self.store.lock()?;
         // A cluster changed here and not committed yet keeps its files and
         // its baseline: its commit then finds out whether etcd moved on.
-        let keep: BTreeSet<String> = self.dirty.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let keep: BTreeSet<String> = self.dirty().into_iter().collect();
         self.behind
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -349,7 +370,7 @@ impl Mirror {
         let mut gone = Vec::new();
         {
             let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let dirty: BTreeSet<String> = self.dirty().into_iter().collect();
             let mut behind = self.behind.lock().unwrap_or_else(|e| e.into_inner());
             for event in events {
                 let Some(kv) = event.kv else { continue };
@@ -416,6 +437,9 @@ impl Mirror {
 fn note(changed: &mut Changed, item: &Item) {
     changed.clusters.insert(item.cluster().to_owned());
     changed.registry |= item.in_registry();
+    if item.in_registry() {
+        changed.registry_ids.insert(item.cluster().to_owned());
+    }
 }
 
 #[cfg(test)]

@@ -217,14 +217,19 @@ fn store_answers(state: &AppState) -> Result<(), AppError> {
     ))
 }
 
-/// With the etcd store: commits the cluster's change before answering, so
-/// every replica serves it.
-async fn committed(state: &AppState, admin: &Admin, id: &str) -> Result<(), AppError> {
+/// Commits the cluster's change (with the etcd store, so every replica
+/// serves it), then brings this server's cluster set up to date with it,
+/// before the answer.
+async fn commit_and_serve(state: &AppState, admin: &Admin, id: &str) -> Result<(), AppError> {
     let Some(replica) = &state.store else {
+        admin.resync_for(id).await;
         return Ok(());
     };
     match replica.commit(vec![id.to_owned()]).await {
-        Ok(c) if c.conflicts.is_empty() => Ok(()),
+        Ok(c) if c.conflicts.is_empty() => {
+            admin.resync_for(id).await;
+            Ok(())
+        }
         Ok(_) => {
             // The working copy holds etcd's version of it again.
             admin.resync_for(id).await;
@@ -247,6 +252,20 @@ async fn committed(state: &AppState, admin: &Admin, id: &str) -> Result<(), AppE
             ))
         }
     }
+}
+
+/// [`admit`] for a change to the cluster `id`: an id no cluster could have
+/// is unknown, and with the etcd store a change waits while it does not
+/// answer.
+fn admit_change(
+    state: &AppState,
+    parts: &Parts,
+    id: &str,
+) -> Result<(Arc<Admin>, Arc<ApiClient>), AppError> {
+    let admitted = admit(state, parts)?;
+    checked_id(id)?;
+    store_answers(state)?;
+    Ok(admitted)
 }
 
 /// What a refused or failed cluster operation answers.
@@ -434,8 +453,7 @@ async fn create(
         }
     })
     .await?;
-    committed(&state, &admin, &cluster.id).await?;
-    admin.resync_for(&cluster.id).await;
+    commit_and_serve(&state, &admin, &cluster.id).await?;
     let records = records(&keys);
     tracing::info!(
         cluster = cluster.id,
@@ -486,9 +504,7 @@ async fn delete(
     Path(id): Path<String>,
     parts: Parts,
 ) -> Result<Response, AppError> {
-    let (admin, client) = admit(&state, &parts)?;
-    checked_id(&id)?;
-    store_answers(&state)?;
+    let (admin, client) = admit_change(&state, &parts, &id)?;
     let known = state.issuers.load_full();
     let kids = blocking({
         let (admin, id) = (admin.clone(), id.clone());
@@ -498,8 +514,7 @@ async fn delete(
         }
     })
     .await?;
-    committed(&state, &admin, &id).await?;
-    admin.resync_for(&id).await;
+    commit_and_serve(&state, &admin, &id).await?;
     tracing::info!(
         cluster = id,
         client = client.name,
@@ -524,9 +539,7 @@ async fn recreate(
     Path(id): Path<String>,
     parts: Parts,
 ) -> Result<Response, AppError> {
-    let (admin, client) = admit(&state, &parts)?;
-    checked_id(&id)?;
-    store_answers(&state)?;
+    let (admin, client) = admit_change(&state, &parts, &id)?;
     let live = state.issuers.load().by_id(&id).map(|c| c.config.clone());
     if live.as_ref().is_some_and(|c| c.publish_only) {
         return Err(AppError::plain(
@@ -558,8 +571,7 @@ async fn recreate(
         }
     })
     .await?;
-    committed(&state, &admin, &id).await?;
-    admin.resync_for(&id).await;
+    commit_and_serve(&state, &admin, &id).await?;
     let records = records(&keys);
     tracing::info!(
         cluster = id,

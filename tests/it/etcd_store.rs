@@ -702,6 +702,21 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
         assert_eq!(kids(node, "r").await, served);
         let token = mint(node, "r").await;
         verifies_on(if node.base == a.base { &b } else { &a }, "r", &token).await;
+        // Cluster changes wait, and say why; nothing is made on one replica.
+        let r = http()
+            .post(format!("{}/admin/v1/clusters", node.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({"id": "while-down", "algorithm": "ES256"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("cluster changes wait") && body.contains("unreachable"),
+            "{body}"
+        );
+        assert_eq!(status(&discovery(node, "while-down")).await, 404);
     }
 
     // Back: ready again without a restart, and following rotations again.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{read_flag_file, ClientError};
+use super::{read_flag_file, ApiClient, ClientError};
 
 /// The files of a client certificate.
 #[derive(Clone, Debug)]
@@ -113,14 +113,13 @@ impl Credentials {
 
     /// An HTTP client trusting `ca_pem` (or the system's roots) that
     /// presents the client certificate, if there is one.
-    pub fn http_client(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError> {
+    pub fn http_client(&self, ca_pem: Option<&[u8]>) -> Result<ApiClient, ClientError> {
         let cert = match &self.options.cert {
             Some(files) => Some(ClientCert::read(files)?),
             None => None,
         };
-        super::client_builder_with(ca_pem, cert)?
-            .build()
-            .map_err(|e| ClientError::Input(e.to_string()))
+        let presents_certificate = cert.is_some();
+        ApiClient::new(super::tls_config(ca_pem, cert)?, presents_certificate)
     }
 
     /// The bearer token, re-read so a rotated API token is picked up;

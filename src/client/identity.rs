@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{read_flag_file, AuthOptions, ClientError, Credentials, Issued, MintParams};
+use super::{read_flag_file, ApiClient, AuthOptions, ClientError, Credentials, Issued, MintParams};
 
 /// Who to mint for, and where to ask (`token` and `agent` alike).
 #[derive(Clone, Debug)]
@@ -30,7 +30,7 @@ pub struct IdentityOptions {
 
 /// The workload identity to mint for, with a client to mint through.
 pub struct Identity {
-    client: reqwest::Client,
+    client: ApiClient,
     params: MintParams,
     credentials: Credentials,
     pub ca_pem: Option<Vec<u8>>,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use super::{request_error, unverified_claims, ClientError};
+use super::{request_error, unverified_claims, ApiClient, ClientError};
 
 /// What to mint.
 #[derive(Clone, Debug)]
@@ -146,7 +146,7 @@ struct StatusError {
 }
 
 /// POSTs a TokenRequest to `<server>/api/v1/namespaces/<ns>/serviceaccounts/<sa>/token`.
-pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, ClientError> {
+pub async fn mint(client: &ApiClient, p: &MintParams) -> Result<Issued, ClientError> {
     let url = format!(
         "{}/api/v1/namespaces/{}/serviceaccounts/{}/token",
         p.server.trim_end_matches('/'),
@@ -167,14 +167,17 @@ pub async fn mint(client: &reqwest::Client, p: &MintParams) -> Result<Issued, Cl
         "spec": spec,
     });
     let sent = Instant::now();
-    let mut request = client.post(&url).json(&body);
+    let mut request = client.http().post(&url).json(&body);
     if let Some(bearer) = &p.bearer {
         request = request.bearer_auth(bearer);
     }
-    let response = request.send().await.map_err(|e| ClientError::Unreachable {
-        url: url.clone(),
-        reason: request_error(&e),
-    })?;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|failure| ClientError::Unreachable {
+            url: url.clone(),
+            reason: failure.reason,
+        })?;
     let status = response.status();
     let warnings: Vec<String> = response
         .headers()

@@ -18,6 +18,7 @@
 //! `relay` serves).
 
 pub mod agent;
+mod api_client;
 mod credentials;
 pub mod federation;
 mod identity;
@@ -40,6 +41,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
+pub use api_client::{ApiClient, SendFailure};
 pub use credentials::{AuthOptions, CertFiles, Credentials};
 pub use identity::IdentityOptions;
 pub use mint::{mint, Issued, MintParams};
@@ -90,15 +92,15 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError
 
 /// The builder of [`http_client`], for a command that adds to it.
 fn client_builder(ca_pem: Option<&[u8]>) -> Result<reqwest::ClientBuilder, ClientError> {
-    client_builder_with(ca_pem, None)
+    Ok(builder_for(tls_config(ca_pem, None)?))
 }
 
-/// The builder of an HTTP client trusting `ca_pem` (or the system's roots)
+/// The TLS settings of a client trusting `ca_pem` (or the system's roots)
 /// that presents `cert` when the server asks for a client certificate.
-fn client_builder_with(
+fn tls_config(
     ca_pem: Option<&[u8]>,
     cert: Option<credentials::ClientCert>,
-) -> Result<reqwest::ClientBuilder, ClientError> {
+) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -132,8 +134,8 @@ fn client_builder_with(
     let (mut tls, alpn) = match cert {
         // In TLS 1.3 the server refuses a client certificate after the
         // client's side of the handshake is done; over HTTP/2 hyper may
-        // drop that alert ("channel closed"), over HTTP/1.1 it reaches the
-        // request, so the refusal can be explained.
+        // drop that alert ("channel closed"), over HTTP/1.1 it mostly
+        // reaches the request (and when it does not, `handshake` asks).
         Some(credentials::ClientCert { chain, key, files }) => (
             tls.with_client_auth_cert(chain, key)
                 .map_err(|e| credentials::refused(&files, &e))?,
@@ -145,15 +147,23 @@ fn client_builder_with(
         ),
     };
     tls.alpn_protocols = alpn;
+    Ok(tls)
+}
+
+/// The builder of an HTTP client on `tls`.
+fn builder_for(tls: rustls::ClientConfig) -> reqwest::ClientBuilder {
     let mut builder = reqwest::Client::builder();
     if tls.alpn_protocols.len() == 1 {
         builder = builder.http1_only();
     }
-    Ok(builder
+    builder
         .use_preconfigured_tls(tls)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30)))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(Duration::from_secs(30))
 }
+
+/// How long a client waits for a TCP connection to the issuer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads a file named by a flag, saying which flag when it fails.
 pub fn read_flag_file(flag: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
@@ -212,13 +222,6 @@ fn tls_advice(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         rustls::Error::AlertReceived(alert) => client_certificate_advice(*alert),
         _ => None,
     }
-}
-
-/// Whether `e` is the server refusing this client's certificate in the TLS
-/// handshake (its alert), which trying again will not change.
-pub fn client_certificate_refused(e: &reqwest::Error) -> bool {
-    matches!(rustls_cause(e), Some(rustls::Error::AlertReceived(alert))
-        if client_certificate_advice(*alert).is_some())
 }
 
 /// What the server's TLS alert says about this client's certificate.

@@ -23,8 +23,7 @@ use serde::Deserialize;
 use tonic::{Code, Status};
 
 use super::{
-    client_certificate_refused, fail, read_flag_file, request_error, AuthOptions, ClientError,
-    Credentials,
+    fail, read_flag_file, request_error, ApiClient, AuthOptions, ClientError, Credentials,
 };
 use crate::externaljwt::proto::{FetchKeysResponse, MetadataResponse, SignJwtResponse};
 use crate::externaljwt::{self, fetch_keys_response, Backend};
@@ -82,7 +81,7 @@ struct Refusal {
 }
 
 pub struct Relay {
-    client: reqwest::Client,
+    client: ApiClient,
     server: String,
     credentials: Credentials,
     /// The last keys the issuer gave, for when it cannot be reached.
@@ -142,18 +141,18 @@ impl Relay {
             Some(bearer) => request.bearer_auth(bearer),
             None => request,
         };
-        let response = request.send().await.map_err(|e| {
+        let response = self.client.send(request).await.map_err(|failure| {
             // Refused in the handshake: the relay's certificate, which
             // trying again will not change.
-            if client_certificate_refused(&e) {
+            if failure.certificate_refused {
                 return Status::unauthenticated(format!(
                     "the issuer at {url} refused the relay's certificate: {}",
-                    request_error(&e)
+                    failure.reason
                 ));
             }
             Status::unavailable(format!(
                 "the issuer at {url} cannot be reached: {}",
-                request_error(&e)
+                failure.reason
             ))
         })?;
         let status = response.status();
@@ -203,7 +202,7 @@ impl Relay {
     async fn fetch(&self) -> Result<FetchKeysAnswer, Status> {
         let url = format!("{}{KEYS_PATH}", self.server);
         let body = self
-            .call(self.client.get(&url).timeout(KEYS_TIMEOUT), &url)
+            .call(self.client.http().get(&url).timeout(KEYS_TIMEOUT), &url)
             .await?;
         let answer: KeysAnswer = serde_json::from_slice(&body).map_err(|e| {
             Status::unavailable(format!(
@@ -271,6 +270,7 @@ impl Backend for Relay {
         let url = format!("{}{SIGN_PATH}", self.server);
         let request = self
             .client
+            .http()
             .post(&url)
             .timeout(SIGN_TIMEOUT)
             .json(&serde_json::json!({ "claims": claims }));

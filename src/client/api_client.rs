@@ -87,8 +87,13 @@ impl ApiClient {
                 certificate_refused: refusal_advice(&e).is_some(),
             });
         }
+        // Only a connection that got past its handshake can have had the
+        // alert dropped; one that never connected, or a request that ran
+        // out of time, is not asked again (nor made to wait twice).
         let advice = match (&self.certificate_tls, e.url()) {
-            (Some(tls), Some(url)) => certificate_refusal(tls.clone(), url).await,
+            (Some(tls), Some(url)) if !e.is_connect() && !e.is_timeout() => {
+                certificate_refusal(tls.clone(), url).await
+            }
             _ => None,
         };
         Err(match advice {
@@ -327,7 +332,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_certificate_a_failed_request_is_not_asked_again() {
+    async fn a_failure_without_a_certificate_or_before_the_handshake_is_not_asked_again() {
         let (open, server_ca) = server(None);
         let port = serve(vec![open]).await;
         let tls = crate::client::tls_config(Some(server_ca.as_bytes()), None).unwrap();
@@ -339,5 +344,15 @@ mod tests {
             !failure.reason.contains("second TLS handshake"),
             "{failure:?}"
         );
+
+        // With a certificate, a server that is not there is not asked again.
+        let (_, ca) = ca("client CA");
+        let api = client(&server_ca, &ca);
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/token", closed.local_addr().unwrap());
+        drop(closed);
+        let failure = api.send(api.http().post(&url)).await.unwrap_err();
+        assert!(!failure.certificate_refused, "{failure:?}");
+        assert!(failure.reason.contains("Connection refused"), "{failure:?}");
     }
 }

@@ -19,7 +19,9 @@
 # Exits non-zero if any target crashed, timed out or ran out of memory.
 # Environment: FUZZ_TARGET_DIR (build dir, default tests/fuzz/target),
 # FUZZ_TARGETS (space-separated subset, default all), FUZZ_KEEP_LOGS=1 (keep
-# the logs of a run that found nothing).
+# the logs of a run that found nothing), FUZZ_PROFILE=dev (build without
+# optimizations: about half the build time of the default, release, for
+# 13 to 18 times fewer executions a second; CI's smoke run uses it).
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
@@ -53,10 +55,20 @@ echo "$installed; $(rustc --version)"
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 target_dir=${FUZZ_TARGET_DIR:-$fuzz_dir/target}
-bin_dir=$target_dir/$host/release
 build_args=(--fuzz-dir "$fuzz_dir" --sanitizer none --target "$host" --target-dir "$target_dir")
+case ${FUZZ_PROFILE:-release} in
+release) bin_dir=$target_dir/$host/release ;;
+dev)
+    bin_dir=$target_dir/$host/debug
+    build_args+=(--dev)
+    ;;
+*)
+    echo "FUZZ_PROFILE must be release or dev; got '$FUZZ_PROFILE'" >&2
+    exit 2
+    ;;
+esac
 
-phase "build all targets"
+phase "build all targets (${FUZZ_PROFILE:-release})"
 cargo fuzz build "${build_args[@]}"
 
 if [[ -n ${FUZZ_TARGETS:-} ]]; then

@@ -135,7 +135,7 @@ fn tls_config(
         // In TLS 1.3 the server refuses a client certificate after the
         // client's side of the handshake is done; over HTTP/2 hyper may
         // drop that alert ("channel closed"), over HTTP/1.1 it mostly
-        // reaches the request (and when it does not, `handshake` asks).
+        // reaches the request (and when it does not, `api_client` asks).
         Some(credentials::ClientCert { chain, key, files }) => (
             tls.with_client_auth_cert(chain, key)
                 .map_err(|e| credentials::refused(&files, &e))?,

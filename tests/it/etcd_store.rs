@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::{spawn_serve, terminate, Spawned};
+use crate::cli::{terminate, Spawned};
+use crate::harness::node::{discovery, http, jwks_url, kid_of, kids, start, status_of, Node};
 use crate::harness::support::{config_file, token_path, token_sha256};
 use crate::harness::{
-    decode_part, etcd_config, eventually, file_mode, new_kek, run_bin, sample, verify_with_jwks,
-    EtcdCluster, BIN,
+    etcd_config, eventually, file_mode, new_kek, run_bin, sample, verify_with_jwks, EtcdCluster,
+    BIN,
 };
 use crate::interop::{pyjwt, pyjwt_available};
 
@@ -135,20 +136,6 @@ async fn kek(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// A replica: `serve` on its own port.
-struct Node {
-    process: Spawned,
-    base: String,
-}
-
-fn start(config: &Path) -> Node {
-    let (process, addr, _) = spawn_serve(&["--config", config.to_str().unwrap()], &[]);
-    Node {
-        process,
-        base: format!("http://{addr}"),
-    }
-}
-
 /// Two replicas started at once: they may both find the store empty.
 fn start_two(config: &Path) -> (Node, Node) {
     std::thread::scope(|s| {
@@ -189,45 +176,6 @@ async fn cli_ok(args: &[&str]) -> String {
     out
 }
 
-fn http() -> reqwest::Client {
-    workload_issuer::client::http_client(None).unwrap()
-}
-
-async fn status(url: &str) -> u16 {
-    http()
-        .get(url)
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
-fn discovery(node: &Node, id: &str) -> String {
-    format!("{}/c/{id}/.well-known/openid-configuration", node.base)
-}
-
-fn jwks_url(node: &Node, id: &str) -> String {
-    format!("{}/c/{id}/openid/v1/jwks", node.base)
-}
-
-/// The kids of a cluster's JWKS; empty unless it answers 200.
-async fn kids(node: &Node, id: &str) -> BTreeSet<String> {
-    let Ok(r) = http().get(jwks_url(node, id)).send().await else {
-        return BTreeSet::new();
-    };
-    if r.status() != 200 {
-        return BTreeSet::new();
-    }
-    let v: Value = r.json().await.unwrap_or_default();
-    v["keys"]
-        .as_array()
-        .map(|keys| {
-            keys.iter()
-                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A token for `ws/runner` from `node`, or the status and body it refused with.
 async fn try_mint(node: &Node, id: &str) -> Result<String, String> {
     let r = http()
@@ -249,10 +197,6 @@ async fn mint(node: &Node, id: &str) -> String {
     try_mint(node, id)
         .await
         .unwrap_or_else(|e| panic!("minting for {id} on {}: {e}", node.base))
-}
-
-fn kid_of(token: &str) -> String {
-    decode_part(token, 0)["kid"].as_str().unwrap().to_owned()
 }
 
 /// `token` verifies against `node`'s JWKS: here, and with PyJWT fetching
@@ -529,7 +473,7 @@ async fn two_replicas_and_the_cli_on_one_etcd_share_keys_and_follow_every_change
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let created = std::time::Instant::now();
     let seen = eventually(WITHIN.saturating_sub(created.elapsed()), || async {
-        status(&discovery(&b, "ws-1")).await == 200
+        status_of(&discovery(&b, "ws-1")).await == 200
     })
     .await;
     assert!(
@@ -547,7 +491,8 @@ async fn two_replicas_and_the_cli_on_one_etcd_share_keys_and_follow_every_change
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let deleted = std::time::Instant::now();
     let gone = eventually(WITHIN.saturating_sub(deleted.elapsed()), || async {
-        status(&discovery(&a, "ws-1")).await == 404 && status(&jwks_url(&a, "ws-1")).await == 404
+        status_of(&discovery(&a, "ws-1")).await == 404
+            && status_of(&jwks_url(&a, "ws-1")).await == 404
     })
     .await;
     assert!(
@@ -657,7 +602,7 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
     let (a, b) = start_two(&cfg);
     let readyz = |n: &Node| format!("{}/readyz", n.base);
     for node in [&a, &b] {
-        assert_eq!(status(&readyz(node)).await, 200);
+        assert_eq!(status_of(&readyz(node)).await, 200);
         assert_eq!(metric(node, "workload_issuer_store_up").await, Some(1.0));
     }
 
@@ -666,12 +611,12 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
     // rotation reaches both.
     etcd.stop_member(etcd.leader().expect("an etcd leader"));
     for node in [&a, &b] {
-        assert_eq!(status(&readyz(node)).await, 200, "{}", node.base);
+        assert_eq!(status_of(&readyz(node)).await, 200, "{}", node.base);
     }
     etcd.wait_healthy();
     rotation_reaches(&cfg, [&a, &b]).await;
     for node in [&a, &b] {
-        assert_eq!(status(&readyz(node)).await, 200, "{}", node.base);
+        assert_eq!(status_of(&readyz(node)).await, 200, "{}", node.base);
         assert_eq!(metric(node, "workload_issuer_store_up").await, Some(1.0));
     }
 
@@ -682,7 +627,7 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
     for node in [&a, &b] {
         let noticed = eventually(WAIT, || async {
             metric(node, "workload_issuer_store_up").await == Some(0.0)
-                && status(&readyz(node)).await == 503
+                && status_of(&readyz(node)).await == 503
         })
         .await;
         assert!(noticed, "{} did not report etcd unreachable", node.base);
@@ -698,7 +643,7 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
             body.contains("store") && body.contains("unreachable"),
             "{body}"
         );
-        assert_eq!(status(&discovery(node, "r")).await, 200);
+        assert_eq!(status_of(&discovery(node, "r")).await, 200);
         assert_eq!(kids(node, "r").await, served);
         let token = mint(node, "r").await;
         verifies_on(if node.base == a.base { &b } else { &a }, "r", &token).await;
@@ -716,7 +661,7 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
             body.contains("cluster changes wait") && body.contains("unreachable"),
             "{body}"
         );
-        assert_eq!(status(&discovery(node, "while-down")).await, 404);
+        assert_eq!(status_of(&discovery(node, "while-down")).await, 404);
     }
 
     // Back: ready again without a restart, and following rotations again.
@@ -724,7 +669,7 @@ async fn one_etcd_member_lost_changes_nothing_and_all_lost_keeps_serving_and_say
     etcd.wait_healthy();
     for node in [&a, &b] {
         let recovered = eventually(WAIT, || async {
-            status(&readyz(node)).await == 200
+            status_of(&readyz(node)).await == 200
                 && metric(node, "workload_issuer_store_up").await == Some(1.0)
         })
         .await;

@@ -17,6 +17,7 @@ pub mod support;
 pub use support::{api_client, config_file, token_path, token_sha256, BIN, CLUSTERS};
 
 mod etcd;
+pub mod node;
 mod tls;
 
 pub use etcd::{etcd_config, new_kek, EtcdCluster};

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::{spawn_serve, terminate, Spawned};
+use crate::cli::terminate;
 use crate::harness::eventually;
+use crate::harness::node::{discovery, http, jwks_url, kid_of, kids, start, status_of, Node};
 use crate::harness::support::{api_client, config_file, token_path, token_sha256};
 use crate::interop::{pyjwt, pyjwt_available};
 
@@ -31,23 +32,6 @@ fn config(dir: &Path) -> std::path::PathBuf {
     )
 }
 
-struct Node {
-    process: Spawned,
-    base: String,
-}
-
-fn start(config: &Path) -> Node {
-    let (process, addr, _) = spawn_serve(&["--config", config.to_str().unwrap()], &[]);
-    Node {
-        process,
-        base: format!("http://{addr}"),
-    }
-}
-
-fn http() -> reqwest::Client {
-    workload_issuer::client::http_client(None).unwrap()
-}
-
 async fn send(request: reqwest::RequestBuilder, token: &str, body: Option<Value>) -> (u16, Value) {
     let request = request.bearer_auth(token);
     let request = match body {
@@ -61,36 +45,6 @@ async fn send(request: reqwest::RequestBuilder, token: &str, body: Option<Value>
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-async fn get_status(url: &str) -> u16 {
-    http()
-        .get(url)
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
-fn discovery(node: &Node, id: &str) -> String {
-    format!("{}/c/{id}/.well-known/openid-configuration", node.base)
-}
-
-fn jwks_url(node: &Node, id: &str) -> String {
-    format!("{}/c/{id}/openid/v1/jwks", node.base)
-}
-
-async fn kids(node: &Node, id: &str) -> Vec<String> {
-    let r = http().get(jwks_url(node, id)).send().await.unwrap();
-    if r.status() != 200 {
-        return Vec::new();
-    }
-    let v: Value = r.json().await.unwrap();
-    v["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn mint(node: &Node, id: &str) -> String {
@@ -132,13 +86,6 @@ async fn pyjwt_accepts(node: &Node, id: &str, token: &str) -> Option<bool> {
     )
 }
 
-fn kid_of(token: &str) -> String {
-    crate::harness::decode_part(token, 0)["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_recreated_and_deleted_through_the_api_on_two_servers_sharing_the_keys_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,10 +103,10 @@ async fn created_recreated_and_deleted_through_the_api_on_two_servers_sharing_th
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["id"], "ws-1");
     assert_eq!(created["issuer"], "http://127.0.0.1/c/ws-1");
-    assert_eq!(get_status(&discovery(&a, "ws-1")).await, 200);
+    assert_eq!(status_of(&discovery(&a, "ws-1")).await, 200);
     assert!(
         eventually(SEEN, || async {
-            get_status(&discovery(&b, "ws-1")).await == 200
+            status_of(&discovery(&b, "ws-1")).await == 200
         })
         .await,
         "server B never served the cluster A created"
@@ -192,7 +139,9 @@ async fn created_recreated_and_deleted_through_the_api_on_two_servers_sharing_th
     assert_eq!(status, 200, "{recreated}");
     let fresh = mint(&b, "ws-1").await;
     assert!(!old_kids.contains(&kid_of(&fresh)));
-    assert!(kids(&b, "ws-1").await.iter().all(|k| !old_kids.contains(k)));
+    let b_kids = kids(&b, "ws-1").await;
+    assert!(b_kids.contains(&kid_of(&fresh)), "{b_kids:?}");
+    assert!(b_kids.iter().all(|k| !old_kids.contains(k)), "{b_kids:?}");
     assert!(
         eventually(SEEN, || async {
             let now = kids(&a, "ws-1").await;
@@ -224,11 +173,11 @@ async fn created_recreated_and_deleted_through_the_api_on_two_servers_sharing_th
     let (status, deleted) =
         send(http().delete(format!("{}/ws-1", clusters(&a))), ADMIN, None).await;
     assert_eq!(status, 200, "{deleted}");
-    assert_eq!(get_status(&discovery(&a, "ws-1")).await, 404);
-    assert_eq!(get_status(&jwks_url(&a, "ws-1")).await, 404);
+    assert_eq!(status_of(&discovery(&a, "ws-1")).await, 404);
+    assert_eq!(status_of(&jwks_url(&a, "ws-1")).await, 404);
     assert!(
         eventually(SEEN, || async {
-            get_status(&jwks_url(&b, "ws-1")).await == 404
+            status_of(&jwks_url(&b, "ws-1")).await == 404
         })
         .await,
         "server B still serves a deleted cluster"
@@ -239,7 +188,7 @@ async fn created_recreated_and_deleted_through_the_api_on_two_servers_sharing_th
         "the deleted cluster's keys are still on disk"
     );
     // The file's cluster was never touched.
-    assert_eq!(get_status(&discovery(&b, "base")).await, 200);
+    assert_eq!(status_of(&discovery(&b, "base")).await, 200);
     assert!(terminate(a.process).success());
     assert!(terminate(b.process).success());
 }
@@ -301,7 +250,7 @@ async fn bad_admin_requests_get_their_status_and_a_message_naming_the_problem() 
     assert_eq!(s, 403, "{v}");
     // Nothing refused was created.
     for id in ["x1", "x2", "x3", "x4"] {
-        assert_eq!(get_status(&discovery(&a, id)).await, 404, "{id}");
+        assert_eq!(status_of(&discovery(&a, id)).await, 404, "{id}");
     }
     assert!(terminate(a.process).success());
 }
@@ -334,7 +283,7 @@ async fn the_cli_creates_recreates_and_removes_clusters_that_running_servers_fol
     for node in [&a, &b] {
         assert!(
             eventually(SEEN, || async {
-                get_status(&discovery(node, "ws-cli")).await == 200
+                status_of(&discovery(node, "ws-cli")).await == 200
             })
             .await,
             "{} never served the cluster the CLI created",
@@ -370,7 +319,7 @@ async fn the_cli_creates_recreates_and_removes_clusters_that_running_servers_fol
     for node in [&a, &b] {
         assert!(
             eventually(SEEN, || async {
-                get_status(&discovery(node, "ws-cli")).await == 404
+                status_of(&discovery(node, "ws-cli")).await == 404
             })
             .await,
             "{} still serves the cluster the CLI removed",

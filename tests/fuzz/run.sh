@@ -21,7 +21,7 @@
 # FUZZ_TARGETS (space-separated subset, default all), FUZZ_KEEP_LOGS=1 (keep
 # the logs of a run that found nothing), FUZZ_PROFILE=dev (build without
 # optimizations: about half the build time of the default, release, for
-# 13 to 18 times fewer executions a second; CI's smoke run uses it).
+# 8 to 18 times fewer executions a second; CI's smoke run uses it).
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
